@@ -1,0 +1,118 @@
+"""Settings read from the environment, and where we are running.
+
+Nothing is read at import time. Each accessor reads `os.environ` when called (a few
+microseconds), so tests use `monkeypatch.setenv` and a warm instance sees no stale value.
+A variable a feature needs but that is unset raises `ConfigurationError` naming it, at the
+first request that needs it; endpoints that do not need it are unaffected.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from lib.errors import ConfigurationError
+
+PAYDUNYA_ROOTS = {
+    "test": "https://app.paydunya.com/sandbox-api/v1",
+    "live": "https://app.paydunya.com/api/v1",
+}
+
+
+def _get(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def require(name: str, hint: str | None = None) -> str:
+    """The value of `name`, or `ConfigurationError` naming it."""
+    value = _get(name)
+    if value is None:
+        raise ConfigurationError(name, hint)
+    return value
+
+
+def environment() -> str:
+    """`vercel-production|preview|development`, `dakar` or `local` (reported by /api/health)."""
+    if _get("VERCEL") == "1":
+        return f"vercel-{_get('VERCEL_ENV') or 'development'}"
+    if (_get("DOUSELL_DEPLOYMENT") or "").lower() == "dakar":
+        return "dakar"
+    return "local"
+
+
+def namespace() -> str:
+    """Prefix of every Redis key (`CACHE_NAMESPACE`, default `dousell`)."""
+    return _get("CACHE_NAMESPACE") or "dousell"
+
+
+@dataclass(frozen=True)
+class Upstash:
+    url: str
+    token: str
+
+
+def upstash() -> Upstash:
+    """Upstash REST endpoint; falls back to the `KV_REST_API_*` names of Vercel's integration."""
+    url = _get("UPSTASH_REDIS_REST_URL") or _get("KV_REST_API_URL")
+    token = _get("UPSTASH_REDIS_REST_TOKEN") or _get("KV_REST_API_TOKEN")
+    if url is None:
+        raise ConfigurationError("UPSTASH_REDIS_REST_URL", "or KV_REST_API_URL")
+    if token is None:
+        raise ConfigurationError("UPSTASH_REDIS_REST_TOKEN", "or KV_REST_API_TOKEN")
+    return Upstash(url.rstrip("/"), token)
+
+
+def supabase_url() -> str:
+    return require("SUPABASE_URL").rstrip("/")
+
+
+def supabase_anon_key() -> str:
+    return require("SUPABASE_ANON_KEY")
+
+
+def supabase_service_role_key() -> str:
+    return require("SUPABASE_SERVICE_ROLE_KEY")
+
+
+def supabase_jwt_secret() -> str | None:
+    """Only legacy HS256 projects set it; otherwise tokens are checked against the JWKS."""
+    return _get("SUPABASE_JWT_SECRET")
+
+
+@dataclass(frozen=True)
+class PayDunya:
+    master_key: str
+    private_key: str
+    token: str
+    mode: str
+    base_url: str
+
+
+def paydunya() -> PayDunya:
+    mode = (_get("PAYDUNYA_MODE") or "test").lower()
+    if mode not in PAYDUNYA_ROOTS:
+        raise ConfigurationError("PAYDUNYA_MODE", "must be 'test' or 'live'")
+    return PayDunya(
+        master_key=require("PAYDUNYA_MASTER_KEY"),
+        private_key=require("PAYDUNYA_PRIVATE_KEY"),
+        token=require("PAYDUNYA_TOKEN"),
+        mode=mode,
+        base_url=(_get("PAYDUNYA_BASE_URL") or PAYDUNYA_ROOTS[mode]).rstrip("/"),
+    )
+
+
+def public_base_url() -> str:
+    """Base of the return/cancel/callback URLs given to PayDunya."""
+    explicit = _get("PUBLIC_BASE_URL")
+    if explicit:
+        return explicit.rstrip("/")
+    host = _get("VERCEL_PROJECT_PRODUCTION_URL") if _get("VERCEL_ENV") == "production" else None
+    host = host or _get("VERCEL_URL")
+    if host:
+        return f"https://{host}"
+    raise ConfigurationError("PUBLIC_BASE_URL", "or VERCEL_URL on Vercel")
+
+
+def metrics_token() -> str:
+    return require("METRICS_TOKEN")

@@ -1,0 +1,55 @@
+"""Per-request bookkeeping shared by lib and the HTTP layer: timings and cache status.
+
+A handler runs one request at a time on its thread; the context lives in a ContextVar so
+lib/cache and lib/db can add their durations without being handed an object.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Iterator
+
+
+@dataclass
+class RequestContext:
+    started: float = field(default_factory=time.perf_counter)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    cache_status: str | None = None
+
+    def add_time(self, name: str, ms: float) -> None:
+        self.timings_ms[name] = self.timings_ms.get(name, 0.0) + ms
+
+
+_current: ContextVar[RequestContext | None] = ContextVar("dousell_request", default=None)
+
+
+def begin() -> RequestContext:
+    ctx = RequestContext()
+    _current.set(ctx)
+    return ctx
+
+
+def current() -> RequestContext | None:
+    return _current.get()
+
+
+def set_cache_status(status: str) -> None:
+    """Record HIT | MISS | STALE | BYPASS for the `X-Cache` header and the request log."""
+    ctx = _current.get()
+    if ctx is not None:
+        ctx.cache_status = status
+
+
+@contextmanager
+def timed(name: str) -> Iterator[None]:
+    """Add the block's duration to the `Server-Timing` entry `name` (`cache`, `db`, ...)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        ctx = _current.get()
+        if ctx is not None:
+            ctx.add_time(name, (time.perf_counter() - start) * 1000)

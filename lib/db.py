@@ -1,0 +1,144 @@
+"""PostgREST clients (anon, per-user, service role) on one shared httpx client, and the query boundary.
+
+`postgrest` costs ~160 ms to import, so it is imported at first use: a cache hit never pays it.
+Retries are off (GET retries sleep 1-2-4 s) and every call is bounded in time; a database
+that cannot be reached becomes `DatabaseUnavailable` (503), never a hang or a 500.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, TypeVar
+
+from lib import config, context
+from lib.errors import ConfigurationError, DatabaseUnavailable, InvalidToken
+
+T = TypeVar("T")
+
+# Seconds. Supabase from Paris answers in ~300 ms; 5 s means it is in trouble.
+QUERY_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 2.0
+
+_lock = threading.Lock()
+_http: Any = None
+_anon: Any = None
+_service: Any = None
+
+
+class DatabaseError(Exception):
+    """PostgREST refused a query (constraint, RLS, an RPC's raised code); callers map `code`/`message`."""
+
+    def __init__(self, code: str | None, message: str | None, details: Any = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code or ""
+        self.message = message or ""
+        self.details = details
+
+
+def http_client() -> Any:
+    """The httpx client every PostgREST client shares (connection reuse across warm invocations)."""
+    global _http
+    if _http is None:
+        with _lock:
+            if _http is None:
+                import httpx
+
+                _http = httpx.Client(timeout=httpx.Timeout(QUERY_TIMEOUT, connect=CONNECT_TIMEOUT))
+    return _http
+
+
+def set_http_client(client: Any) -> None:
+    """Inject the shared httpx client (tests); `None` resets every cached client."""
+    global _http, _anon, _service
+    with _lock:
+        _http, _anon, _service = client, None, None
+
+
+def _client(key: str, bearer: str) -> Any:
+    from postgrest import SyncPostgrestClient
+
+    return SyncPostgrestClient(
+        f"{config.supabase_url()}/rest/v1",
+        headers={
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "apikey": key,
+            "Authorization": f"Bearer {bearer}",
+        },
+        http_client=http_client(),
+        retry_enabled=False,
+    )
+
+
+def anon() -> Any:
+    """Public reads; RLS applies as the `anon` role."""
+    global _anon
+    if _anon is None:
+        key = config.supabase_anon_key()
+        _anon = _client(key, key)
+    return _anon
+
+
+def service() -> Any:
+    """Server-side writes (payments, IPN, bookings); bypasses RLS, so callers check ownership first."""
+    global _service
+    if _service is None:
+        key = config.supabase_service_role_key()
+        _service = _client(key, key)
+    return _service
+
+
+def as_user(token: str) -> Any:
+    """A client carrying the user's own token, so RLS sees `auth.uid()`. New per request, never shared."""
+    return _client(config.supabase_anon_key(), token)
+
+
+def run(query: Callable[[], T]) -> T:
+    """Run one PostgREST call, timed for `Server-Timing`, with its failures translated.
+
+    `query` is a thunk (`lambda: db.anon().from_("properties").select("*").execute()`), so the
+    client is built inside the boundary too.
+    """
+    import httpx
+    from postgrest.exceptions import APIError
+
+    with context.timed("db"):
+        try:
+            return query()
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise DatabaseUnavailable() from exc
+        except APIError as exc:
+            raise _translate(exc) from exc
+
+
+# PostgREST's codes for "the database is not there" (connection lost, timeout, pool exhausted)
+# and Postgres's own for a shutdown, a cancelled statement, too many clients.
+_UNAVAILABLE = {"PGRST000", "PGRST001", "PGRST002", "PGRST003", "57P01", "57014", "53300"}
+_BAD_TOKEN = {"PGRST301", "PGRST302", "PGRST303"}
+
+
+def _translate(exc: Any) -> Exception:
+    code = exc.code or ""
+    if code in _BAD_TOKEN:
+        return InvalidToken()
+    # A body that is not PostgREST JSON (a proxy's 502 page) arrives with the HTTP status as code.
+    if code in _UNAVAILABLE or (code.isdigit() and code.startswith("5")):
+        return DatabaseUnavailable()
+    return DatabaseError(code, exc.message, exc.details)
+
+
+def probe(timeout: float = 1.0) -> bool:
+    """True if PostgREST answers a trivial public query within `timeout` seconds."""
+    import httpx
+
+    try:
+        key = config.supabase_anon_key()
+        response = http_client().get(
+            f"{config.supabase_url()}/rest/v1/properties",
+            params={"select": "id", "limit": "1"},
+            headers={"apikey": key, "Authorization": f"Bearer {key}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout),
+        )
+    except (httpx.HTTPError, ConfigurationError):
+        return False
+    return response.status_code == 200

@@ -1,0 +1,315 @@
+"""The base of every `api/` handler: routing, parsing, error mapping, JSON answers and the request log.
+
+A handler subclasses `Endpoint`, defines `get`/`post`/`patch`/... taking a `Request`, and
+returns a `Reply` (or a dict, answered 200). It raises `lib.errors` exceptions for the
+unhappy paths; this module turns them into the contract's error shape in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Callable, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from lib import context
+from lib.errors import (
+    BadRequest,
+    DousellError,
+    MalformedJSON,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ValidationFailed,
+)
+
+MAX_BODY_BYTES = 64 * 1024
+HANDLED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+M = TypeVar("M")
+
+# French messages for pydantic's error types; the type itself is kept as the detail's code.
+_FIELD_MESSAGES = {
+    "missing": "Champ obligatoire.",
+    "extra_forbidden": "Champ inconnu.",
+    "int_type": "Doit être un nombre entier.",
+    "int_parsing": "Doit être un nombre entier.",
+    "int_from_float": "Doit être un nombre entier.",
+    "float_parsing": "Doit être un nombre.",
+    "bool_parsing": "Doit être vrai ou faux.",
+    "string_type": "Doit être une chaîne de caractères.",
+    "string_too_short": "Texte trop court.",
+    "string_too_long": "Texte trop long.",
+    "string_pattern_mismatch": "Format invalide.",
+    "greater_than": "Valeur trop petite.",
+    "greater_than_equal": "Valeur trop petite.",
+    "less_than": "Valeur trop grande.",
+    "less_than_equal": "Valeur trop grande.",
+    "literal_error": "Valeur non autorisée.",
+    "enum": "Valeur non autorisée.",
+    "datetime_parsing": "Date et heure invalides (format ISO 8601 attendu).",
+    "datetime_type": "Date et heure invalides (format ISO 8601 attendu).",
+    "timezone_aware": "La date doit préciser son fuseau horaire.",
+    "model_type": "Doit être un objet JSON.",
+    "dict_type": "Doit être un objet JSON.",
+}
+
+
+def field_errors(exc: Exception) -> list[dict[str, Any]]:
+    """One `{"field", "code", "message"}` per problem of a pydantic ValidationError."""
+    details = []
+    for err in exc.errors(include_url=False, include_input=False):  # type: ignore[attr-defined]
+        loc = ".".join(str(part) for part in err.get("loc", ()) if part != "__root__") or "body"
+        kind = err.get("type", "value_error")
+        details.append({"field": loc, "code": kind, "message": _FIELD_MESSAGES.get(kind, "Valeur invalide.")})
+    return details
+
+
+def _is_validation_error(exc: BaseException) -> bool:
+    # Checked by module so the hot path never imports pydantic just to catch its error.
+    pydantic_core = sys.modules.get("pydantic_core")
+    return pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError)
+
+
+@dataclass
+class Reply:
+    """What a handler answers: a JSON body, a status and extra headers."""
+
+    body: Any
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Request:
+    """A parsed request, as a handler sees it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: Any  # email.message.Message: case-insensitive get()
+    path_param: str | None
+    body: bytes
+    repeated: list[str] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        value = self.headers.get(name)
+        return value.strip() if isinstance(value, str) else None
+
+    def path_id(self) -> int:
+        """The `[id]` segment as a positive integer; anything else is a 404, not a crash."""
+        raw = self.path_param or ""
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) <= 0:
+            raise NotFound()
+        return int(raw)
+
+    def json(self) -> Any:
+        """The body as JSON (400 `malformed_json` otherwise)."""
+        if not self.body.strip():
+            raise MalformedJSON("Le corps de la requête est vide : un objet JSON est attendu.")
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedJSON() from exc
+
+    def body_as(self, model: Callable[..., M]) -> M:
+        """The JSON body validated by a pydantic model (422 with each bad field otherwise)."""
+        data = self.json()
+        if not isinstance(data, dict):
+            raise MalformedJSON("Le corps de la requête doit être un objet JSON.")
+        return self._validate(model, data, ValidationFailed)
+
+    def query_as(self, model: Callable[..., M], error: type[ValidationFailed] = ValidationFailed) -> M:
+        """The query string validated by a pydantic model; a repeated parameter is refused."""
+        if self.repeated:
+            raise error(details=[
+                {"field": name, "code": "repeated", "message": "Paramètre répété."} for name in self.repeated
+            ])
+        return self._validate(model, self.query, error)
+
+    @staticmethod
+    def _validate(model: Callable[..., M], data: dict, error: type[ValidationFailed]) -> M:
+        try:
+            return model.model_validate(data)  # type: ignore[attr-defined]
+        except Exception as exc:
+            if _is_validation_error(exc):
+                raise error(details=field_errors(exc)) from exc
+            raise
+
+    def user(self):
+        """The signed-in user (401 without a valid Supabase token)."""
+        from lib.auth import authenticate  # only signed-in endpoints pay for JWT imports
+
+        return authenticate(self.header("Authorization"))
+
+
+def _log(record: dict[str, Any]) -> None:
+    try:
+        sys.stderr.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # a closed stderr must never fail a request
+
+
+def _encode(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+
+
+class Endpoint(BaseHTTPRequestHandler):
+    """Subclass, name it `handler`, define `get(self, req)` / `post(...)` / ... ."""
+
+    # Set to the name of the `[id]` segment on dynamic routes (`api/properties/[id].py`).
+    path_param: str | None = None
+    server_version = "dousell"
+    sys_version = ""
+
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        allowed = [m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if callable(getattr(cls, m.lower(), None))]
+        if "GET" in allowed:
+            allowed.insert(1, "HEAD")
+        return allowed + ["OPTIONS"]
+
+    # BaseHTTPRequestHandler looks up do_<METHOD>; all of them go through one dispatcher.
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silenced: the default line carries the query string; we log our own JSON line."""
+
+    def _dispatch(self, method: str) -> None:
+        ctx = context.begin()
+        path = urlsplit(self.path).path
+        status, code = 500, None
+        try:
+            reply = self._handle(method)
+        except DousellError as exc:
+            reply = Reply(exc.to_body(), exc.status, dict(exc.headers))
+            code = exc.code
+            if exc.status >= 500:
+                self._log_exception(exc, path)
+        except Exception as exc:  # the last net: a bug answers 500 in the contract's shape, logged
+            if _is_validation_error(exc):
+                err = ValidationFailed(details=field_errors(exc))
+            else:
+                err = DousellError()
+                self._log_exception(exc, path)
+            reply = Reply(err.to_body(), err.status)
+            code = err.code
+        status = reply.status
+        # Logged before sending, so the line exists once the client has its answer.
+        record = {
+            "level": "info" if status < 500 else "error",
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round((time.perf_counter() - ctx.started) * 1000, 2),
+            "cache": ctx.cache_status,
+        }
+        if code:
+            record["code"] = code
+        _log(record)
+        try:
+            self._send(method, reply, ctx)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client left; nothing to answer
+
+    def _handle(self, method: str) -> Reply:
+        allowed = self.allowed_methods()
+        if method == "OPTIONS":
+            return Reply(None, 204, {"Allow": ", ".join(allowed)})
+        if method not in allowed:
+            raise MethodNotAllowed(allowed)
+        req = self._parse(method)
+        func = getattr(self, "get" if method == "HEAD" else method.lower())
+        result = func(req)
+        return result if isinstance(result, Reply) else Reply(result)
+
+    def _parse(self, method: str) -> Request:
+        parts = urlsplit(self.path)
+        query: dict[str, str] = {}
+        repeated: list[str] = []
+        try:
+            pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False, max_num_fields=100)
+        except ValueError as exc:
+            raise BadRequest("Trop de paramètres dans l'adresse.") from exc
+        path_param = None
+        if self.path_param:
+            # Vercel passes `[id]` both as the last segment and as `?id=`; the path is the truth.
+            segment = unquote(parts.path.rstrip("/").rsplit("/", 1)[-1])
+            path_param = segment or None
+        for name, value in pairs:
+            if self.path_param and name == self.path_param:
+                path_param = path_param or value
+                continue
+            if name in query and name not in repeated:
+                repeated.append(name)
+            query[name] = value
+        return Request(method, parts.path, query, self.headers, path_param, self._read_body(method), repeated)
+
+    def _read_body(self, method: str) -> bytes:
+        if method in ("GET", "HEAD", "DELETE"):
+            return b""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            raise BadRequest("Envoyez le corps avec un en-tête Content-Length.")
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            return b""
+        if not raw.strip().isdigit():
+            raise BadRequest("En-tête Content-Length invalide.")
+        length = int(raw)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True  # the unread body must not be taken for the next request
+            raise PayloadTooLarge()
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, method: str, reply: Reply, ctx: context.RequestContext) -> None:
+        payload = b"" if reply.status == 204 or reply.body is None else _encode(reply.body)
+        headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+        if payload:
+            headers["Content-Type"] = "application/json; charset=utf-8"
+        if ctx.cache_status:
+            headers["X-Cache"] = ctx.cache_status
+        timings = dict(ctx.timings_ms)
+        timings["total"] = (time.perf_counter() - ctx.started) * 1000
+        headers["Server-Timing"] = ", ".join(f"{name};dur={ms:.1f}" for name, ms in timings.items())
+        headers.update(reply.headers)
+        headers["Content-Length"] = str(len(payload))
+        self.send_response(reply.status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if payload and method != "HEAD":
+            self.wfile.write(payload)
+
+    @staticmethod
+    def _log_exception(exc: BaseException, path: str) -> None:
+        _log({
+            "level": "error",
+            "path": path,
+            "exception": type(exc).__name__,
+            "error": str(exc)[:500],
+            "trace": traceback.format_exception(exc)[-3:] if not isinstance(exc, DousellError) else None,
+        })

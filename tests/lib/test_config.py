@@ -1,0 +1,136 @@
+"""lib/config: environment detection, the Upstash fallback, and errors that name the missing variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from lib import config
+from lib.errors import ConfigurationError
+
+ALL_VARIABLES = [
+    "VERCEL", "VERCEL_ENV", "VERCEL_URL", "VERCEL_PROJECT_PRODUCTION_URL", "DOUSELL_DEPLOYMENT",
+    "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN", "KV_REST_API_URL", "KV_REST_API_TOKEN",
+    "SUPABASE_URL", "SUPABASE_ANON_KEY", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_JWT_SECRET",
+    "PAYDUNYA_MASTER_KEY", "PAYDUNYA_PRIVATE_KEY", "PAYDUNYA_TOKEN", "PAYDUNYA_MODE", "PAYDUNYA_BASE_URL",
+    "PUBLIC_BASE_URL", "CACHE_NAMESPACE", "METRICS_TOKEN",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    for name in ALL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"VERCEL": "1", "VERCEL_ENV": "production"}, "vercel-production"),
+    ({"VERCEL": "1", "VERCEL_ENV": "preview"}, "vercel-preview"),
+    ({"VERCEL": "1", "VERCEL_ENV": "development"}, "vercel-development"),
+    ({"VERCEL": "1"}, "vercel-development"),  # `vercel dev` may leave VERCEL_ENV unset
+    ({"DOUSELL_DEPLOYMENT": "dakar"}, "dakar"),
+    ({"DOUSELL_DEPLOYMENT": "Dakar"}, "dakar"),  # operators type it by hand
+    ({"VERCEL": "1", "VERCEL_ENV": "production", "DOUSELL_DEPLOYMENT": "dakar"}, "vercel-production"),  # Vercel wins
+    ({}, "local"),
+    ({"VERCEL": "0"}, "local"),
+])
+def test_the_environment_is_detected(monkeypatch, env, expected):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert config.environment() == expected
+
+
+def test_upstash_prefers_its_own_names_then_falls_back_to_vercel_kv(monkeypatch):
+    monkeypatch.setenv("KV_REST_API_URL", "https://kv.example/")
+    monkeypatch.setenv("KV_REST_API_TOKEN", "kv-token")
+    assert config.upstash() == config.Upstash("https://kv.example", "kv-token")
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", "https://up.example")
+    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "up-token")
+    assert config.upstash() == config.Upstash("https://up.example", "up-token")
+
+
+@pytest.mark.parametrize("accessor, env, missing", [
+    (config.upstash, {}, "UPSTASH_REDIS_REST_URL"),
+    (config.upstash, {"UPSTASH_REDIS_REST_URL": "https://x"}, "UPSTASH_REDIS_REST_TOKEN"),
+    (config.supabase_url, {}, "SUPABASE_URL"),
+    (config.supabase_anon_key, {}, "SUPABASE_ANON_KEY"),
+    (config.supabase_service_role_key, {}, "SUPABASE_SERVICE_ROLE_KEY"),
+    (config.paydunya, {"PAYDUNYA_PRIVATE_KEY": "p", "PAYDUNYA_TOKEN": "t"}, "PAYDUNYA_MASTER_KEY"),
+    (config.paydunya, {"PAYDUNYA_MASTER_KEY": "m", "PAYDUNYA_TOKEN": "t"}, "PAYDUNYA_PRIVATE_KEY"),
+    (config.paydunya, {"PAYDUNYA_MASTER_KEY": "m", "PAYDUNYA_PRIVATE_KEY": "p"}, "PAYDUNYA_TOKEN"),
+    (config.public_base_url, {}, "PUBLIC_BASE_URL"),
+    (config.metrics_token, {"METRICS_TOKEN": "   "}, "METRICS_TOKEN"),  # blank counts as unset
+])
+def test_a_missing_variable_is_named_in_the_error(monkeypatch, accessor, env, missing):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as raised:
+        accessor()
+    assert raised.value.variable == missing
+    assert missing in str(raised.value)
+    assert raised.value.to_body()["error"]["details"] == {"variable": missing}
+
+
+def test_a_missing_variable_never_leaks_another_ones_value(monkeypatch):
+    monkeypatch.setenv("PAYDUNYA_MASTER_KEY", "super-secret-master")
+    monkeypatch.setenv("PAYDUNYA_PRIVATE_KEY", "super-secret-private")
+    with pytest.raises(ConfigurationError) as raised:
+        config.paydunya()
+    assert "super-secret" not in str(raised.value) + str(raised.value.to_body())
+
+
+def test_paydunya_mode_picks_the_root_and_an_override_wins(monkeypatch):
+    for name, value in {"PAYDUNYA_MASTER_KEY": "m", "PAYDUNYA_PRIVATE_KEY": "p", "PAYDUNYA_TOKEN": "t"}.items():
+        monkeypatch.setenv(name, value)
+    assert config.paydunya().base_url == "https://app.paydunya.com/sandbox-api/v1"
+    monkeypatch.setenv("PAYDUNYA_MODE", "live")
+    assert config.paydunya().base_url == "https://app.paydunya.com/api/v1"
+    monkeypatch.setenv("PAYDUNYA_BASE_URL", "http://127.0.0.1:8089/sandbox-api/v1/")
+    assert config.paydunya().base_url == "http://127.0.0.1:8089/sandbox-api/v1"
+    monkeypatch.setenv("PAYDUNYA_MODE", "prod")
+    with pytest.raises(ConfigurationError, match="PAYDUNYA_MODE"):
+        config.paydunya()
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"PUBLIC_BASE_URL": "https://api.dousell.sn/"}, "https://api.dousell.sn"),
+    ({"VERCEL_URL": "dousell-git-x.vercel.app"}, "https://dousell-git-x.vercel.app"),
+    ({"VERCEL_ENV": "production", "VERCEL_URL": "dousell-abc.vercel.app",
+      "VERCEL_PROJECT_PRODUCTION_URL": "dousell.vercel.app"}, "https://dousell.vercel.app"),
+    ({"VERCEL_ENV": "preview", "VERCEL_URL": "dousell-abc.vercel.app",
+      "VERCEL_PROJECT_PRODUCTION_URL": "dousell.vercel.app"}, "https://dousell-abc.vercel.app"),  # previews call back to themselves
+])
+def test_the_public_base_url_is_derived(monkeypatch, env, expected):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert config.public_base_url() == expected
+
+
+def test_the_namespace_defaults_to_dousell(monkeypatch):
+    assert config.namespace() == "dousell"
+    monkeypatch.setenv("CACHE_NAMESPACE", "staging")
+    assert config.namespace() == "staging"
+
+
+def test_importing_every_lib_and_api_module_needs_no_variable_and_no_network():
+    # A fresh interpreter, an empty environment, and sockets that refuse to connect.
+    code = (
+        "import socket\n"
+        "def refuse(*args): raise AssertionError('network touched at import')\n"
+        "socket.socket.connect = refuse\n"
+        "socket.create_connection = refuse\n"
+        "import importlib, importlib.util, pathlib, sys\n"
+        "for path in sorted(pathlib.Path('lib').glob('*.py')):\n"
+        "    importlib.import_module('lib.' + path.stem)\n"
+        "for n, path in enumerate(sorted(pathlib.Path('api').rglob('*.py'))):\n"
+        "    spec = importlib.util.spec_from_file_location(f'endpoint{n}', path)\n"
+        "    sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)\n"
+        "    spec.loader.exec_module(module)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin"}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -1,0 +1,209 @@
+"""lib/http: routing, parsing, limits, error mapping, headers and the request log, on a real HTTP server."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+from lib import context
+from lib.errors import AlreadyPaid, InvalidFilter
+from lib.http import MAX_BODY_BYTES, Endpoint, Reply
+from tests.support import serve
+
+
+class Payment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lease_id: int = Field(gt=0)
+    period: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}$")
+    note: str | None = None
+
+
+class Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    city: str | None = None
+    min_price: int | None = Field(default=None, ge=0)
+
+
+class Things(Endpoint):
+    path_param = "id"
+
+    def get(self, req):
+        context.set_cache_status("HIT")
+        return {"id": req.path_id()}
+
+    def patch(self, req):
+        body = req.body_as(Payment)
+        return Reply({"lease_id": body.lease_id, "id": req.path_id()}, 201, {"X-Extra": "yes"})
+
+
+class Search(Endpoint):
+    def get(self, req):
+        filters = req.query_as(Filters, InvalidFilter)
+        return {"filters": filters.model_dump(exclude_none=True)}
+
+    def post(self, req):
+        if req.json().get("boom"):
+            raise RuntimeError("a bug with a secret-in-message")
+        raise AlreadyPaid()
+
+
+@pytest.fixture(scope="module")
+def things():
+    with serve(Things) as base, httpx.Client(base_url=base, timeout=5) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def search():
+    with serve(Search) as base, httpx.Client(base_url=base, timeout=5) as client:
+        yield client
+
+
+def error_of(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert body["error"]["message"], "every error carries a French message"
+    return body["error"]
+
+
+def test_a_get_answers_json_with_the_contract_headers(things):
+    response = things.get("/api/things/42?id=42")
+    assert response.status_code == 200
+    assert response.json() == {"id": 42}
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-cache"] == "HIT"
+    assert "total;dur=" in response.headers["server-timing"]
+
+
+def test_the_path_segment_wins_over_a_forged_id_query(things):
+    assert things.get("/api/things/42?id=99").json() == {"id": 42}
+
+
+@pytest.mark.parametrize("path", [
+    "/api/things/abc",  # not a number
+    "/api/things/0",  # ids start at 1
+    "/api/things/-3",  # negative
+    "/api/things/99999999999999999999999",  # beyond bigint
+    "/api/things/%D9%A3",  # a non-ASCII digit
+])
+def test_an_id_that_is_not_a_positive_integer_is_a_404(things, path):
+    response = things.get(path)
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "not_found"
+
+
+def test_a_wrong_method_is_405_with_allow(things):
+    response = things.post("/api/things/1", json={})
+    assert response.status_code == 405
+    assert error_of(response)["code"] == "method_not_allowed"
+    assert response.headers["allow"] == "GET, HEAD, PATCH, OPTIONS"
+
+
+def test_options_lists_the_methods_and_head_sends_no_body(things):
+    options = things.options("/api/things/1")
+    assert options.status_code == 204 and options.headers["allow"] == "GET, HEAD, PATCH, OPTIONS"
+    head = things.head("/api/things/7")
+    assert head.status_code == 200 and head.content == b""
+
+
+def test_a_valid_body_is_parsed_into_the_model(things):
+    response = things.patch("/api/things/5", json={"lease_id": 123, "period": "2026-11"})
+    assert response.status_code == 201
+    assert response.json() == {"lease_id": 123, "id": 5}
+    assert response.headers["x-extra"] == "yes"
+
+
+@pytest.mark.parametrize("content", [
+    b"{not json",  # malformed
+    b"",  # empty
+    b"[1, 2]",  # JSON but not an object
+    b"\xff\xfe",  # not UTF-8
+])
+def test_a_body_that_is_not_a_json_object_is_400(things, content):
+    response = things.patch("/api/things/5", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "malformed_json"
+
+
+def test_invalid_fields_are_422_and_each_is_listed(things):
+    response = things.patch("/api/things/5", json={"period": "novembre", "color": "blue"})
+    assert response.status_code == 422
+    error = error_of(response)
+    assert error["code"] == "validation_error"
+    by_field = {d["field"]: d for d in error["details"]}
+    assert set(by_field) == {"lease_id", "period", "color"}
+    assert by_field["lease_id"]["code"] == "missing"
+    assert by_field["color"]["message"] == "Champ inconnu."
+
+
+def test_a_body_over_64_kib_is_413_and_one_at_the_limit_is_read(things):
+    filler = "x" * (MAX_BODY_BYTES - len(json.dumps({"lease_id": 1, "note": ""})))
+    at_limit = json.dumps({"lease_id": 1, "note": filler}).encode()
+    assert len(at_limit) == MAX_BODY_BYTES
+    assert things.patch("/api/things/5", content=at_limit).status_code == 201
+    response = things.patch("/api/things/5", content=at_limit + b" ")
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "payload_too_large"
+
+
+def test_a_bad_content_length_is_400():
+    with serve(Things) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"PATCH /api/things/5 HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}")
+            raw = b"".join(iter(lambda: sock.recv(65536), b"")).decode()  # HTTP/1.0: read to close
+    head, _, body = raw.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.0 400")
+    assert json.loads(body)["error"]["code"] == "bad_request"
+
+
+def test_lib_errors_are_mapped_to_their_status_and_code(search):
+    response = search.post("/api/search", json={})
+    assert response.status_code == 409
+    assert error_of(response) == {"code": "already_paid", "message": "Le loyer de cette période est déjà payé."}
+
+
+def test_an_unexpected_exception_is_a_500_in_the_contract_shape_without_internals(search, capsys):
+    response = search.post("/api/search", json={"boom": True})
+    assert response.status_code == 500
+    error = error_of(response)
+    assert error["code"] == "internal_error"
+    assert "secret-in-message" not in response.text and "Traceback" not in response.text
+    logged = capsys.readouterr().err
+    assert "RuntimeError" in logged  # the operator sees what broke
+
+
+def test_query_strings_are_validated_with_the_error_class_given(search):
+    assert search.get("/api/search?city=Dakar&min_price=10").json() == {"filters": {"city": "Dakar", "min_price": 10}}
+    response = search.get("/api/search?min_price=-1&colour=red")
+    assert response.status_code == 422
+    error = error_of(response)
+    assert error["code"] == "invalid_filter"
+    assert {d["field"] for d in error["details"]} == {"min_price", "colour"}
+
+
+def test_a_repeated_query_parameter_is_refused(search):
+    response = search.get("/api/search?city=Dakar&city=Thies")
+    assert response.status_code == 422
+    assert error_of(response)["details"] == [{"field": "city", "code": "repeated", "message": "Paramètre répété."}]
+
+
+def test_each_request_logs_one_json_line_without_token_body_or_query(things, capsys):
+    capsys.readouterr()
+    things.patch(
+        "/api/things/5?q=secret-query",
+        json={"lease_id": 1, "note": "secret-body"},
+        headers={"Authorization": "Bearer secret-token"},
+    )
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["method"] == "PATCH" and record["path"] == "/api/things/5" and record["status"] == 201
+    assert isinstance(record["duration_ms"], float) and "cache" in record
+    for secret in ("secret-query", "secret-body", "secret-token"):
+        assert secret not in lines[0]

@@ -1,0 +1,35 @@
+"""Test helpers: serve an `Endpoint` on a real loopback HTTP server, and wait with a deadline."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from http.server import ThreadingHTTPServer
+from typing import Callable, Iterator
+
+
+@contextlib.contextmanager
+def serve(handler_cls: type) -> Iterator[str]:
+    """Run `handler_cls` on 127.0.0.1 (a free port) in a thread; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
