@@ -1,0 +1,94 @@
+"""lib/db: three PostgREST clients on one shared httpx client, bounded, unretried, failures translated."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import respx
+
+from lib import db
+from lib.errors import DatabaseUnavailable, InvalidToken
+
+SUPABASE = "https://project.supabase.test"
+REST = f"{SUPABASE}/rest/v1"
+
+
+@pytest.fixture(autouse=True)
+def supabase_env(monkeypatch):
+    monkeypatch.setenv("SUPABASE_URL", SUPABASE)
+    monkeypatch.setenv("SUPABASE_ANON_KEY", "anon-key")
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "service-key")
+    db.set_http_client(None)
+    yield
+    db.set_http_client(None)
+
+
+def select_one(client):
+    return db.run(lambda: client.from_("properties").select("id").eq("id", 1).execute())
+
+
+@pytest.mark.parametrize("make_client, apikey, bearer", [
+    (lambda: db.anon(), "anon-key", "anon-key"),  # public reads as `anon`
+    (lambda: db.as_user("user-jwt"), "anon-key", "user-jwt"),  # RLS sees the user
+    (lambda: db.service(), "service-key", "service-key"),  # server-side writes
+])
+@respx.mock
+def test_each_client_sends_its_key_and_bearer(make_client, apikey, bearer):
+    route = respx.get(f"{REST}/properties").mock(return_value=httpx.Response(200, json=[{"id": 1}]))
+    assert select_one(make_client()).data == [{"id": 1}]
+    request = route.calls.last.request
+    assert request.headers["apikey"] == apikey
+    assert request.headers["authorization"] == f"Bearer {bearer}"
+    assert request.url.params["id"] == "eq.1"
+
+
+def test_all_clients_share_one_http_client_and_a_user_client_never_touches_the_anon_one():
+    anon = db.anon()
+    user = db.as_user("user-jwt")
+    assert anon.session is user.session is db.service().session is db.http_client()
+    assert db.anon() is anon
+    assert anon.headers["authorization"] == "Bearer anon-key"
+
+
+def test_the_shared_http_client_is_bounded_in_time():
+    timeout = db.http_client().timeout
+    assert timeout.read == db.QUERY_TIMEOUT and timeout.connect == db.CONNECT_TIMEOUT
+
+
+@pytest.mark.parametrize("response, expected", [
+    (httpx.ConnectError("refused"), DatabaseUnavailable),  # Supabase unreachable
+    (httpx.ReadTimeout("slow"), DatabaseUnavailable),  # Supabase too slow
+    (httpx.Response(503, json={"code": "PGRST001", "message": "Database client error"}), DatabaseUnavailable),
+    (httpx.Response(502, text="<html>bad gateway</html>"), DatabaseUnavailable),  # a proxy's page
+    (httpx.Response(401, json={"code": "PGRST301", "message": "JWT expired"}), InvalidToken),
+])
+@respx.mock
+def test_failures_below_are_translated_and_never_retried(response, expected):
+    route = respx.get(f"{REST}/properties").mock(side_effect=[response, httpx.Response(200, json=[])])
+    with pytest.raises(expected):
+        select_one(db.anon())
+    assert route.call_count == 1
+
+
+@respx.mock
+def test_a_refused_query_keeps_postgrest_code_and_message_for_the_caller():
+    respx.post(f"{REST}/rpc/reserve_payment").mock(return_value=httpx.Response(
+        400, json={"code": "P0001", "message": "already_paid", "details": None, "hint": None}))
+    with pytest.raises(db.DatabaseError) as raised:
+        db.run(lambda: db.service().rpc("reserve_payment", {"p_lease_id": 1}).execute())
+    assert (raised.value.code, raised.value.message) == ("P0001", "already_paid")
+
+
+@respx.mock
+def test_probe_is_true_only_for_a_200():
+    route = respx.get(f"{REST}/properties").mock(return_value=httpx.Response(200, json=[]))
+    assert db.probe() is True
+    route.mock(return_value=httpx.Response(503, json={"code": "PGRST001"}))
+    assert db.probe() is False
+    route.mock(side_effect=httpx.ConnectTimeout("slow"))
+    assert db.probe() is False
+
+
+def test_probe_is_false_without_configuration(monkeypatch):
+    monkeypatch.delenv("SUPABASE_URL")
+    assert db.probe() is False

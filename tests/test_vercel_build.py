@@ -1,0 +1,88 @@
+"""The bundle as Vercel builds it: `vercel build` (the pinned CLI, offline) on a scratch copy of the repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VERCEL = ROOT / ".tools" / "node_modules" / ".bin" / "vercel"
+NEVER_BUNDLED = ("tests/", "devstack/", "bench/", "supabase/", ".venv/", ".tools/", ".devstack/")
+
+
+def sample_path(route_file: str) -> str:
+    """`api/properties/[id]` → `/api/properties/42`."""
+    return "/" + re.sub(r"\[[^/\]]+\]", "42", route_file)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory) -> Path:
+    if not VERCEL.exists():
+        pytest.fail("the Vercel CLI is missing: run `make tools` (make test does)")
+    scratch = tmp_path_factory.mktemp("vercel-build")
+    # The build writes pyproject.toml and uv.lock into the folder it builds: never the work tree.
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, scratch / name)
+    (scratch / ".vercel").mkdir()
+    (scratch / ".vercel" / "project.json").write_text('{"settings": {}}')
+    env = {**os.environ, "VERCEL_TELEMETRY_DISABLED": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run([str(VERCEL), "build", "--yes"], cwd=scratch, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    output = scratch / ".vercel" / "output"
+    assert (output / "config.json").exists(), "vercel build exited 0 but built nothing"
+    return output
+
+
+def endpoint_files() -> set[str]:
+    return {str(p.relative_to(ROOT).with_suffix("")) for p in (ROOT / "api").rglob("*.py")
+            if not any(part.startswith("_") for part in p.relative_to(ROOT).parts)}
+
+
+def test_there_is_one_function_per_api_file(build):
+    functions = {str(p.relative_to(build / "functions").with_suffix("")) for p in (build / "functions").rglob("*.func")}
+    assert functions == endpoint_files()
+    assert "api/health" in functions
+
+
+def test_each_function_runs_python_312_in_cdg1_settings(build):
+    for func in (build / "functions").rglob("*.func"):
+        config = json.loads((func / ".vc-config.json").read_text())
+        assert config["runtime"] == "python3.12"
+        assert config["maxDuration"] == 30
+
+
+def test_no_test_devstack_or_bench_file_is_in_any_function(build):
+    for func in (build / "functions").rglob("*.func"):
+        bundled = json.loads((func / ".vc-config.json").read_text())["filePathMap"]
+        leaked = [name for name in bundled if name.startswith(NEVER_BUNDLED)]
+        assert leaked == [], f"{func.name} bundles {leaked[:5]}"
+        assert "lib/http.py" in bundled and "api/health.py" in bundled
+
+
+def test_dynamic_routes_reach_their_function(build):
+    routes = json.loads((build / "config.json").read_text())["routes"]
+    for route_file in sorted(f for f in endpoint_files() if "[" in f):
+        path = sample_path(route_file)
+        matching = [r for r in routes if "src" in r and "dest" in r and re.match(r["src"], path)]
+        assert any(route_file in r["dest"] for r in matching), f"{path} does not reach {route_file}"
+
+
+def test_no_source_file_is_served_as_static(build):
+    static = {str(p.relative_to(build / "static")) for p in (build / "static").rglob("*") if p.is_file()}
+    public = {str(p.relative_to(ROOT / "public")) for p in (ROOT / "public").rglob("*") if p.is_file()}
+    assert static <= public, f"served but not in public/: {sorted(static - public)[:10]}"
+    assert not [name for name in static if name.endswith((".py", ".sql", ".env", ".txt", ".toml", ".json"))
+                and not name.startswith("openapi")]
