@@ -202,12 +202,13 @@ class Endpoint(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         ctx = context.begin()
         path = urlsplit(self.path).path
-        status, code = 500, None
+        status, code, reason = 500, None, None
         try:
             reply = self._handle(method)
         except DousellError as exc:
             reply = Reply(exc.to_body(), exc.status, dict(exc.headers))
             code = exc.code
+            reason = getattr(exc, "reason", None)  # e.g. why a token was refused; never the token
             if exc.status >= 500:
                 self._log_exception(exc, path)
         except Exception as exc:  # the last net: a bug answers 500 in the contract's shape, logged
@@ -230,6 +231,8 @@ class Endpoint(BaseHTTPRequestHandler):
         }
         if code:
             record["code"] = code
+        if reason:
+            record["reason"] = reason
         _log(record)
         try:
             self._send(method, reply, ctx)

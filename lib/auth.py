@@ -1,0 +1,286 @@
+"""Verify Supabase access tokens locally (JWKS or the legacy HS256 secret) and say who is signed in."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lib import config
+from lib.errors import AuthenticationRequired, InvalidToken, ServiceUnavailable
+
+if TYPE_CHECKING:
+    import httpx
+
+# PyJWT with cryptography (~65 ms) and httpx (~20 ms) are imported inside the functions that
+# need them: importing this module (for `User`, say) must stay cheap on a cold start.
+
+# Supabase signs with one of these and publishes the public half in its JWKS. HS256 is not
+# here: it is only ever checked against SUPABASE_JWT_SECRET, never against a JWKS key,
+# so a token cannot get a public key used as an HMAC secret (algorithm confusion).
+JWKS_ALGORITHMS = frozenset({"ES256", "RS256"})
+AUDIENCE = "authenticated"
+# Supabase's `role` claim for a signed-in user; `anon` and `service_role` keys are not users.
+USER_ROLE = "authenticated"
+# Claims PyJWT must find before it checks their values (`aud` and `iss` are checked too).
+REQUIRED_CLAIMS = ("exp", "sub", "aud", "iss")
+# Seconds of clock skew forgiven on `exp`, `nbf` and `iat`.
+LEEWAY = 30
+# Seconds. A JWKS fetch is on the request path: slower than this, answer 503 rather than hang.
+JWKS_TIMEOUT = 2.0
+# Seconds a fetched JWKS is trusted; past this, a key Supabase revoked must stop working.
+JWKS_MAX_AGE = 600.0
+# Seconds between fetches forced by an unknown `kid`, so a flood of made-up kids costs at most
+# one JWKS request per interval (and a JWKS we just fetched is not fetched again).
+JWKS_REFETCH_INTERVAL = 30.0
+
+# Replaceable clock for the JWKS cache (tests drive expiry with a fake one). Token times
+# (`exp`, `nbf`, `iat`) are checked by PyJWT against the wall clock.
+_now: Callable[[], float] = time.monotonic
+
+
+@dataclass(frozen=True)
+class User:
+    """The signed-in user; `token` lets lib/db act as them against PostgREST, so RLS applies."""
+
+    id: str
+    email: str | None
+    role: str
+    token: str = field(repr=False)  # a bearer credential: never in logs or tracebacks
+
+
+def authenticate(authorization: str | None) -> User:
+    """The user whose Supabase access token is in this `Authorization` header value.
+
+    Raises `AuthenticationRequired` without a header, `InvalidToken` (with a log-safe
+    `reason` attribute and the PyJWT error as `__cause__`) for anything but a valid user
+    token, and `ServiceUnavailable` when the JWKS is needed but cannot be had.
+    """
+    token = _bearer_token(authorization)
+
+    import jwt
+
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError as exc:
+        raise _rejected("malformed_token") from exc
+
+    issuer = f"{config.supabase_url()}/auth/v1"
+    alg = header.get("alg")
+    key: Any
+    if alg == "HS256":
+        secret = config.supabase_jwt_secret()
+        if secret is None:
+            raise _rejected("hs256_not_configured")
+        key, algorithms = secret, ["HS256"]
+    elif isinstance(alg, str) and alg in JWKS_ALGORITHMS:
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise _rejected("missing_kid")
+        key = _signing_key(f"{issuer}/.well-known/jwks.json", kid)
+        # The allowed algorithm comes from the key, not from the token: PyJWT refuses a
+        # token whose `alg` differs from the one the JWK is bound to.
+        algorithms = [key.algorithm_name]
+    else:
+        raise _rejected("algorithm_not_allowed")  # `none`, HS512, missing, anything else
+
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=algorithms,
+            audience=AUDIENCE,
+            issuer=issuer,
+            leeway=LEEWAY,
+            options={"require": list(REQUIRED_CLAIMS)},
+        )
+    except jwt.InvalidTokenError as exc:
+        raise _rejected(_reason(exc)) from exc
+    return _user(claims, token)
+
+
+def set_http_client(client: httpx.Client | None) -> None:
+    """Fetch the JWKS with `client` (tests pass one on a MockTransport); None: build a default lazily."""
+    global _client
+    with _lock:
+        _client = client
+
+
+# ---------------------------------------------------------------------------------------
+# Header and claims
+
+
+def _bearer_token(authorization: str | None) -> str:
+    if authorization is None or not authorization.strip():
+        raise AuthenticationRequired()
+    scheme, _, token = authorization.strip().partition(" ")
+    # Exactly `Bearer <token>`: one space, one token, no second word smuggled behind it.
+    if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
+        raise _rejected("malformed_header")
+    return token
+
+
+def _reason(exc: Exception) -> str:
+    """A fixed, log-safe word for why PyJWT refused the token (never the token itself)."""
+    import jwt
+
+    # Most specific first: InvalidSignatureError is a DecodeError.
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "expired"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "not_yet_valid"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"missing_claim:{exc.claim}"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "wrong_audience"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "wrong_issuer"
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "bad_signature"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "algorithm_not_allowed"
+    if isinstance(exc, jwt.DecodeError):
+        return "malformed_token"
+    return "invalid_claim"  # e.g. `sub` or `iat` of the wrong type
+
+
+def _user(claims: Mapping[str, Any], token: str) -> User:
+    sub = claims["sub"]  # PyJWT checked it is present and a string
+    if not sub.strip():
+        raise _rejected("missing_claim:sub")
+    role = claims.get("role")
+    if role != USER_ROLE:
+        raise _rejected("wrong_role")
+    email = claims.get("email")
+    # Phone sign-ups carry `"email": ""`: no address, not an empty one.
+    return User(id=sub, email=email if isinstance(email, str) and email else None, role=role, token=token)
+
+
+def _rejected(reason: str) -> InvalidToken:
+    """An InvalidToken whose `reason` is for logs; the client only sees the generic message."""
+    error = InvalidToken()
+    error.reason = reason  # type: ignore[attr-defined]
+    return error
+
+
+def _unavailable(reason: str) -> ServiceUnavailable:
+    error = ServiceUnavailable()
+    error.reason = reason  # type: ignore[attr-defined]
+    return error
+
+
+# ---------------------------------------------------------------------------------------
+# JWKS: fetched lazily, kept at most JWKS_MAX_AGE in the warm instance
+
+
+@dataclass(frozen=True)
+class _KeySet:
+    url: str
+    keys: Mapping[str, Any]  # kid -> jwt.PyJWK, parsed once per fetch
+    fetched_at: float
+
+
+_lock = threading.Lock()  # one fetch at a time; waiters re-read what the winner stored
+_client: httpx.Client | None = None
+_jwks: _KeySet | None = None
+_last_fetch_attempt = float("-inf")  # failed attempts count too, or an outage would be hammered
+
+
+def _signing_key(url: str, kid: str) -> Any:
+    """The PyJWK for `kid`: from the cache, refetched once if unknown, else InvalidToken."""
+    keyset = _fresh_keyset(url)
+    key = keyset.keys.get(kid)
+    if key is None:
+        # Supabase may have rotated its keys since we fetched: look once more, but at most
+        # once per JWKS_REFETCH_INTERVAL whatever the kids sent.
+        keyset = _refetch(url, keyset)
+        key = keyset.keys.get(kid)
+    if key is None:
+        raise _rejected("unknown_kid")
+    return key
+
+
+def _usable(keyset: _KeySet, url: str) -> bool:
+    return keyset.url == url and _now() - keyset.fetched_at < JWKS_MAX_AGE
+
+
+def _fresh_keyset(url: str) -> _KeySet:
+    keyset = _jwks
+    if keyset is not None and _usable(keyset, url):
+        return keyset
+    with _lock:
+        keyset = _jwks
+        if keyset is not None and _usable(keyset, url):
+            return keyset  # another thread fetched it while we waited
+        return _fetch(url)
+
+
+def _refetch(url: str, seen: _KeySet) -> _KeySet:
+    with _lock:
+        current = _jwks
+        if current is not None and current is not seen and _usable(current, url):
+            return current  # another thread refetched while we waited
+        if _now() - _last_fetch_attempt < JWKS_REFETCH_INTERVAL:
+            return seen
+        try:
+            return _fetch(url)
+        except ServiceUnavailable as exc:
+            # The copy we hold is still within JWKS_MAX_AGE: keep verifying with it.
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "JWKS refetch failed (%s); keeping the copy fetched %.0f s ago",
+                getattr(exc, "reason", "?"), _now() - seen.fetched_at,
+            )
+            return seen
+
+
+def _fetch(url: str) -> _KeySet:
+    """Fetch, parse, store and return the JWKS, or ServiceUnavailable. Call with `_lock` held."""
+    global _client, _jwks, _last_fetch_attempt
+    import httpx
+
+    _last_fetch_attempt = _now()
+    if _client is None:
+        _client = httpx.Client(timeout=JWKS_TIMEOUT, headers={"Accept": "application/json"})
+    try:
+        # The timeout is passed here too, so an injected client cannot make this unbounded.
+        response = _client.get(url, timeout=JWKS_TIMEOUT)
+        response.raise_for_status()
+        document = response.json()
+    except httpx.HTTPError as exc:
+        raise _unavailable("jwks_unreachable") from exc
+    except ValueError as exc:  # not JSON
+        raise _unavailable("jwks_invalid") from exc
+    try:
+        keys = _parse_jwks(document)
+    except TypeError as exc:
+        raise _unavailable("jwks_invalid") from exc
+    _jwks = _KeySet(url=url, keys=keys, fetched_at=_now())
+    return _jwks
+
+
+def _parse_jwks(document: Any) -> dict[str, Any]:
+    """kid -> PyJWK for the signing keys we accept; other keys are skipped, a wrong shape is TypeError."""
+    import jwt
+
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise TypeError("JWKS is not an object with a `keys` list")
+    keys: dict[str, Any] = {}
+    for jwk in document["keys"]:
+        if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str):
+            continue
+        if jwk.get("use", "sig") != "sig":
+            continue
+        # Only the shapes ES256/RS256 verify with; an `oct` key here would be an HMAC secret.
+        if not (jwk.get("kty") == "RSA" or (jwk.get("kty") == "EC" and jwk.get("crv") == "P-256")):
+            continue
+        try:
+            key = jwt.PyJWK(jwk)
+        except jwt.PyJWTError:
+            continue  # one unreadable key must not take the others down
+        if key.algorithm_name in JWKS_ALGORITHMS:
+            keys.setdefault(jwk["kid"], key)
+    return keys
