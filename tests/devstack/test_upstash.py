@@ -1,0 +1,585 @@
+"""The Upstash REST stand-in, driven by the real upstash-redis client and raw
+HTTP, in front of a real redis-server (and once in front of the embedded one)."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import time
+import uuid
+from urllib.parse import quote
+
+import httpx
+import pytest
+import redis
+from upstash_redis import Redis
+from upstash_redis.errors import UpstashError
+
+from devstack.redis_server import RedisServer, find_redis_server, free_port
+from devstack.upstash import serve_in_thread
+from tests.support import wait_for
+
+TOKEN = "test-upstash-token"
+
+needs_redis_server = pytest.mark.skipif(
+    find_redis_server() is None, reason="redis-server is not installed"
+)
+
+COMPARE_AND_DELETE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+# -- fixtures -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def upstash_redis_server(tmp_path_factory):
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def upstash_standin(upstash_redis_server):
+    server, thread = serve_in_thread(
+        port=0, token=TOKEN, redis_url=upstash_redis_server.url
+    )
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def upstash_client(upstash_standin):
+    client = Redis(upstash_standin.url, TOKEN, rest_retries=0, allow_telemetry=False)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def upstash_http(upstash_standin):
+    with httpx.Client(
+        base_url=upstash_standin.url,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=5.0,
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def upstash_direct(upstash_redis_server):
+    client = redis.Redis(host=upstash_redis_server.host, port=upstash_redis_server.port)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def upstash_key():
+    prefix = f"test:{uuid.uuid4().hex[:8]}"
+    return lambda name="k": f"{prefix}:{name}"
+
+
+@pytest.fixture
+def upstash_reset_delay(upstash_standin):
+    yield
+    upstash_standin.delay_ms = 0
+
+
+# -- the commands the cache and the locks use ---------------------------------
+
+
+def test_a_value_set_through_the_client_reads_back_unchanged(
+    upstash_client, upstash_key
+):
+    key = upstash_key()
+    assert upstash_client.set(key, "villa à Saly") is True
+    assert upstash_client.get(key) == "villa à Saly"
+    assert upstash_client.get(upstash_key("missing")) is None
+
+
+def test_set_nx_px_answers_null_when_the_key_is_already_taken(
+    upstash_client, upstash_http, upstash_key
+):
+    key = upstash_key("lock")
+    assert upstash_http.post(
+        "/", json=["SET", key, "owner-1", "NX", "PX", 30000]
+    ).json() == {"result": "OK"}
+    assert upstash_http.post(
+        "/", json=["SET", key, "owner-2", "NX", "PX", 30000]
+    ).json() == {"result": None}
+    assert (
+        upstash_client.set(key, "owner-3", nx=True, px=30000) is False
+    )  # the client maps null to False
+    assert upstash_client.get(key) == "owner-1"
+    assert 0 < upstash_client.pttl(key) <= 30000
+
+
+def test_incr_counts_from_zero_and_answers_integers(
+    upstash_client, upstash_http, upstash_key
+):
+    key = upstash_key("hits")
+    assert [upstash_client.incr(key) for _ in range(3)] == [1, 2, 3]
+    assert upstash_http.post("/", json=["INCRBY", key, 10]).json() == {"result": 13}
+
+
+def test_expire_and_pttl_report_the_remaining_lifetime(upstash_client, upstash_key):
+    key = upstash_key()
+    upstash_client.set(key, "v")
+    assert upstash_client.pttl(key) == -1
+    assert upstash_client.expire(key, 60) is True
+    assert 59_000 < upstash_client.pttl(key) <= 60_000
+    assert upstash_client.pttl(upstash_key("missing")) == -2
+
+
+def test_a_lua_compare_and_delete_releases_only_the_owners_lock(
+    upstash_client, upstash_key
+):
+    key = upstash_key("lock")
+    upstash_client.set(key, "token-a", px=30000)
+    assert upstash_client.eval(COMPARE_AND_DELETE, keys=[key], args=["token-b"]) == 0
+    assert upstash_client.get(key) == "token-a"
+    assert upstash_client.eval(COMPARE_AND_DELETE, keys=[key], args=["token-a"]) == 1
+    assert upstash_client.get(key) is None
+
+
+def test_evalsha_runs_a_loaded_script_and_an_unknown_sha_keeps_the_noscript_code(
+    upstash_client, upstash_key
+):
+    sha = upstash_client.script_load("return {KEYS[1], ARGV[1], 42}")
+    assert upstash_client.evalsha(sha, keys=[upstash_key()], args=["Thiès"]) == [
+        upstash_key(),
+        "Thiès",
+        42,
+    ]
+    with pytest.raises(UpstashError, match=r"^NOSCRIPT"):
+        upstash_client.evalsha("0" * 40, keys=[upstash_key()])
+
+
+# -- pipeline and transactions ------------------------------------------------
+
+
+def test_a_pipeline_answers_each_command_and_an_error_does_not_stop_the_rest(
+    upstash_http, upstash_key
+):
+    text, counter = upstash_key("text"), upstash_key("n")
+    response = upstash_http.post(
+        "/pipeline",
+        json=[
+            ["SET", text, "abc"],
+            ["INCR", text],
+            ["INCR", counter],
+            ["GET", text],
+            ["NOPE"],
+        ],
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body[0] == {"result": "OK"}
+    assert body[1] == {"error": "ERR value is not an integer or out of range"}
+    assert body[2] == {"result": 1}
+    assert body[3] == {"result": "abc"}
+    assert body[4]["error"].startswith("ERR unknown command")
+
+
+def test_the_client_pipeline_gets_results_in_order(upstash_client, upstash_key):
+    pipe = upstash_client.pipeline()
+    pipe.set(upstash_key(), "v", ex=60)
+    pipe.incr(upstash_key("n"))
+    pipe.get(upstash_key())
+    pipe.ttl(upstash_key())
+    assert pipe.exec() == [True, 1, "v", 60]
+
+
+def test_multi_exec_runs_all_commands_in_one_transaction(upstash_client, upstash_key):
+    tx = upstash_client.multi()
+    tx.set(upstash_key("a"), "1")
+    tx.incr(upstash_key("a"))
+    tx.get(upstash_key("a"))
+    assert tx.exec() == [True, 2, "2"]
+
+
+def test_multi_exec_reports_runtime_errors_per_command_like_redis(
+    upstash_http, upstash_key
+):
+    key = upstash_key()
+    body = upstash_http.post(
+        "/multi-exec", json=[["SET", key, "x"], ["INCR", key], ["GET", key]]
+    ).json()
+    assert body == [
+        {"result": "OK"},
+        {"error": "ERR value is not an integer or out of range"},
+        {"result": "x"},
+    ]
+
+
+def test_multi_exec_with_a_rejected_command_writes_nothing(
+    upstash_http, upstash_client, upstash_key
+):
+    key = upstash_key()
+    response = upstash_http.post(
+        "/multi-exec", json=[["SET", key, "x"], ["NOPE", "arg"]]
+    )
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("EXECABORT")
+    assert upstash_client.get(key) is None
+
+
+def test_multi_exec_is_atomic_against_concurrent_readers(upstash_standin, upstash_key):
+    """Readers in other connections never see the first half of a transaction."""
+    import threading
+
+    a, b = upstash_key("a"), upstash_key("b")
+    stop = threading.Event()
+    torn: list[tuple] = []
+
+    def read():
+        with httpx.Client(
+            base_url=upstash_standin.url, headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as c:
+            while not stop.is_set():
+                got = c.post("/", json=["MGET", a, b]).json()["result"]
+                if got[0] != got[1]:
+                    torn.append(tuple(got))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        with httpx.Client(
+            base_url=upstash_standin.url, headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as c:
+            for i in range(150):
+                c.post(
+                    "/multi-exec", json=[["SET", a, str(i)], ["SET", b, str(i)]]
+                ).raise_for_status()
+    finally:
+        stop.set()
+        reader.join(timeout=5)
+    assert torn == []
+
+
+# -- encoding -----------------------------------------------------------------
+
+NON_ASCII = [
+    "Thiès",
+    "Sacré-Cœur",
+    "Saint-Louis — quai 🐟",
+    "tab\tnul\x00ctl\x01end",
+    "OK",
+    "",
+]
+
+
+@pytest.mark.parametrize("value", NON_ASCII)
+def test_non_ascii_and_control_characters_round_trip_through_base64(
+    upstash_client, upstash_key, value
+):
+    key = upstash_key()
+    upstash_client.set(key, value)
+    assert upstash_client.get(key) == value
+    assert upstash_client.mget(key, upstash_key("missing")) == [value, None]
+
+
+def test_base64_encodes_every_string_but_ok_and_leaves_numbers_and_null(
+    upstash_http, upstash_key
+):
+    key, n = upstash_key(), upstash_key("n")
+    b64 = {"Upstash-Encoding": "base64"}
+    assert upstash_http.post("/", json=["SET", key, "Thiès"], headers=b64).json() == {
+        "result": "OK"
+    }
+    assert upstash_http.post("/", json=["GET", key], headers=b64).json() == {
+        "result": base64.b64encode("Thiès".encode()).decode()
+    }
+    assert upstash_http.post("/", json=["PING"], headers=b64).json() == {
+        "result": "UE9ORw=="
+    }
+    assert upstash_http.post("/", json=["INCR", n], headers=b64).json() == {"result": 1}
+    assert upstash_http.post(
+        "/", json=["MGET", key, n, upstash_key("none")], headers=b64
+    ).json() == {"result": [base64.b64encode("Thiès".encode()).decode(), "MQ==", None]}
+
+
+def test_without_the_encoding_header_strings_come_back_plain(upstash_http, upstash_key):
+    key = upstash_key()
+    upstash_http.post("/", json=["SET", key, "Sacré-Cœur"])
+    assert upstash_http.post("/", json=["GET", key]).json() == {"result": "Sacré-Cœur"}
+    assert upstash_http.post("/", json=["PING"]).json() == {"result": "PONG"}
+
+
+def test_raw_bytes_are_base64_exact_and_plain_mode_replaces_invalid_utf8(
+    upstash_http, upstash_direct, upstash_key
+):
+    key = upstash_key()
+    raw = b"\xff\xfe\x00\x80binary\xc3"
+    upstash_direct.set(key, raw)
+    encoded = upstash_http.post(
+        "/", json=["GET", key], headers={"Upstash-Encoding": "base64"}
+    ).json()["result"]
+    assert base64.b64decode(encoded) == raw
+    assert upstash_http.post("/", json=["GET", key]).json()["result"] == raw.decode(
+        "utf-8", "replace"
+    )
+
+
+def test_numbers_in_a_command_are_sent_as_their_decimal_text(
+    upstash_http, upstash_direct, upstash_key
+):
+    key = upstash_key()
+    assert upstash_http.post("/", json=["SET", key, 1.5, "PX", 30000.0]).json() == {
+        "result": "OK"
+    }
+    assert upstash_direct.get(key) == b"1.5"
+
+
+# -- errors -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]
+)
+def test_a_missing_or_wrong_token_is_answered_401(upstash_standin, headers):
+    response = httpx.post(upstash_standin.url, json=["PING"], headers=headers)
+    assert response.status_code == 401
+    assert response.json() == {"error": "Unauthorized"}
+
+
+def test_the_client_with_a_wrong_token_raises_upstash_error(upstash_standin):
+    with (
+        Redis(upstash_standin.url, "wrong", rest_retries=0) as client,
+        pytest.raises(UpstashError, match="Unauthorized"),
+    ):
+        client.get("k")
+
+
+def test_the_token_may_also_come_as_the_underscore_token_parameter(upstash_standin):
+    assert httpx.get(f"{upstash_standin.url}/ping?_token={TOKEN}").json() == {
+        "result": "PONG"
+    }
+
+
+def test_an_unknown_command_is_answered_400_and_raises_upstash_error(
+    upstash_http, upstash_client
+):
+    response = upstash_http.post("/", json=["NOPE", "x"])
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("ERR unknown command 'NOPE'")
+    with pytest.raises(UpstashError, match="^ERR unknown command"):
+        upstash_client.execute(["NOPE"])
+
+
+def test_a_wrong_type_error_keeps_its_redis_code(upstash_client, upstash_key):
+    key = upstash_key()
+    upstash_client.set(key, "text")
+    with pytest.raises(UpstashError, match="^WRONGTYPE"):
+        upstash_client.hget(key, "field")
+
+
+def test_a_lua_error_is_answered_as_an_error(upstash_client):
+    with pytest.raises(UpstashError, match="^ERR.*boom"):
+        upstash_client.eval("return redis.error_reply('ERR boom')")
+    with pytest.raises(UpstashError, match="^ERR"):
+        upstash_client.eval("this is not lua")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/", b"{not json"),
+        ("/", b'{"cmd": "GET"}'),
+        ("/", b"[]"),
+        ("/", b'["SET", "k", null]'),
+        ("/", b'["SET", "k", ["nested"]]'),
+        ("/pipeline", b'["GET", "k"]'),
+        ("/multi-exec", b"not json"),
+    ],
+)
+def test_a_malformed_body_is_answered_400_with_an_error(upstash_http, path, body):
+    response = upstash_http.post(path, content=body)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("ERR")
+
+
+def test_connection_state_commands_are_refused_so_pooled_connections_stay_clean(
+    upstash_http,
+):
+    for command in (
+        ["MULTI"],
+        ["SELECT", "1"],
+        ["SUBSCRIBE", "ch"],
+        ["CLIENT", "REPLY", "OFF"],
+    ):
+        response = upstash_http.post("/", json=command)
+        assert response.status_code == 400, command
+        assert "not available" in response.json()["error"]
+    assert upstash_http.post("/", json=["PING"]).json() == {"result": "PONG"}
+
+
+# -- path style, keep-alive, drills -------------------------------------------
+
+
+def test_the_path_style_get_and_post_forms_work(upstash_http, upstash_key):
+    key = quote(upstash_key("a b/é"), safe="")
+    assert upstash_http.post(
+        f"/set/{key}", content="Thiès", params={"EX": "100"}
+    ).json() == {"result": "OK"}
+    assert upstash_http.get(f"/get/{key}").json() == {"result": "Thiès"}
+    assert 0 < upstash_http.get(f"/ttl/{key}").json()["result"] <= 100
+
+
+def test_one_keep_alive_connection_serves_many_requests(upstash_standin):
+    host, port = upstash_standin.server_address[:2]
+    body = b'["PING"]'
+    request = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with socket.create_connection((host, port), timeout=5) as sock:
+        for _ in range(3):
+            sock.sendall(request)
+            reply = b""
+            while not reply.endswith(b'{"result":"PONG"}'):
+                chunk = sock.recv(4096)
+                assert chunk, "the stand-in closed a keep-alive connection"
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 200 ")
+
+
+def test_the_delay_drill_slows_every_command_until_reset(
+    upstash_http, upstash_reset_delay
+):
+    assert upstash_http.post("/__devstack/delay", json={"ms": 300}).json() == {
+        "result": {"delay_ms": 300.0}
+    }
+    started = time.monotonic()
+    assert upstash_http.post("/", json=["PING"]).json() == {"result": "PONG"}
+    assert time.monotonic() - started >= 0.3
+    upstash_http.post("/__devstack/delay", json={"ms": 0})
+    started = time.monotonic()
+    upstash_http.post("/", json=["PING"])
+    assert time.monotonic() - started < 0.25
+
+
+def test_the_drill_endpoints_need_the_token(upstash_standin, upstash_reset_delay):
+    response = httpx.post(f"{upstash_standin.url}/__devstack/delay", json={"ms": 5000})
+    assert response.status_code == 401
+    assert upstash_standin.delay_ms == 0
+
+
+def test_the_status_endpoint_reports_redis_up_and_the_delay(
+    upstash_http, upstash_redis_server
+):
+    assert upstash_http.get("/__devstack/status").json() == {
+        "result": {
+            "redis": "up",
+            "redis_url": upstash_redis_server.url,
+            "delay_ms": 0.0,
+        }
+    }
+
+
+# -- Redis outages and the embedded Redis -------------------------------------
+
+
+@needs_redis_server
+def test_with_redis_stopped_requests_fail_fast_and_recover_once_it_restarts(tmp_path):
+    backend = RedisServer(free_port(), tmp_path / "redis").start()
+    server, thread = serve_in_thread(port=0, token=TOKEN, redis_url=backend.url)
+    client = Redis(server.url, TOKEN, rest_retries=0, allow_telemetry=False)
+    try:
+        client.set("k", "before")
+        assert client.get("k") == "before"  # a pooled connection now exists
+
+        backend.stop()
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(UpstashError, match="Redis is unavailable"):
+                client.get("k")
+            assert time.monotonic() - started < 1.0
+        response = httpx.post(
+            server.url, json=["PING"], headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert response.status_code == 503
+
+        backend.start()  # same port, empty (persistence is off)
+
+        def answers():
+            try:
+                return client.set("k", "after") is True
+            except UpstashError:
+                return False
+
+        wait_for(
+            answers, timeout=5, interval=0.02, what="the stand-in to reconnect to Redis"
+        )
+        assert client.get("k") == "after"
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        backend.stop()
+
+
+def test_the_stand_in_works_the_same_over_the_embedded_fakeredis(tmp_path):
+    backend = RedisServer(free_port(), tmp_path / "redis", embedded=True).start()
+    assert backend.kind == "fakeredis"
+    server, thread = serve_in_thread(port=0, token=TOKEN, redis_url=backend.url)
+    client = Redis(server.url, TOKEN, rest_retries=0, allow_telemetry=False)
+    try:
+        assert client.set("lock", "Thiès", nx=True, px=30000) is True
+        assert client.set("lock", "other", nx=True, px=30000) is False
+        assert client.get("lock") == "Thiès"
+        assert 0 < client.pttl("lock") <= 30000
+        assert client.incr("n") == 1
+        assert client.eval(COMPARE_AND_DELETE, keys=["lock"], args=["Thiès"]) == 1
+        pipe = client.pipeline()
+        pipe.set("a", "Sacré-Cœur")
+        pipe.get("a")
+        assert pipe.exec() == [True, "Sacré-Cœur"]
+        tx = client.multi()
+        tx.incr("n")
+        tx.get("n")
+        assert tx.exec() == [2, "2"]
+        with pytest.raises(UpstashError, match="^ERR unknown command"):
+            client.execute(["NOPE"])
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        backend.stop()
+
+
+def test_a_redis_that_accepts_but_never_answers_is_reported_within_the_socket_timeout():
+    with (
+        socket.socket() as silent
+    ):  # the kernel accepts connections; nobody ever replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        server, thread = serve_in_thread(
+            port=0,
+            token=TOKEN,
+            redis_url=f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+            socket_timeout=0.3,
+        )
+        try:
+            started = time.monotonic()
+            response = httpx.post(
+                server.url,
+                json=["GET", "k"],
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert time.monotonic() - started < 2.0
+            assert response.status_code == 503
+            assert response.json()["error"].startswith("ERR Redis is unavailable")
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
