@@ -30,7 +30,8 @@ import random
 import secrets
 import threading
 import time
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from lib import context, keys, upstash
 from lib.upstash import RedisCommandError, RedisError
@@ -140,14 +141,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (READ_SCRIPT, FILL_SCRIPT, RELEASE_SCRIPT)}
+_SHA: dict[str, str] = {}
+
+
+def _sha(script: str) -> str:
+    sha = _SHA.get(script)
+    if sha is None:
+        sha = _SHA[script] = hashlib.sha1(script.encode()).hexdigest()
+    return sha
 
 
 def run_script(script: str, keys_: Sequence[str], args: Sequence[Any]) -> Any:
     """EVALSHA in one round trip; EVAL only when Redis has not seen the script (after a restart)."""
     tail = [len(keys_), *keys_, *map(str, args)]
     try:
-        return upstash.execute(["EVALSHA", _SHA[script], *tail])
+        return upstash.execute(["EVALSHA", _sha(script), *tail])
     except RedisCommandError as exc:
         if "NOSCRIPT" not in str(exc):
             raise

@@ -7,10 +7,10 @@ lib/cache and lib/db can add their durations without being handed an object.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Iterator
 
 
 @dataclass

@@ -8,7 +8,8 @@ that cannot be reached becomes `DatabaseUnavailable` (503), never a hang or a 50
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from lib import config, context
 from lib.errors import ConfigurationError, DatabaseUnavailable, InvalidToken

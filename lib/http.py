@@ -11,9 +11,10 @@ import json
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from lib import context
@@ -56,6 +57,9 @@ _FIELD_MESSAGES = {
     "timezone_aware": "La date doit préciser son fuseau horaire.",
     "model_type": "Doit être un objet JSON.",
     "dict_type": "Doit être un objet JSON.",
+    "not_nullable": "Ce champ ne peut pas être vide.",
+    "nothing_to_change": "Aucun champ à modifier.",
+    "unknown_parameter": "Paramètre inconnu.",
 }
 
 
@@ -122,6 +126,15 @@ class Request:
         if not isinstance(data, dict):
             raise MalformedJSON("Le corps de la requête doit être un objet JSON.")
         return self._validate(model, data, ValidationFailed)
+
+    def refuse_unknown_query(self, allowed: set[str], error: type[ValidationFailed] = ValidationFailed) -> None:
+        """A light check for endpoints whose query needs no model: unknown or repeated names are a 422."""
+        bad = sorted(set(self.query) - allowed)
+        details = [{"field": name, "code": "unknown_parameter", "message": _FIELD_MESSAGES["unknown_parameter"]}
+                   for name in bad]
+        details += [{"field": name, "code": "repeated", "message": "Paramètre répété."} for name in self.repeated]
+        if details:
+            raise error(details=details)
 
     def query_as(self, model: Callable[..., M], error: type[ValidationFailed] = ValidationFailed) -> M:
         """The query string validated by a pydantic model; a repeated parameter is refused."""

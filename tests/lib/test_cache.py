@@ -148,7 +148,7 @@ def test_a_fill_that_read_the_database_before_an_invalidation_never_lands(redis)
 
     def slow_read_overtaken_by_a_write():
         value = {"price": 100_000}  # read from the database...
-        cache.invalidate([f"property:123"])  # ...then a PATCH commits and invalidates
+        cache.invalidate(["property:123"])  # ...then a PATCH commits and invalidates
         return value
 
     assert fetch(entry, slow_read_overtaken_by_a_write) == ({"price": 100_000}, "MISS")

@@ -1,0 +1,241 @@
+"""lib/locks against a real redis-server behind the Upstash REST stand-in: expiry, tokens, races, cost.
+
+Both servers start once for the module on free ports in temporary folders, as in
+tests/devstack/test_upstash.py. The measured latency is printed (run with `-s`), never asserted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from devstack.redis_server import RedisServer, find_redis_server, free_port
+from devstack.upstash import serve_in_thread
+from lib import locks, upstash
+from lib.locks import Lock, LockBusy, LockNotOwned, with_lock
+from tests.support import wait_for
+
+TOKEN = "test-upstash-token"
+
+pytestmark = pytest.mark.skipif(find_redis_server() is None, reason="redis-server is not installed")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"), embedded=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def standin(redis_server):
+    server, thread = serve_in_thread(port=0, token=TOKEN, redis_url=redis_server.url)
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def upstash_env(monkeypatch, standin):
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", standin.url)
+    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", TOKEN)
+    upstash.set_client(None)
+    yield
+    upstash.set_client(None)
+
+
+@pytest.fixture
+def direct(redis_server):
+    """A plain redis-py connection, to look at the keys behind the stand-in's back."""
+    client = redis.Redis(host=redis_server.host, port=redis_server.port, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def name():
+    return f"dousell:lock:test:{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def rest_calls(monkeypatch):
+    """Counts the REST calls lib.locks makes (every `upstash.execute` is one POST)."""
+    sent: list[str] = []
+    real = upstash.execute
+
+    def counting(command):
+        sent.append(command[0])
+        return real(command)
+
+    monkeypatch.setattr(upstash, "execute", counting)
+    return sent
+
+
+def try_acquire(lock: Lock) -> bool:
+    try:
+        return lock.acquire()
+    except LockBusy:
+        return False
+
+
+# -- expiry and tokens -------------------------------------------------------------------------
+
+
+def test_a_lock_expires_after_its_ttl_and_then_another_request_can_take_it(name, direct):
+    first = Lock(name, ttl=0.2)
+    first.acquire()
+    assert 0 < direct.pttl(name) <= 200
+    with pytest.raises(LockBusy):
+        Lock(name, retries=0).acquire()
+    second = Lock(name, ttl=30, retries=0)
+    wait_for(lambda: try_acquire(second), timeout=5, interval=0.02, what="the 0.2 s lock to expire")
+    assert direct.get(name) == second.token != first.token
+    second.release()
+
+
+def test_a_holder_whose_lock_expired_cannot_release_the_next_holders_lock(name, direct):
+    first = Lock(name, ttl=0.2)
+    first.acquire()
+    second = Lock(name, ttl=30, retries=0)
+    wait_for(lambda: try_acquire(second), timeout=5, interval=0.02, what="the 0.2 s lock to expire")
+    with pytest.raises(LockNotOwned, match="Cannot release a lock that's no longer owned"):
+        first.release()
+    assert direct.get(name) == second.token
+    assert second.owned() is True
+    second.release()
+    assert direct.exists(name) == 0
+
+
+def test_release_deletes_only_the_key_holding_our_token(name, direct):
+    lock = Lock(name)
+    lock.acquire()
+    direct.set(name, "someone-else", px=30_000)
+    with pytest.raises(LockNotOwned):
+        lock.release()
+    assert direct.get(name) == "someone-else"
+    direct.delete(name)
+    lock.acquire()
+    lock.release()
+    assert direct.exists(name) == 0
+
+
+def test_extend_lengthens_an_owned_lock_and_refuses_an_expired_one(name, direct):
+    lock = Lock(name, ttl=1)
+    lock.acquire()
+    assert 10.5 < lock.extend(10) <= 11
+    assert 10_500 < direct.pttl(name) <= 11_000
+    lock.release()
+
+    short = Lock(name, ttl=0.2)
+    short.acquire()
+    wait_for(lambda: direct.exists(name) == 0, timeout=5, interval=0.02, what="the 0.2 s lock to expire")
+    with pytest.raises(LockNotOwned, match="Cannot extend"):
+        short.extend(10)
+    assert direct.exists(name) == 0  # not resurrected
+
+
+def test_with_lock_releases_on_the_real_server_even_when_the_block_raises(name, direct):
+    with pytest.raises(RuntimeError), with_lock(name) as lock:
+        assert direct.get(name) == lock.token
+        raise RuntimeError("PayDunya timed out")
+    assert direct.exists(name) == 0
+
+
+# -- races -------------------------------------------------------------------------------------
+
+
+def test_of_twenty_simultaneous_attempts_exactly_one_gets_the_lock(name):
+    n = 20
+    start = threading.Barrier(n)
+    attempted = threading.Semaphore(0)
+    outcomes: list[str] = []
+    guard = threading.Lock()
+
+    def attempt():
+        lock = Lock(name, ttl=10, retries=0)
+        start.wait(timeout=10)
+        won = try_acquire(lock)
+        with guard:
+            outcomes.append("won" if won else "busy")
+        attempted.release()
+        if won:  # hold it until every thread has tried
+            for _ in range(n):
+                attempted.acquire(timeout=10)
+            lock.release()
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        for future in [pool.submit(attempt) for _ in range(n)]:
+            future.result(timeout=30)
+    assert sorted(outcomes) == ["busy"] * (n - 1) + ["won"]
+
+
+def test_twenty_threads_taking_turns_never_hold_the_lock_together(name):
+    n = 20
+    start = threading.Barrier(n)
+    guard = threading.Lock()
+    state = {"inside": 0, "most": 0, "wins": 0, "busy": 0}
+
+    def worker():
+        start.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with with_lock(name, ttl=5, retries=0):
+                    with guard:
+                        state["inside"] += 1
+                        state["most"] = max(state["most"], state["inside"])
+                    time.sleep(0.005)  # work inside the critical section, widening any overlap
+                    with guard:
+                        state["inside"] -= 1
+                        state["wins"] += 1
+                return
+            except LockBusy:
+                with guard:
+                    state["busy"] += 1
+                time.sleep(0.002)
+        raise AssertionError("never got the lock within 20 s")
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        for future in [pool.submit(worker) for _ in range(n)]:
+            future.result(timeout=30)  # re-raises a worker's failure here
+    assert state["wins"] == n
+    assert state["most"] == 1
+    assert state["busy"] > 0
+    print(f"\n20 threads taking turns: {state['wins']} holds, {state['busy']} busy answers, "
+          f"at most {state['most']} holder at a time")
+
+
+# -- cost --------------------------------------------------------------------------------------
+
+
+def test_acquire_and_release_through_the_stand_in_cost_two_rest_calls(name, direct, rest_calls):
+    direct.script_flush()  # a Redis that has just restarted: the first release loads the script
+    cold = Lock(name)
+    cold.acquire()
+    cold.release()
+    cold_calls = list(rest_calls)
+
+    cycles, timings = 300, []
+    for _ in range(cycles):
+        rest_calls.clear()
+        lock = Lock(name)
+        started = time.perf_counter()
+        lock.acquire()
+        lock.release()
+        timings.append((time.perf_counter() - started) * 1000)
+        assert rest_calls == ["SET", "EVALSHA"]
+    assert cold_calls == ["SET", "EVALSHA", "EVAL"]
+    timings.sort()
+    print(f"\nacquire+release through the Upstash stand-in, {cycles} cycles: "
+          f"p50 {statistics.median(timings):.2f} ms, p90 {timings[int(0.9 * cycles)]:.2f} ms, "
+          f"max {timings[-1]:.2f} ms; REST calls per cycle: 2 (SET, EVALSHA), "
+          f"3 on the first release after a Redis restart (SET, EVALSHA→NOSCRIPT, EVAL)")
+    assert locks.on_event is locks._no_event  # nothing was left plugged in
