@@ -1,0 +1,119 @@
+"""Shared fixtures: a real PostgreSQL 15 for the whole run, fresh seeded databases, acting as a role.
+
+The cluster starts only when a test asks for it (tests that fake HTTP never pay for it):
+
+    def test_x(seeded_db, pg_connect, act_as):
+        admin = pg_connect(seeded_db.dsn())                    # superuser, autocommit
+        api = pg_connect(seeded_db.dsn("authenticator"))       # how PostgREST logs in
+        with act_as(api, "authenticated", sub=AWA) as conn:    # one transaction, RLS on
+            conn.execute("select ...")
+
+`seeded_db` is a private copy of the template (bootstrap + migrations + seed.sql) made
+for each test, so tests may commit, race and break things freely.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+
+from devstack.postgres import TEMPLATE_DB, Cluster
+
+
+@dataclass(frozen=True)
+class Database:
+    """A database of the test cluster."""
+
+    cluster: Cluster
+    name: str
+
+    def dsn(self, user: str = "postgres") -> str:
+        """DSN as `user`: `postgres` (superuser) or `authenticator` (PostgREST's login role)."""
+        return self.cluster.dsn(self.name, user)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL cluster for the session, in a temp folder on a free port."""
+    cluster = Cluster.start_temporary()
+    try:
+        yield cluster
+    finally:
+        cluster.stop(remove=True)
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_cluster: Cluster) -> str:
+    """Name of the template database holding the schema and the demo data, built once."""
+    return pg_cluster.create_template(TEMPLATE_DB, seed=True)
+
+
+@pytest.fixture
+def seeded_db(pg_cluster: Cluster, pg_template: str) -> Iterator[Database]:
+    """A fresh copy of the seeded template for this test alone, dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    pg_cluster.create_database(name, template=pg_template)
+    try:
+        yield Database(pg_cluster, name)
+    finally:
+        pg_cluster.drop_database(name)  # with (force): lingering connections do not block it
+
+
+@pytest.fixture
+def pg_connect() -> Iterator[Callable[..., psycopg.Connection]]:
+    """Open autocommit connections (`pg_connect(dsn)`), all closed after the test."""
+    opened: list[psycopg.Connection] = []
+
+    def connect(dsn: str, **kwargs: Any) -> psycopg.Connection:
+        kwargs.setdefault("autocommit", True)
+        conn = psycopg.connect(dsn, **kwargs)
+        opened.append(conn)
+        return conn
+
+    yield connect
+    for conn in opened:
+        conn.close()
+
+
+def _claims(role: str, sub: str | uuid.UUID | None, extra: dict[str, Any] | None) -> dict[str, Any]:
+    claims: dict[str, Any] = {"role": role}
+    if sub is not None:
+        claims.update(sub=str(sub), aud="authenticated")
+    claims.update(extra or {})
+    return claims
+
+
+@contextmanager
+def _act_as(
+    conn: psycopg.Connection,
+    role: str,
+    sub: str | uuid.UUID | None = None,
+    claims: dict[str, Any] | None = None,
+) -> Iterator[psycopg.Connection]:
+    """One transaction as PostgREST runs a request: local role and JWT claims, then commit.
+
+    An exception inside the block rolls the transaction back and propagates.
+    """
+    with conn.transaction():
+        conn.execute(
+            "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)",
+            (role, json.dumps(_claims(role, sub, claims))),
+        )
+        yield conn
+
+
+@pytest.fixture
+def act_as() -> Callable[..., AbstractContextManager[psycopg.Connection]]:
+    """`with act_as(conn, "authenticated", sub=user_id):` — see `_act_as`.
+
+    Use a connection as `authenticator` for fidelity: it holds no rights of its own and
+    may only switch to anon, authenticated and service_role, like PostgREST.
+    """
+    return _act_as

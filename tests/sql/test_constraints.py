@@ -1,0 +1,269 @@
+"""The schema's own guarantees: what no code path (RPC, service_role, a bug) can write."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from tests.sql.demo import AWA, FATOU, LEASE_123, MERMOZ_102, MOUSSA, VILLA_789
+from tests.sql.helpers import race
+
+INSERT_PAYMENT = "insert into rental_payments (lease_id, period, amount, status, paid_at) values (%s, %s, 50000, %s, %s)"
+
+
+def insert_payment(conn: psycopg.Connection, period: str, status: str, lease_id: int = LEASE_123) -> None:
+    paid_at = "2026-01-05T10:00:00Z" if status == "completed" else None
+    conn.execute(INSERT_PAYMENT, (lease_id, period, status, paid_at))
+
+
+def new_slot(admin: psycopg.Connection, property_id: int, starts: str, ends: str) -> int:
+    return admin.execute(
+        "insert into visit_slots (property_id, starts_at, ends_at) values (%s, %s, %s) returning id",
+        (property_id, starts, ends),
+    ).fetchone()[0]
+
+
+def insert_visit(conn: psycopg.Connection, slot_id: int, visitor: str, status: str = "booked") -> int:
+    return conn.execute(
+        """
+        insert into visits (slot_id, property_id, visitor_id, starts_at, ends_at, status)
+        select id, property_id, %s, starts_at, ends_at, %s from visit_slots where id = %s
+        returning id
+        """,
+        (visitor, status, slot_id),
+    ).fetchone()[0]
+
+
+# -- payments: one open attempt and one completed payment per lease and month -------------
+
+
+@pytest.mark.parametrize("status", ["pending", "completed"])
+def test_a_lease_month_holds_only_one_payment_in_each_fenced_status(admin, status):
+    insert_payment(admin, "2030-01", status)
+    with pytest.raises(errors.UniqueViolation):
+        insert_payment(admin, "2030-01", status)
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ("failed", "pending"),  # a failed checkout may be retried
+        ("cancelled", "pending"),  # so may a cancelled one
+        ("failed", "failed"),  # history of attempts is kept
+        ("pending", "completed"),  # the open attempt and the completed one are different fences
+    ],
+)
+def test_history_rows_do_not_block_a_new_attempt(admin, first, second):
+    insert_payment(admin, "2030-01", first)
+    insert_payment(admin, "2030-01", second)
+    assert admin.execute("select count(*) from rental_payments where period = '2030-01'").fetchone()[0] == 2
+
+
+def test_the_payment_fence_is_per_lease_and_per_month(admin):
+    admin.execute(
+        "insert into leases (id, property_id, tenant_id, monthly_rent, status, starts_on) values (900, 789, %s, 1200000, 'active', '2030-01-01')",
+        (FATOU,),
+    )
+    insert_payment(admin, "2030-01", "pending")
+    insert_payment(admin, "2030-02", "pending")  # another month
+    insert_payment(admin, "2030-01", "pending", lease_id=900)  # another lease
+
+
+@pytest.mark.parametrize("period", ["2030-13", "2030-00", "30-01", "2030-1", "2030-01-01", "2030/01", ""])
+def test_a_payment_period_is_a_calendar_month(admin, period):
+    with pytest.raises(errors.CheckViolation):
+        insert_payment(admin, period, "pending")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        # properties: whole positive XOF, known type and status, no negative bedrooms
+        "insert into properties (owner_id, title, city, type, price) values ('{awa}', 'T', 'Dakar', 'apartment', 0)",
+        "insert into properties (owner_id, title, city, type, price, currency) values ('{awa}', 'T', 'Dakar', 'apartment', 1000, 'EUR')",
+        "insert into properties (owner_id, title, city, type, price) values ('{awa}', 'T', 'Dakar', 'castle', 1000)",
+        "insert into properties (owner_id, title, city, type, price, status) values ('{awa}', 'T', 'Dakar', 'villa', 1000, 'sold')",
+        "insert into properties (owner_id, title, city, type, price, bedrooms) values ('{awa}', 'T', 'Dakar', 'villa', 1000, -1)",
+        "insert into properties (owner_id, title, city, type, price) values ('{awa}', '  ', 'Dakar', 'villa', 1000)",
+        # leases: positive rent, known status, does not end before it starts
+        "insert into leases (property_id, tenant_id, monthly_rent, status, starts_on) values (789, '{fatou}', 0, 'pending', '2030-01-01')",
+        "insert into leases (property_id, tenant_id, monthly_rent, status, starts_on) values (789, '{fatou}', 1000, 'signed', '2030-01-01')",
+        "insert into leases (property_id, tenant_id, monthly_rent, starts_on, ends_on) values (789, '{fatou}', 1000, '2030-01-01', '2029-12-31')",
+        # payments: positive XOF amount, known status, a completed payment says when
+        "insert into rental_payments (lease_id, period, amount) values (123, '2030-01', -5)",
+        "insert into rental_payments (lease_id, period, amount, currency) values (123, '2030-01', 5, 'USD')",
+        "insert into rental_payments (lease_id, period, amount, status) values (123, '2030-01', 5, 'refunded')",
+        "insert into rental_payments (lease_id, period, amount, status) values (123, '2030-01', 5, 'completed')",
+        # profiles: only the two roles
+        "update profiles set role = 'admin' where id = '{fatou}'",
+        # slots end after they start
+        "insert into visit_slots (property_id, starts_at, ends_at) values (789, '2030-01-01 10:00Z', '2030-01-01 10:00Z')",
+    ],
+)
+def test_check_constraints_reject_impossible_rows(admin, statement):
+    with pytest.raises(errors.CheckViolation):
+        admin.execute(statement.format(awa=AWA, fatou=FATOU))
+
+
+def test_a_property_has_one_active_lease_at_a_time(admin):
+    with pytest.raises(errors.UniqueViolation):
+        admin.execute(
+            "insert into leases (property_id, tenant_id, monthly_rent, status, starts_on) values (123, %s, 60000, 'active', '2030-01-01')",
+            (FATOU,),
+        )
+
+
+def test_the_payment_fences_hold_between_racing_transactions(seeded_db, pg_connect):
+    # Two writers that skip every lock (as a buggy client or a stale Redis lock would):
+    # the partial unique index lets exactly one pending row in.
+    conns = [pg_connect(seeded_db.dsn()) for _ in range(2)]
+
+    def insert(conn, _):
+        with conn.transaction():
+            insert_payment(conn, "2030-01", "pending")
+        return "inserted"
+
+    results = race(conns, insert)
+    assert results.count("inserted") == 1
+    assert [type(r) for r in results if r != "inserted"] == [errors.UniqueViolation]
+    assert conns[0].execute("select count(*) from rental_payments where period = '2030-01'").fetchone()[0] == 1
+
+
+# -- visits: a slot once, a property one visit at a time ----------------------------------
+
+
+def test_a_slot_holds_only_one_booked_visit(admin):
+    slot = new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
+    insert_visit(admin, slot, FATOU)
+    with pytest.raises(errors.UniqueViolation):
+        insert_visit(admin, slot, MOUSSA)
+
+
+def test_a_cancelled_visit_frees_its_slot(admin):
+    slot = new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
+    first = insert_visit(admin, slot, FATOU)
+    admin.execute("update visits set status = 'cancelled' where id = %s", (first,))
+    insert_visit(admin, slot, MOUSSA)
+
+
+@pytest.mark.parametrize(
+    "other_slot, allowed",
+    [
+        (("2030-01-01 10:30Z", "2030-01-01 11:30Z"), False),  # starts inside the booked hour
+        (("2030-01-01 09:30Z", "2030-01-01 10:30Z"), False),  # ends inside it
+        (("2030-01-01 09:00Z", "2030-01-01 12:00Z"), False),  # covers it
+        (("2030-01-01 11:00Z", "2030-01-01 12:00Z"), True),  # back to back after
+        (("2030-01-01 09:00Z", "2030-01-01 10:00Z"), True),  # back to back before
+    ],
+)
+def test_booked_visits_of_one_property_may_not_overlap(admin, other_slot, allowed):
+    booked = new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
+    other = new_slot(admin, VILLA_789, *other_slot)
+    insert_visit(admin, booked, FATOU)
+    if allowed:
+        insert_visit(admin, other, MOUSSA)
+    else:
+        with pytest.raises(errors.ExclusionViolation):
+            insert_visit(admin, other, MOUSSA)
+
+
+def test_overlapping_visits_of_different_properties_are_fine(admin):
+    here = new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
+    there = new_slot(admin, MERMOZ_102, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
+    insert_visit(admin, here, FATOU)
+    insert_visit(admin, there, FATOU)
+
+
+def test_an_overlapping_cancelled_visit_does_not_count(admin):
+    booked = new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
+    other = new_slot(admin, VILLA_789, "2030-01-01 10:30Z", "2030-01-01 11:30Z")
+    insert_visit(admin, booked, FATOU, status="cancelled")
+    insert_visit(admin, other, MOUSSA)
+
+
+def test_a_visit_belongs_to_its_slots_property(admin):
+    slot = new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
+    with pytest.raises(errors.ForeignKeyViolation):
+        admin.execute(
+            "insert into visits (slot_id, property_id, visitor_id, starts_at, ends_at) values (%s, 102, %s, '2030-01-01 10:00Z', '2030-01-01 11:00Z')",
+            (slot, FATOU),
+        )
+
+
+def test_a_slot_with_a_booking_cannot_be_deleted(admin):
+    slot = new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
+    insert_visit(admin, slot, FATOU)
+    with pytest.raises(errors.ForeignKeyViolation):
+        admin.execute("delete from visit_slots where id = %s", (slot,))
+
+
+def test_a_property_has_one_slot_per_start_time(admin):
+    new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
+    with pytest.raises(errors.UniqueViolation):
+        new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 10:30Z")
+
+
+@pytest.mark.parametrize(
+    "second_slot, error",
+    [
+        (None, errors.UniqueViolation),  # both book the same slot
+        (("2030-01-01 10:30Z", "2030-01-01 11:30Z"), errors.ExclusionViolation),  # overlapping slots
+    ],
+)
+def test_the_visit_fences_hold_between_racing_transactions(seeded_db, pg_connect, admin, second_slot, error):
+    first = new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
+    second = new_slot(admin, VILLA_789, *second_slot) if second_slot else first
+    conns = [pg_connect(seeded_db.dsn()) for _ in range(2)]
+
+    def book(conn, i):
+        with conn.transaction():
+            insert_visit(conn, (first, second)[i], (FATOU, MOUSSA)[i])
+        return "booked"
+
+    results = race(conns, book)
+    assert results.count("booked") == 1
+    assert [type(r) for r in results if r != "booked"] == [error]
+    assert admin.execute("select count(*) from visits where status = 'booked' and property_id = 789").fetchone()[0] == 1
+
+
+# -- triggers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "metadata, role",
+    [
+        ('{"full_name": "Aminata Ba", "role": "owner"}', "owner"),  # landlords sign up as owners
+        ('{"full_name": "Aminata Ba", "role": "tenant"}', "tenant"),
+        ('{"full_name": "Aminata Ba", "role": "admin"}', "tenant"),  # unknown roles fall back
+        ('{"full_name": "Aminata Ba"}', "tenant"),  # the default
+    ],
+)
+def test_signing_up_creates_the_profile(admin, metadata, role):
+    user_id = admin.execute(
+        "insert into auth.users (email, raw_user_meta_data) values ('aminata@example.sn', %s) returning id",
+        (metadata,),
+    ).fetchone()[0]
+    profile = admin.execute("select email, full_name, role from profiles where id = %s", (user_id,)).fetchone()
+    assert profile == ("aminata@example.sn", "Aminata Ba", role)
+
+
+def test_a_changed_email_reaches_the_profile(admin):
+    admin.execute("update auth.users set email = 'fatou.sarr@example.com' where id = %s", (FATOU,))
+    assert admin.execute("select email from profiles where id = %s", (FATOU,)).fetchone()[0] == "fatou.sarr@example.com"
+
+
+def test_deleting_an_auth_user_deletes_the_profile(admin):
+    user_id = admin.execute("insert into auth.users (email) values ('temp@example.sn') returning id").fetchone()[0]
+    admin.execute("delete from auth.users where id = %s", (user_id,))
+    assert admin.execute("select count(*) from profiles where id = %s", (user_id,)).fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    "table, row_id",
+    [("profiles", f"'{AWA}'"), ("properties", "789"), ("leases", "123"), ("rental_payments", "1"), ("visit_slots", "1"), ("visits", "1")],
+)
+def test_updates_stamp_updated_at_whatever_the_writer_says(admin, table, row_id):
+    admin.execute(f"update {table} set updated_at = '2000-01-01' where id = {row_id}")
+    stamped = admin.execute(f"select updated_at > now() - interval '1 minute' from {table} where id = {row_id}").fetchone()[0]
+    assert stamped
