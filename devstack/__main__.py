@@ -1,0 +1,339 @@
+"""The local stack: real PostgreSQL and redis-server behind stand-ins for Supabase, Upstash and PayDunya, and `vercel dev`.
+
+    python -m devstack up            # everything, API on http://127.0.0.1:3000 (make dev)
+    python -m devstack up --no-api   # only the stand-ins (benchmarks, debugging)
+    python -m devstack stop          # stop a running stack (make stop)
+    python -m devstack redis-stop    # drill: stop only the Redis behind the Upstash stand-in
+    python -m devstack redis-start   # and start it again
+    python -m devstack env           # print the variables handed to the functions
+
+Ports and the state folder come from DEVSTACK_* variables (defaults: API.md's), so the
+test suite can run a second stack beside a developer's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+VERCEL_BIN = REPO / ".tools" / "node_modules" / ".bin" / "vercel"
+DEV_CONFIG = REPO / "devstack" / "vercel.dev.json"
+
+ANON_KEY = "dev-anon-key"
+SERVICE_ROLE_KEY = "dev-service-role-key"
+UPSTASH_TOKEN = "dev-upstash-token"
+METRICS_TOKEN = "dev-metrics-token"
+PAYDUNYA_KEYS = {
+    "PAYDUNYA_MASTER_KEY": "dev-paydunya-master-key",
+    "PAYDUNYA_PRIVATE_KEY": "test_private_dev-paydunya-private-key",
+    "PAYDUNYA_TOKEN": "dev-paydunya-token",
+}
+DEMO_USERS = [
+    ("owner", "awa.ndiaye@example.sn", "properties 123 and 789 (Dakar)"),
+    ("owner", "ibrahima.fall@example.sn", "properties in Thiès, Saint-Louis, Mbour"),
+    ("tenant", "moussa.diop@example.sn", "lease 123, 50 000 XOF a month"),
+    ("tenant", "fatou.sarr@example.sn", "no lease"),
+]
+DEMO_PASSWORD = "dousell-demo"
+
+
+@dataclass(frozen=True)
+class Ports:
+    api: int = 3000
+    supabase: int = 54321
+    upstash: int = 8079
+    paydunya: int = 8089
+    redis: int = 6390
+    postgres: int = 54322
+
+    @classmethod
+    def from_env(cls) -> Ports:
+        defaults = cls()
+        return cls(**{name: int(os.environ.get(f"DEVSTACK_{name.upper()}_PORT", getattr(defaults, name)))
+                      for name in asdict(defaults)})
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("DEVSTACK_STATE", REPO / ".devstack")).absolute()
+
+
+def function_env(ports: Ports) -> dict[str, str]:
+    """What the functions see: every variable of API.md, pointed at the stand-ins."""
+    return {
+        "UPSTASH_REDIS_REST_URL": f"http://127.0.0.1:{ports.upstash}",
+        "UPSTASH_REDIS_REST_TOKEN": UPSTASH_TOKEN,
+        "SUPABASE_URL": f"http://127.0.0.1:{ports.supabase}",
+        "SUPABASE_ANON_KEY": ANON_KEY,
+        "SUPABASE_SERVICE_ROLE_KEY": SERVICE_ROLE_KEY,
+        **PAYDUNYA_KEYS,
+        "PAYDUNYA_MODE": "test",
+        "PAYDUNYA_BASE_URL": f"http://127.0.0.1:{ports.paydunya}/sandbox-api/v1",
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{ports.api}",
+        "CACHE_NAMESPACE": "dousell",
+        "METRICS_TOKEN": METRICS_TOKEN,
+    }
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().split()[0])
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _wait_http(url: str, timeout: float, accept=lambda r: r.status_code < 500) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    last: Exception | str = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(url, timeout=5)
+            if accept(response):
+                return response
+            last = f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f}s: {last}")
+
+
+class Stack:
+    """Everything `up` starts, in start order; `stop()` undoes it in reverse."""
+
+    def __init__(self, ports: Ports, state: Path):
+        self.ports, self.state = ports, state
+        self.cluster: Any = None
+        self.redis: Any = None
+        self.servers: list[Any] = []
+        self.vercel: subprocess.Popen | None = None
+        self.supabase: Any = None
+
+    def start_services(self) -> None:
+        from devstack import paydunya, supabase, upstash
+        from devstack.postgres import Cluster
+        from devstack.redis_server import RedisServer
+
+        self.state.mkdir(parents=True, exist_ok=True)
+        pg_dir = Path(os.environ.get("DEVSTACK_PG_DIR", f"/tmp/dousell-devstack-pg-{self.ports.postgres}"))
+        stale = Cluster.running(pg_dir)
+        if stale is not None:
+            stale.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)  # every `make dev` starts from the demo data
+        print(f"· PostgreSQL on 127.0.0.1:{self.ports.postgres} (data in {pg_dir})", flush=True)
+        self.cluster = Cluster.start(pg_dir, self.ports.postgres)
+        self.cluster.create_template("dousell_template")
+        dsn = self.cluster.create_database("dousell", template="dousell_template")
+
+        self.redis = RedisServer(self.ports.redis, self.state / "redis")
+        self.redis.start()
+        print(f"· Redis on 127.0.0.1:{self.ports.redis}: {self.redis.describe()}", flush=True)
+
+        server, _ = upstash.serve_in_thread("127.0.0.1", self.ports.upstash, token=UPSTASH_TOKEN,
+                                            redis_url=self.redis.url)
+        self.servers.append(server)
+        self.supabase, _ = supabase.serve_in_thread(
+            "127.0.0.1", self.ports.supabase, dsn=dsn, anon_key=ANON_KEY, service_role_key=SERVICE_ROLE_KEY,
+            public_url=f"http://127.0.0.1:{self.ports.supabase}")
+        self.servers.append(self.supabase)
+        server, _ = paydunya.serve_in_thread(
+            "127.0.0.1", self.ports.paydunya, master_key=PAYDUNYA_KEYS["PAYDUNYA_MASTER_KEY"],
+            private_key=PAYDUNYA_KEYS["PAYDUNYA_PRIVATE_KEY"], token=PAYDUNYA_KEYS["PAYDUNYA_TOKEN"])
+        self.servers.append(server)
+
+    def start_api(self, timeout: float) -> None:
+        if not VERCEL_BIN.exists():
+            raise RuntimeError("the Vercel CLI is missing: run `make tools` (make dev does)")
+        venv_bin = Path(sys.executable).parent
+        env = {
+            **os.environ,
+            "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "VERCEL_TELEMETRY_DISABLED": "1",
+            "NO_UPDATE_NOTIFIER": "1",
+        }
+        # `vercel dev` hands the functions only the config's `env` and .env files, not its own
+        # environment: the dev config, written per stack, carries the stand-ins' addresses.
+        config = json.loads(DEV_CONFIG.read_text())
+        config["env"] = function_env(self.ports)
+        dev_config = self.state / "vercel.dev.json"
+        dev_config.write_text(json.dumps(config, indent=2))
+        log = open(self.state / "vercel-dev.log", "ab")
+        self.vercel = subprocess.Popen(
+            [str(VERCEL_BIN), "dev", "--local", "--yes", "--listen", f"127.0.0.1:{self.ports.api}", "-A", str(dev_config)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stop() ends the Python workers it spawns too
+        )
+        _wait_http(f"http://127.0.0.1:{self.ports.api}/api/health", timeout,
+                   accept=lambda r: r.headers.get("content-type", "").startswith("application/json"))
+
+    def stop(self) -> None:
+        if self.vercel is not None and self.vercel.poll() is None:
+            try:
+                os.killpg(self.vercel.pid, signal.SIGTERM)
+                self.vercel.wait(10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.vercel.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for server in reversed(self.servers):
+            server.shutdown()
+            server.server_close()
+        if self.redis is not None:
+            self.redis.stop()
+        if self.cluster is not None:
+            self.cluster.stop(remove=True)
+
+
+def up(args: argparse.Namespace) -> int:
+    ports, state = Ports.from_env(), state_dir()
+    pidfile = state / "stack.pid"
+    running = _read_pid(pidfile)
+    if running is not None:
+        print(f"The local stack already runs (pid {running}) on http://127.0.0.1:{ports.api}. "
+              "Stop it with `make stop`.", file=sys.stderr)
+        return 1
+    wanted = [p for p in asdict(ports).items() if args.api or p[0] != "api"]
+    busy = [f"{name} {port}" for name, port in wanted if _port_in_use(port)]
+    if busy:
+        print(f"Ports already in use: {', '.join(busy)}. Something else listens there; stop it, or set "
+              "DEVSTACK_<NAME>_PORT.", file=sys.stderr)
+        return 1
+    state.mkdir(parents=True, exist_ok=True)
+    pidfile.write_text(f"{os.getpid()}\n")
+    (state / "stack.json").write_text(json.dumps({"ports": asdict(ports), "pid": os.getpid()}))
+    stack = Stack(ports, state)
+    stopping = threading.Event()
+
+    def on_signal(signum, frame):
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        stack.start_services()
+        if args.api:
+            print(f"· vercel dev on 127.0.0.1:{ports.api} (first requests build each function; log in "
+                  f"{state / 'vercel-dev.log'})", flush=True)
+            stack.start_api(args.timeout)
+        _banner(ports, args.api)
+        (state / "ready").write_text("ready\n")
+        while not stopping.is_set():
+            if stack.vercel is not None and stack.vercel.poll() is not None:
+                print(f"vercel dev exited ({stack.vercel.returncode}); see {state / 'vercel-dev.log'}", file=sys.stderr)
+                return 1
+            stopping.wait(0.5)
+        return 0
+    except Exception as exc:
+        print(f"The local stack could not start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("Stopping the local stack…", flush=True)
+        stack.stop()
+        for name in ("stack.pid", "stack.json", "ready"):
+            (state / name).unlink(missing_ok=True)
+
+
+def _banner(ports: Ports, api: bool) -> None:
+    lines = ["", "Dousell Immo — local stack ready", ""]
+    if api:
+        lines += [f"  API                http://127.0.0.1:{ports.api}   (try /api/health)"]
+    lines += [
+        f"  Supabase (REST)    http://127.0.0.1:{ports.supabase}/rest/v1   apikey {ANON_KEY}",
+        f"  Supabase (auth)    http://127.0.0.1:{ports.supabase}/auth/v1",
+        f"  Upstash REST       http://127.0.0.1:{ports.upstash}   token {UPSTASH_TOKEN}",
+        f"  PayDunya sandbox   http://127.0.0.1:{ports.paydunya}",
+        f"  Metrics token      {METRICS_TOKEN}",
+        "",
+        f"  Demo users (password {DEMO_PASSWORD}):",
+        *[f"    {role:<7} {email:<28} {holds}" for role, email, holds in DEMO_USERS],
+        "",
+        "  Sign in:",
+        f"    curl -s -X POST 'http://127.0.0.1:{ports.supabase}/auth/v1/token?grant_type=password' \\",
+        f"      -H 'apikey: {ANON_KEY}' -H 'Content-Type: application/json' \\",
+        f"      -d '{{\"email\": \"moussa.diop@example.sn\", \"password\": \"{DEMO_PASSWORD}\"}}'",
+        "",
+        "  Ctrl-C or `make stop` stops everything; `make redis-stop` / `make redis-start` drill the cache.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def stop(args: argparse.Namespace) -> int:
+    pidfile = state_dir() / "stack.pid"
+    pid = _read_pid(pidfile)
+    if pid is None:
+        print("No local stack is running.")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if _read_pid(pidfile) is None:
+            print("Local stack stopped.")
+            return 0
+        time.sleep(0.2)
+    print(f"The stack (pid {pid}) did not stop within 60 s.", file=sys.stderr)
+    return 1
+
+
+def redis_stop(args: argparse.Namespace) -> int:
+    from devstack.redis_server import RedisServer
+
+    server = RedisServer(Ports.from_env().redis, state_dir() / "redis")
+    if server.embedded:
+        print("The embedded Redis runs inside the stack's process; stop the stack instead.", file=sys.stderr)
+        return 1
+    server.stop()
+    print("Redis stopped: the API now answers from the database (X-Cache: BYPASS).")
+    return 0
+
+
+def redis_start(args: argparse.Namespace) -> int:
+    from devstack.redis_server import RedisServer
+
+    server = RedisServer(Ports.from_env().redis, state_dir() / "redis").start()
+    print(f"Redis started: {server.describe()}")
+    return 0
+
+
+def print_env(args: argparse.Namespace) -> int:
+    for name, value in function_env(Ports.from_env()).items():
+        print(f"{name}={value}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    up_parser = commands.add_parser("up", help="start the stack and wait for Ctrl-C")
+    up_parser.add_argument("--no-api", dest="api", action="store_false", help="only the stand-ins, no vercel dev")
+    up_parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the API")
+    up_parser.set_defaults(func=up)
+    for name, func in (("stop", stop), ("redis-stop", redis_stop), ("redis-start", redis_start), ("env", print_env)):
+        commands.add_parser(name).set_defaults(func=func)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
