@@ -312,6 +312,7 @@ def redis_start(args: argparse.Namespace) -> int:
     from devstack.redis_server import RedisServer
 
     server = RedisServer(Ports.from_env().redis, state_dir() / "redis").start()
+    server.detach()  # keep it running after this command exits; the stack's stop() finds it by pidfile
     print(f"Redis started: {server.describe()}")
     return 0
 

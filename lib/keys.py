@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from lib import config
 
@@ -122,7 +122,7 @@ def payment_lock(lease_id: int) -> str:
 
 def slot_stamp(starts_at: datetime) -> str:
     """A slot's start in compact UTC (`20261127T140000Z`): one spelling per instant."""
-    return starts_at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return starts_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def visit_lock(property_id: int, starts_at: datetime) -> str:
@@ -134,7 +134,8 @@ def visit_lock(property_id: int, starts_at: datetime) -> str:
 
 def property_changed(property_id: int, owner_id: str, cities: set[str] | list[str]) -> list[str]:
     """Tags to bump when a property changes: the public list, its detail, its old and new city
-    lists, every search, its owner's dashboard."""
-    tags = ["properties:public", f"property:{int(property_id)}", "search", f"dashboard:{escape(owner_id)}"]
+    lists, every search, its owner's dashboard, and its visit slots (shown only while published)."""
+    pid = int(property_id)
+    tags = ["properties:public", f"property:{pid}", "search", f"dashboard:{escape(owner_id)}", f"slots:{pid}"]
     tags += [f"properties:city:{escape(city)}" for city in sorted({c for c in cities if c})]
     return tags

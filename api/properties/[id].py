@@ -1,0 +1,48 @@
+"""GET /api/properties/{id} (cached) and PATCH by its owner (invalidates every key that shows it)."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from lib import properties
+from lib.http import Endpoint
+
+
+class PropertyChanges(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    title: str | None = Field(default=None, min_length=3, max_length=200)
+    description: str | None = Field(default=None, max_length=5000)
+    city: str | None = Field(default=None, min_length=1, max_length=60)
+    district: str | None = Field(default=None, max_length=80)
+    type: Literal["apartment", "house", "villa", "studio", "land", "office"] | None = None
+    price: int | None = Field(default=None, gt=0, le=1_000_000_000, strict=True)
+    bedrooms: int | None = Field(default=None, ge=0, le=50, strict=True)
+    status: Literal["draft", "published", "archived"] | None = None
+
+    @field_validator("title", "city", "type", "price", "bedrooms", "status", mode="before")
+    @classmethod
+    def not_null(cls, value):
+        if value is None:
+            raise PydanticCustomError("not_nullable", "this field cannot be null")
+        return value
+
+    @model_validator(mode="after")
+    def something_to_change(self):
+        if not self.model_fields_set:
+            raise PydanticCustomError("nothing_to_change", "nothing to change")
+        return self
+
+
+class handler(Endpoint):
+    path_param = "id"
+
+    def get(self, req):
+        return {"property": properties.get_public(req.path_id())}
+
+    def patch(self, req):
+        property_id = req.path_id()
+        user = req.user()
+        changes = req.body_as(PropertyChanges).model_dump(exclude_unset=True)
+        return {"property": properties.update(user, property_id, changes)}
