@@ -788,6 +788,9 @@ def _receipt_page(inv: dict) -> str:
 
 
 class _Server(ThreadingHTTPServer):
+    # A burst of 100 clients overflows the default listen backlog of 5: dropped connects look
+    # like an outage to lib (0.3 s connect timeout), so accept a burst as a cloud service would.
+    request_queue_size = 128
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True

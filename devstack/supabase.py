@@ -182,6 +182,9 @@ def _rest_conninfo(dsn: str) -> str:
 
 class SupabaseStandIn(ThreadingHTTPServer):
     """The HTTP server; its public methods are the drill and test hooks."""
+    # A burst of 100 clients overflows the default listen backlog of 5: dropped connects look
+    # like an outage to lib (0.3 s connect timeout), so accept a burst as a cloud service would.
+    request_queue_size = 128
 
     daemon_threads = True
     block_on_close = False  # keep-alive clients must not block server_close()

@@ -414,6 +414,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class UpstashStandIn(ThreadingHTTPServer):
     """The HTTP server. Attributes drills may change at runtime: ``delay_ms``, ``token``."""
+    # A burst of 100 clients overflows the default listen backlog of 5: dropped connects look
+    # like an outage to lib (0.3 s connect timeout), so accept a burst as a cloud service would.
+    request_queue_size = 128
 
     daemon_threads = True
     block_on_close = False  # keep-alive clients must not block server_close()

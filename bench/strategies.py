@@ -1,0 +1,182 @@
+"""The three read strategies compared, each behind the `fetch`/`invalidate` pair lib.properties calls.
+
+- A `NoCache`: every read is the database query.
+- B `NaiveCacheAside`: the seed's drawing. `GET key`; on a miss run the loader, then
+  `SET key json EX ttl`; a write `DEL`s the keys. No stampede protection, no tags.
+- C `ThisProject`: `lib.cache.fetch` / `lib.cache.invalidate`.
+
+`installed(strategy)` puts a strategy where `lib.properties` looks for its cache, so every
+strategy runs the same endpoint code (`properties.get_public`, `list_public`) and the same
+loaders; the shim counts loader calls (one loader call = one database query).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from lib import cache, context, db, keys, properties, upstash
+from lib.upstash import RedisError
+
+T = TypeVar("T")
+
+
+class Strategy:
+    """How a read finds its value, and what a write does to the cache."""
+
+    label = ""
+    caches = True
+
+    def fetch(self, entry: keys.CacheKey, loader: Callable[[], T]) -> T:
+        raise NotImplementedError
+
+    def invalidate_property(self, property_id: int, owner_id: str, city: str | None) -> None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Before a measurement: an empty Redis and a fresh instance."""
+        upstash.execute(["FLUSHDB"])
+
+
+class NoCache(Strategy):
+    label = "A: no cache"
+    caches = False
+
+    def fetch(self, entry: keys.CacheKey, loader: Callable[[], T]) -> T:
+        context.set_cache_status("MISS")
+        return loader()
+
+    def invalidate_property(self, property_id: int, owner_id: str, city: str | None) -> None:
+        pass
+
+
+class NaiveCacheAside(Strategy):
+    """The seed's card, line by line: GET; on a miss query, then SET with TTL; a write DELs."""
+
+    label = "B: naive cache-aside"
+
+    def fetch(self, entry: keys.CacheKey, loader: Callable[[], T]) -> T:
+        try:
+            raw = upstash.execute(["GET", entry.key])
+        except RedisError:  # the card's fail-safe: go to Supabase
+            context.set_cache_status("BYPASS")
+            return loader()
+        if raw is not None:
+            context.set_cache_status("HIT")
+            return json.loads(raw)
+        context.set_cache_status("MISS")
+        value = loader()
+        with contextlib.suppress(RedisError):
+            upstash.execute(["SET", entry.key, json.dumps(value, ensure_ascii=False, default=str),
+                             "EX", str(entry.ttl)])
+        return value
+
+    def invalidate_property(self, property_id: int, owner_id: str, city: str | None) -> None:
+        upstash.execute(["DEL", *_property_keys(property_id, city)])
+
+
+class ThisProject(Strategy):
+    label = "C: this project"
+
+    def fetch(self, entry: keys.CacheKey, loader: Callable[[], T]) -> T:
+        return cache.fetch(entry, loader)
+
+    def invalidate_property(self, property_id: int, owner_id: str, city: str | None) -> None:
+        # What lib.properties.update does after its UPDATE.
+        cache.invalidate(keys.property_changed(property_id, owner_id, {city} if city else set()),
+                         delete=_property_keys(property_id, city))
+
+    def reset(self) -> None:
+        super().reset()
+        cache.breaker.reset()
+
+
+def _property_keys(property_id: int, city: str | None) -> list[str]:
+    names = [keys.property_detail(property_id).key, keys.properties_all().key]
+    if city:
+        names.append(keys.properties_city(properties.canonical_city(city)).key)
+    return names
+
+
+STRATEGIES: tuple[Strategy, ...] = (NoCache(), NaiveCacheAside(), ThisProject())
+
+
+class Counter:
+    """A thread-safe count (loader calls)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self.value += 1
+
+    def take(self) -> int:
+        """The count so far, and start again from zero."""
+        with self._lock:
+            value, self.value = self.value, 0
+        return value
+
+
+class Shim:
+    """What `lib.properties` sees as its `cache` module while a strategy is installed.
+
+    `loads` counts loader calls. `after_load`, when set, runs once right after the next loader
+    returns and before the strategy stores the value: the bench forces the stale-set race with it.
+    """
+
+    def __init__(self, strategy: Strategy):
+        self.strategy, self.loads = strategy, Counter()
+        self.after_load: Callable[[], None] | None = None
+
+    def fetch(self, entry: keys.CacheKey, loader: Callable[[], T]) -> T:
+        def counted() -> T:
+            self.loads.add()
+            value = loader()
+            hook, self.after_load = self.after_load, None
+            if hook is not None:
+                hook()
+            return value
+
+        return self.strategy.fetch(entry, counted)
+
+    def invalidate(self, tags: Any, *, delete: Any = ()) -> bool:
+        raise RuntimeError("the bench writes through bench.strategies.write_price")
+
+
+@contextlib.contextmanager
+def installed(strategy: Strategy) -> Iterator[Shim]:
+    """Route lib.properties' cache calls to `strategy` through a `Shim`."""
+    original = properties.cache
+    shim = Shim(strategy)
+    properties.cache = shim  # type: ignore[assignment]
+    try:
+        yield shim
+    finally:
+        properties.cache = original
+
+
+def timed_request(call: Callable[[], T]) -> tuple[T, str | None, float]:
+    """Run one request's work as a handler would (fresh request context): value, X-Cache, ms."""
+    ctx = context.begin()
+    start = time.perf_counter()
+    value = call()
+    return value, ctx.cache_status, (time.perf_counter() - start) * 1000
+
+
+def write_price(strategy: Strategy, property_id: int, owner_id: str, city: str | None, price: int) -> None:
+    """A write: the new price through the service client, then the strategy's invalidation."""
+    db.run(lambda: db.service().from_("properties").update({"price": price}).eq("id", property_id).execute())
+    strategy.invalidate_property(property_id, owner_id, city)
+
+
+def published() -> list[dict[str, Any]]:
+    """The published properties as the database has them now (service client, no cache)."""
+    rows = db.run(lambda: db.service().from_("properties").select("id,owner_id,city,price")
+                  .eq("status", "published").order("id").execute()).data
+    return list(rows)
