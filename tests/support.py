@@ -14,7 +14,7 @@ def serve(handler_cls: type) -> Iterator[str]:
     """Run `handler_cls` on 127.0.0.1 (a free port) in a thread; yields its base URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

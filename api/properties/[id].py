@@ -2,16 +2,15 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from lib import properties
 from lib.http import Endpoint
+from lib.models import Changes
 
 
-class PropertyChanges(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
+class PropertyChanges(Changes):
     title: str | None = Field(default=None, min_length=3, max_length=200)
     description: str | None = Field(default=None, max_length=5000)
     city: str | None = Field(default=None, min_length=1, max_length=60)
@@ -27,12 +26,6 @@ class PropertyChanges(BaseModel):
         if value is None:
             raise PydanticCustomError("not_nullable", "this field cannot be null")
         return value
-
-    @model_validator(mode="after")
-    def something_to_change(self):
-        if not self.model_fields_set:
-            raise PydanticCustomError("nothing_to_change", "nothing to change")
-        return self
 
 
 class handler(Endpoint):

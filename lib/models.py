@@ -1,0 +1,18 @@
+"""Shared pydantic bases for request bodies (imported only by endpoints that take a body)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
+
+
+class Changes(BaseModel):
+    """A PATCH body: unknown fields refused, text trimmed, and at least one field given."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @model_validator(mode="after")
+    def something_to_change(self):
+        if not self.model_fields_set:
+            raise PydanticCustomError("nothing_to_change", "nothing to change")
+        return self

@@ -1,0 +1,73 @@
+"""PATCH bodies are validated before anything is written: each bad field listed, in French, as a 422."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lib import auth
+from tests.support import serve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def endpoint(relative: str):
+    spec = importlib.util.spec_from_file_location(f"endpoint_{abs(hash(relative))}", ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.handler
+
+
+@pytest.fixture
+def signed_in(monkeypatch):
+    user = auth.User(id="11111111-1111-4111-8111-111111111111", email="awa.ndiaye@example.sn",
+                     role="authenticated", token="t")
+    monkeypatch.setattr(auth, "authenticate", lambda header: user)
+    return user
+
+
+@pytest.mark.parametrize("body, fields", [
+    ({}, {"body"}),  # nothing to change
+    ({"price": "50000"}, {"price"}),  # a string is not a price
+    ({"price": 0}, {"price"}),  # prices are positive
+    ({"price": 12.5}, {"price"}),  # whole XOF only
+    ({"title": None}, {"title"}),  # a title cannot be removed
+    ({"type": "castle"}, {"type"}),
+    ({"status": "sold"}, {"status"}),
+    ({"owner_id": "22222222-2222-4222-8222-222222222222"}, {"owner_id"}),  # ownership never moves by PATCH
+    ({"bedrooms": -1, "colour": "red"}, {"bedrooms", "colour"}),
+])
+def test_a_bad_property_patch_is_a_422_listing_each_field(signed_in, body, fields):
+    with serve(endpoint("api/properties/[id].py")) as base:
+        response = httpx.patch(f"{base}/api/properties/123", json=body, timeout=5)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert {d["field"] for d in error["details"]} == fields
+    assert all(d["message"] for d in error["details"])
+
+
+@pytest.mark.parametrize("body, fields", [
+    ({}, {"body"}),
+    ({"phone": "call me"}, {"phone"}),
+    ({"full_name": "x" * 200}, {"full_name"}),
+    ({"role": "owner"}, {"role"}),  # nobody promotes themselves
+    ({"email": "other@example.sn"}, {"email"}),
+])
+def test_a_bad_profile_patch_is_a_422_listing_each_field(signed_in, body, fields):
+    with serve(endpoint("api/profile.py")) as base:
+        response = httpx.patch(f"{base}/api/profile", json=body, timeout=5)
+    assert response.status_code == 422, response.text
+    assert {d["field"] for d in response.json()["error"]["details"]} == fields
+
+
+def test_a_patch_without_a_token_is_401_before_the_body_is_read():
+    with serve(endpoint("api/properties/[id].py")) as base:
+        response = httpx.patch(f"{base}/api/properties/123", content=b"{not json", timeout=5)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "authentication_required"
