@@ -17,10 +17,12 @@ exception to the contract's shape `{"error": {"code", "message", "details"?}}` i
     │   ├── PaymentInProgress           409 payment_in_progress
     │   ├── AlreadyPaid                 409 already_paid
     │   ├── SlotTaken                   409 slot_taken
-    │   └── BookingInProgress           409 booking_in_progress
+    │   ├── BookingInProgress           409 booking_in_progress
+    │   └── AmountMismatch              409 amount_mismatch
     ├── PayloadTooLarge                 413 payload_too_large
     ├── ValidationFailed                422 validation_error
     │   ├── InvalidFilter               422 invalid_filter
+    │   ├── IdempotencyKeyReused        422 idempotency_key_reused
     │   └── LeaseNotActive              422 lease_not_active
     ├── PaymentProviderError            502 payment_provider_error
     ├── ServiceUnavailable              503 service_unavailable
@@ -161,6 +163,13 @@ class BookingInProgress(Conflict):
     message = "Une réservation de ce créneau est en cours. Veuillez réessayer."
 
 
+class AmountMismatch(Conflict):
+    """An IPN whose amount is not PayDunya's confirmed one, or not the payment's."""
+
+    code = "amount_mismatch"
+    message = "Le montant de la notification ne correspond pas au paiement."
+
+
 class PayloadTooLarge(DousellError):
     """The body exceeds the 64 KiB cap."""
 
@@ -180,6 +189,13 @@ class InvalidFilter(ValidationFailed):
 
     code = "invalid_filter"
     message = "Certains filtres de recherche sont invalides."
+
+
+class IdempotencyKeyReused(ValidationFailed):
+    """The same Idempotency-Key was sent with a different request."""
+
+    code = "idempotency_key_reused"
+    message = "Cette clé d'idempotence a déjà servi pour une autre requête."
 
 
 class LeaseNotActive(ValidationFailed):

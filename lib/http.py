@@ -136,6 +136,14 @@ class Request:
         if details:
             raise error(details=details)
 
+    def query_id(self, name: str, error: type[ValidationFailed] = ValidationFailed) -> int:
+        """A required query parameter holding an id (a positive integer), or a 422 naming it."""
+        raw = self.query.get(name, "")
+        if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= 18 and int(raw) > 0):
+            raise error(details=[{"field": name, "code": "int_parsing",
+                                  "message": "Identifiant attendu (nombre entier positif)."}])
+        return int(raw)
+
     def query_as(self, model: Callable[..., M], error: type[ValidationFailed] = ValidationFailed) -> M:
         """The query string validated by a pydantic model; a repeated parameter is refused."""
         if self.repeated:

@@ -1,11 +1,35 @@
-"""Visits: the free slots of a property (cached), and booking one (the write path)."""
+"""Visits: the free slots of a property (cached), and booking one (the write path).
+
+Booking a slot:
+
+    free_slots(property_id)               cached 2 min: a fast "no" for a slot that is not
+                                          free (404 if the property is not published)
+    lock dousell:lock:visit:prop{id}:{UTC stamp}   409 booking_in_progress when busy;
+                                          Redis down: no lock
+    book_visit RPC (service role)         the fence: a unique index per slot and an exclusion
+                                          constraint on overlapping booked visits
+    invalidate visits:available_slots:{id} and the owner's dashboard, release, 201
+
+A slot that is not in the free list, and the RPC's `slot_taken` and `slot_not_found`, all
+answer 409 `slot_taken` ("ce créneau n'est plus disponible"): to the visitor a slot that was
+just booked, removed or has started is the same thing, and telling them apart would cost a
+database read per refused click. The cached list is invalidated by every booking made here;
+a slot an owner opens directly in the database can be refused for up to its 2 min TTL.
+"""
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime
 from typing import Any
 
 from lib import cache, db, keys
-from lib.errors import NotFound
+from lib.db import DatabaseError
+from lib.errors import BookingInProgress, DousellError, NotFound, SlotTaken
+
+log = logging.getLogger(__name__)
+
+LOCK_TTL = 30.0
 
 
 def free_slots(property_id: int) -> list[dict[str, Any]]:
@@ -22,3 +46,71 @@ def free_slots(property_id: int) -> list[dict[str, Any]]:
     if slots is None:
         raise NotFound("Ce bien est introuvable ou n'est plus publié.")
     return slots
+
+
+def _instant(value: Any) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def is_free(property_id: int, starts_at: datetime) -> bool:
+    """True if a free slot of the property starts at this instant (from the cached list)."""
+    return any(_instant(slot.get("starts_at")) == starts_at for slot in free_slots(property_id))
+
+
+_BOOK_ERRORS = {
+    "property_not_found": lambda: NotFound("Ce bien est introuvable ou n'est plus publié."),
+    "slot_not_found": SlotTaken,
+    "slot_taken": SlotTaken,
+    "visitor_not_found": lambda: NotFound("Profil introuvable."),
+}
+
+
+def _owner_of(property_id: int) -> str | None:
+    """The property's owner, from its cached detail; None if it cannot be had (no invalidation then)."""
+    from lib import properties
+
+    try:
+        return properties.get_public(property_id).get("owner_id")
+    except DousellError as exc:
+        log.warning("visit booked on %s but its owner is unknown (%s): dashboard not invalidated",
+                    property_id, exc.code)
+        return None
+
+
+def invalidate_slots(property_id: int, owner_id: str | None) -> None:
+    entry = keys.visit_slots(property_id)
+    tags, delete = list(entry.tags), [entry.key]
+    if owner_id:
+        tags += keys.dashboard(owner_id).tags
+        delete.append(keys.dashboard(owner_id).key)
+    cache.invalidate(tags, delete=delete)
+
+
+def book(user: Any, property_id: int, starts_at: datetime) -> dict[str, Any]:
+    """POST /api/visits: book the slot starting at `starts_at` for the user; the visit row."""
+    from lib.writes import under_lock  # not on the slots read path
+
+    if not is_free(property_id, starts_at):
+        raise SlotTaken()
+
+    def work() -> dict[str, Any]:
+        client = db.service()
+        try:
+            data = db.run(lambda: client.rpc("book_visit", {
+                "p_property_id": property_id, "p_starts_at": starts_at.isoformat(),
+                "p_visitor_id": user.id}).execute()).data
+        except DatabaseError as exc:
+            error = _BOOK_ERRORS.get(exc.message)
+            if error is None:
+                raise
+            if exc.message in ("slot_taken", "slot_not_found"):
+                invalidate_slots(property_id, None)  # our cached list said free: it was wrong
+            raise error() from exc
+        invalidate_slots(property_id, _owner_of(property_id))
+        return data["visit"]
+
+    return under_lock(keys.visit_lock(property_id, starts_at), BookingInProgress, work, ttl=LOCK_TTL)

@@ -9,11 +9,15 @@ from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # fifty clicks connect at once; the default backlog of 5 resets some
+
+
 @contextlib.contextmanager
 def serve(handler_cls: type) -> Iterator[str]:
     """Run `handler_cls` on 127.0.0.1 (a free port) in a thread; yields its base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), handler_cls)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:

@@ -8,9 +8,5 @@ from lib.http import Endpoint
 class handler(Endpoint):
     def get(self, req):
         req.refuse_unknown_query({"property_id"}, InvalidFilter)
-        raw = req.query.get("property_id", "")
-        if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= 18 and int(raw) > 0):
-            raise InvalidFilter(details=[{"field": "property_id", "code": "int_parsing",
-                                          "message": "Identifiant de bien attendu (nombre entier positif)."}])
-        property_id = int(raw)
+        property_id = req.query_id("property_id", InvalidFilter)
         return {"property_id": property_id, "slots": visits.free_slots(property_id)}

@@ -1,0 +1,37 @@
+"""POST /api/visits: a signed-in user books a free visit slot (lock per slot, the database as the fence)."""
+
+from datetime import UTC
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from lib import visits, writes
+from lib.errors import BookingInProgress
+from lib.http import Endpoint, Reply
+
+MAX_ID = 9_223_372_036_854_775_807
+
+
+class VisitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    property_id: int = Field(gt=0, le=MAX_ID, strict=True)
+    starts_at: AwareDatetime
+
+    @field_validator("starts_at", mode="before")
+    @classmethod
+    def iso_text(cls, value):
+        if not isinstance(value, str):  # a bare number would be read as a Unix time
+            raise PydanticCustomError("datetime_type", "an ISO 8601 date-time string is expected")
+        return value
+
+
+class handler(Endpoint):
+    def post(self, req):
+        user = req.user()
+        body = req.body_as(VisitRequest)
+        request = {"property_id": body.property_id, "starts_at": body.starts_at.astimezone(UTC).isoformat()}
+        return writes.idempotent(
+            req.header("Idempotency-Key"), user.id, "POST /api/visits", request, BookingInProgress,
+            lambda: Reply({"visit": visits.book(user, body.property_id, body.starts_at)}, 201),
+        )

@@ -1,0 +1,367 @@
+"""Rent payments: start one (lock, reserve in the database, PayDunya invoice), list them, apply an IPN.
+
+Starting a payment, the seed's seven steps made safe (DESIGN.md, Principle 1):
+
+    read the lease as the user (RLS)      404 not visible, 403 not the tenant, 422 not active
+    lock dousell:lock:payment:lease{id}   409 payment_in_progress when busy; Redis down: no lock
+    reserve_payment RPC (service role)    the fence: one pending and one completed row per
+                                          lease and month at most (partial unique indexes)
+      pending with a checkout_url         → 200 with it, no second invoice
+      pending without one, young          → 409 payment_in_progress (another request is making it)
+      pending without one, older than the lock TTL → abandoned by a crashed request:
+                                          marked failed, reserved again
+    PayDunya create (10 s at most)        failure → the row is marked failed, 502
+    store token + checkout_url            only on a row still pending and without a url
+    invalidate payments:lease:{id} and the owner's dashboard, release, 201
+
+A checkout_url reaches a user only once it is stored on a pending row, so an invoice made
+by a request that lost its row (it outlived the lock and was declared abandoned) can never
+be paid: nobody was shown it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import parse_qs
+
+from lib import cache, config, db, keys, paydunya
+from lib.db import DatabaseError
+from lib.errors import (
+    AlreadyPaid,
+    AmountMismatch,
+    BadRequest,
+    DousellError,
+    InvalidSignature,
+    LeaseNotActive,
+    NotFound,
+    NotYourLease,
+    PaymentInProgress,
+    PaymentProviderError,
+    ValidationFailed,
+)
+from lib.http import Reply
+from lib.writes import LOCK_TTL, under_lock
+
+log = logging.getLogger(__name__)
+
+# A pending row without a checkout_url older than this was left by a request that died
+# (no live request holds a row that long: its work is bounded well under the lock's TTL).
+ABANDONED_AFTER = timedelta(seconds=LOCK_TTL)
+PAST_MONTHS = 24  # a period may be paid up to two years late...
+AHEAD_MONTHS = 12  # ...and up to a year ahead; outside that it is a typo (422)
+LIST_LIMIT = 200
+PARTIES_TTL = 3600  # who the tenant and owner of a lease are changes never in practice
+PAYMENT_FIELDS = ("id", "lease_id", "period", "amount", "currency", "status", "checkout_url")
+LIST_COLUMNS = "id,lease_id,period,amount,currency,status,checkout_url,paid_at,created_at,updated_at"
+LEASE_COLUMNS = "id,property_id,tenant_id,status,monthly_rent,starts_on,ends_on"
+PERIOD_RE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+MONTHS_FR = ("janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre",
+             "octobre", "novembre", "décembre")
+# Where PayDunya sends the tenant's browser back (pages of the web app) and its IPN (us).
+RETURN_PATH = "/paiement/retour"
+CANCEL_PATH = "/paiement/annule"
+IPN_PATH = "/api/paydunya/ipn"
+
+# Replaceable in tests: the wall clock (UTC, aware).
+now: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
+
+
+# -- periods -----------------------------------------------------------------------------------
+
+
+def _dakar_tz() -> Any:
+    try:
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo("Africa/Dakar")
+    except Exception:  # no tz database in the runtime: Dakar is UTC+0 without daylight saving
+        return timezone(timedelta(0), "Africa/Dakar")
+
+
+def current_period() -> str:
+    """This month in Africa/Dakar, `YYYY-MM`."""
+    return now().astimezone(_dakar_tz()).strftime("%Y-%m")
+
+
+def _month_index(period: str) -> int:
+    return int(period[:4]) * 12 + int(period[5:7]) - 1
+
+
+def period_label(period: str) -> str:
+    """`2026-11` → `novembre 2026`."""
+    return f"{MONTHS_FR[int(period[5:7]) - 1]} {period[:4]}"
+
+
+def _bad_period(message: str) -> ValidationFailed:
+    return ValidationFailed(details=[{"field": "period", "code": "period_out_of_range", "message": message}])
+
+
+def check_period(period: str, lease: dict[str, Any] | None = None) -> None:
+    """422 unless `period` is YYYY-MM, within 24 months back and 12 ahead, and not before the lease."""
+    if not PERIOD_RE.match(period):
+        raise ValidationFailed(details=[{"field": "period", "code": "string_pattern_mismatch",
+                                         "message": "Période attendue au format AAAA-MM."}])
+    month, today = _month_index(period), _month_index(current_period())
+    if month < today - PAST_MONTHS or month > today + AHEAD_MONTHS:
+        raise _bad_period(f"La période doit être comprise entre {PAST_MONTHS} mois en arrière "
+                          f"et {AHEAD_MONTHS} mois à l'avance.")
+    starts_on = (lease or {}).get("starts_on")
+    if starts_on and month < _month_index(str(starts_on)[:7]):
+        raise _bad_period("Cette période précède le début du bail.")
+
+
+# -- starting a payment ------------------------------------------------------------------------
+
+
+def public(payment: dict[str, Any]) -> dict[str, Any]:
+    """The contract's payment body."""
+    return {name: payment.get(name) for name in PAYMENT_FIELDS}
+
+
+def _lease_as(user: Any, lease_id: int) -> dict[str, Any]:
+    """The lease as the user sees it (RLS): 404 if they cannot, 403 if they are not its tenant."""
+    client = db.as_user(user.token)
+    rows = db.run(lambda: client.from_("leases").select(LEASE_COLUMNS).eq("id", lease_id).limit(1).execute()).data
+    if not rows:
+        raise NotFound("Ce bail est introuvable.")
+    lease = rows[0]
+    if lease.get("tenant_id") != user.id:
+        raise NotYourLease("Seul le locataire de ce bail peut en payer le loyer.")
+    if lease.get("status") != "active":
+        raise LeaseNotActive()
+    return lease
+
+
+_RESERVE_ERRORS: dict[str, Callable[[], DousellError]] = {
+    "lease_not_found": lambda: NotFound("Ce bail est introuvable."),
+    "not_lease_tenant": lambda: NotYourLease("Seul le locataire de ce bail peut en payer le loyer."),
+    "lease_not_active": LeaseNotActive,
+    "already_paid": AlreadyPaid,
+    "payment_in_progress": PaymentInProgress,
+    "invalid_period": lambda: _bad_period("Période invalide."),
+}
+
+
+def _reserve(lease_id: int, tenant_id: str, period: str) -> dict[str, Any]:
+    client = db.service()
+    try:
+        return db.run(lambda: client.rpc("reserve_payment", {
+            "p_lease_id": lease_id, "p_tenant_id": tenant_id, "p_period": period}).execute()).data
+    except DatabaseError as exc:
+        error = _RESERVE_ERRORS.get(exc.message)
+        if error is None:
+            raise
+        raise error() from exc
+
+
+def _abandoned(payment: dict[str, Any]) -> bool:
+    """A pending row whose invoice nobody is making any more (its request died)."""
+    try:
+        created = datetime.fromisoformat(str(payment["created_at"]))
+    except (KeyError, ValueError):
+        return False
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return now() - created > ABANDONED_AFTER
+
+
+def _mark_failed(payment_id: int) -> bool:
+    """Fail a pending row that never got a checkout_url (ours, or an abandoned one). True if it changed."""
+    client = db.service()
+    try:
+        rows = db.run(lambda: client.from_("rental_payments").update({"status": "failed"})
+                      .eq("id", payment_id).eq("status", "pending").is_("checkout_url", "null").execute()).data
+    except DousellError as exc:  # the database is down: the row is abandoned after ABANDONED_AFTER
+        log.warning("payment %s could not be marked failed (%s)", payment_id, exc.code)
+        return False
+    return bool(rows)
+
+
+def _invalidate_payment(lease_id: int, owner_id: str | None) -> None:
+    tags = list(keys.payments(lease_id).tags)
+    delete = [keys.payments(lease_id).key]
+    if owner_id:
+        tags += keys.dashboard(owner_id).tags
+        delete.append(keys.dashboard(owner_id).key)
+    cache.invalidate(tags, delete=delete)
+
+
+def start(user: Any, lease_id: int, period: str | None = None) -> Reply:
+    """POST /api/payments: 201 with a new checkout, or 200 with the pending one."""
+    config.paydunya()  # a missing PayDunya setting is a 500 before any row exists
+    base = config.public_base_url()
+    lease = _lease_as(user, lease_id)
+    period = period or current_period()
+    check_period(period, lease)
+    return under_lock(keys.payment_lock(lease_id), PaymentInProgress,
+                      lambda: _reserve_and_invoice(user, lease_id, period, base))
+
+
+def _reserve_and_invoice(user: Any, lease_id: int, period: str, base: str) -> Reply:
+    for _attempt in range(2):
+        reserved = _reserve(lease_id, user.id, period)
+        payment, owner_id = reserved["payment"], reserved.get("owner_id")
+        if reserved.get("created"):
+            break
+        if payment.get("checkout_url"):
+            return Reply({"payment": public(payment)}, 200)
+        if not _abandoned(payment):
+            raise PaymentInProgress()
+        log.warning("payment %s: pending without an invoice since %s; marked failed", payment["id"],
+                    payment.get("created_at"))
+        if _mark_failed(payment["id"]):
+            _invalidate_payment(lease_id, owner_id)
+    else:
+        raise PaymentInProgress()  # someone else reserved again between our two attempts
+
+    pid = payment["id"]
+    try:
+        token, checkout_url = paydunya.create_invoice(
+            payment["amount"],
+            f"Loyer {period_label(period)} — bail n°{lease_id}",
+            {"payment_id": pid, "lease_id": lease_id, "period": period},
+            {
+                "callback_url": f"{base}{IPN_PATH}",
+                "return_url": f"{base}{RETURN_PATH}?payment_id={pid}",
+                "cancel_url": f"{base}{CANCEL_PATH}?payment_id={pid}",
+            },
+        )
+    except Exception as exc:
+        _mark_failed(pid)
+        _invalidate_payment(lease_id, owner_id)
+        if isinstance(exc, PaymentProviderError):
+            log.warning("payment %s: PayDunya failed (%s); marked failed", pid, getattr(exc, "reason", ""))
+        raise
+
+    client = db.service()
+    stored = db.run(lambda: client.from_("rental_payments")
+                    .update({"provider_token": token, "checkout_url": checkout_url})
+                    .eq("id", pid).eq("status", "pending").is_("checkout_url", "null").execute()).data
+    _invalidate_payment(lease_id, owner_id)
+    if not stored:
+        # Our row was declared abandoned while we waited on PayDunya: the invoice just made is
+        # never shown to anyone. The tenant's retry finds whatever is pending now.
+        log.warning("payment %s: lost its row before its invoice %s was stored", pid, token[:12])
+        raise PaymentInProgress()
+    return Reply({"payment": public(stored[0])}, 201)
+
+
+# -- listing -----------------------------------------------------------------------------------
+
+
+def lease_parties_key(lease_id: int) -> str:
+    return keys.name("meta", "lease", int(lease_id))
+
+
+def _parties(lease_id: int) -> dict[str, Any] | None:
+    """`{"tenant_id", "owner_id"}` of a lease (cached 1 h under dousell:meta:lease:{id}), None if none."""
+    def load() -> dict[str, Any] | None:
+        client = db.service()
+        leases = db.run(lambda: client.from_("leases").select("tenant_id,property_id")
+                        .eq("id", lease_id).limit(1).execute()).data
+        if not leases:
+            return None
+        props = db.run(lambda: client.from_("properties").select("owner_id")
+                       .eq("id", leases[0]["property_id"]).limit(1).execute()).data
+        return {"tenant_id": leases[0]["tenant_id"], "owner_id": props[0]["owner_id"] if props else None}
+
+    return cache.get_or_load(lease_parties_key(lease_id), load, PARTIES_TTL, (f"lease:{int(lease_id)}",),
+                             family="lease_parties")
+
+
+def list_for(user: Any, lease_id: int) -> list[dict[str, Any]]:
+    """GET /api/payments: the lease's payments, newest first, for its tenant or owner (403 otherwise).
+
+    Who may read is settled before the payments' cache entry is touched; the entry itself is
+    loaded with the user's token, so RLS checks the same thing again on a miss.
+    """
+    parties = _parties(lease_id)
+    if not parties or user.id not in (parties.get("tenant_id"), parties.get("owner_id")):
+        raise NotYourLease()
+
+    def load() -> list[dict[str, Any]]:
+        client = db.as_user(user.token)
+        return db.run(lambda: client.from_("rental_payments").select(LIST_COLUMNS).eq("lease_id", lease_id)
+                      .order("created_at", desc=True).order("id", desc=True).limit(LIST_LIMIT).execute()).data
+
+    return cache.fetch(keys.payments(lease_id), load)
+
+
+# -- the IPN -----------------------------------------------------------------------------------
+
+IPN_MAX_FIELDS = 500
+_CONFIRM_ERRORS: dict[str, Callable[[], DousellError]] = {
+    "payment_not_found": lambda: NotFound("Paiement introuvable pour cette facture."),
+    "amount_mismatch": AmountMismatch,
+    "already_paid": AlreadyPaid,
+}
+
+
+def parse_ipn(raw: bytes, content_type: str | None) -> dict[str, str]:
+    """The IPN's form fields (`data[hash]` → value); 400 unless a urlencoded form of single values."""
+    if content_type and not content_type.lower().startswith("application/x-www-form-urlencoded"):
+        raise BadRequest("Formulaire application/x-www-form-urlencoded attendu.")
+    try:
+        text = raw.decode("utf-8")
+        fields = parse_qs(text, keep_blank_values=True, strict_parsing=True, max_num_fields=IPN_MAX_FIELDS)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest("Notification illisible.") from exc
+    if not fields:
+        raise BadRequest("Notification vide.")
+    out: dict[str, str] = {}
+    for name, values in fields.items():
+        if len(values) != 1:
+            raise BadRequest(f"Champ répété : {name[:40]}.")
+        out[name] = values[0]
+    return out
+
+
+def receive_ipn(raw: bytes, content_type: str | None) -> dict[str, Any]:
+    """POST /api/paydunya/ipn: check the hash, ask PayDunya, apply its verdict once."""
+    form = parse_ipn(raw, content_type)
+    if not paydunya.check_ipn_hash(form.get("data[hash]")):
+        raise InvalidSignature()
+    token = form.get("data[invoice][token]", "").strip()
+    if not token or len(token) > 200:
+        raise BadRequest("Jeton de facture manquant.")
+    # The hash is the same on every callback (not a signature of this body): believe only
+    # PayDunya's own answer for this token.
+    verdict = paydunya.confirm(token)
+    amount = verdict["total_amount"]
+    claimed = form.get("data[invoice][total_amount]")
+    if amount is None or (claimed is not None and paydunya.whole_amount(claimed) != amount):
+        log.warning("IPN for %s: amount %r does not match PayDunya's %r", token[:12], claimed, amount)
+        raise AmountMismatch()
+    if form.get("data[status]") not in (None, verdict["status"]):
+        log.info("IPN for %s says %s, PayDunya says %s: applying PayDunya's", token[:12],
+                 form.get("data[status]"), verdict["status"])
+    client = db.service()
+    try:
+        result = db.run(lambda: client.rpc("confirm_payment", {
+            "p_token": token, "p_status": verdict["status"], "p_amount": amount}).execute()).data
+    except DatabaseError as exc:
+        if exc.message == "already_paid":
+            log.error("IPN for %s: this month was already paid by another invoice: refund needed", token[:12])
+        error = _CONFIRM_ERRORS.get(exc.message)
+        if error is None:
+            raise
+        raise error() from exc
+    payment = result["payment"]
+    if result.get("changed"):
+        tenant_id, owner_id = result.get("tenant_id"), result.get("owner_id")
+        lease_id = result.get("lease_id") or payment["lease_id"]
+        tags = list(keys.payments(lease_id).tags)
+        delete = [keys.payments(lease_id).key]
+        for who in (tenant_id, owner_id):
+            if who:
+                tags += keys.notifications(who).tags
+                delete.append(keys.notifications(who).key)
+        if owner_id:
+            tags += keys.dashboard(owner_id).tags
+            delete.append(keys.dashboard(owner_id).key)
+        cache.invalidate(tags, delete=delete)
+    return {"received": True, "status": payment["status"]}

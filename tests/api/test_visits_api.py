@@ -1,0 +1,132 @@
+"""POST /api/visits on a real loopback server; the network faked by respx."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import respx
+
+from lib import keys
+from tests.fakes import FakeUpstash
+from tests.support import serve
+from tests.world import (
+    AWA,
+    FATOU,
+    MOUSSA,
+    UPSTASH,
+    FakePayDunya,
+    FakeSupabase,
+    WallClock,
+    bearer,
+    env,
+    reset_clients,
+    serve_jwks,
+)
+
+visits_api = importlib.import_module("api.visits.index")
+
+
+@pytest.fixture
+def api(monkeypatch):
+    env(monkeypatch)
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
+        serve_jwks(router, monkeypatch)
+        redis = FakeUpstash(router, UPSTASH)
+        db = FakeSupabase(router, WallClock())
+        FakePayDunya(router)
+        with serve(visits_api.handler) as base, httpx.Client(base_url=base, timeout=20) as client:
+            yield db, redis, client
+    reset_clients()
+
+
+def book(client, db, who=FATOU, n=0, **headers):
+    return client.post("/api/visits", json={"property_id": 789, "starts_at": db.slots[n]["starts_at"].isoformat()},
+                       headers={**bearer(who), **headers})
+
+
+def code(response):
+    return response.json()["error"]["code"]
+
+
+def test_a_free_slot_is_booked_201_and_a_second_booking_is_409(api):
+    db, _, client = api
+    first = book(client, db)
+    assert first.status_code == 201, first.text
+    visit = first.json()["visit"]
+    assert visit["visitor_id"] == FATOU and visit["property_id"] == 789
+    second = book(client, db, who=MOUSSA)
+    assert (second.status_code, code(second)) == (409, "slot_taken")
+
+
+def test_a_zulu_time_is_the_same_slot(api):
+    db, _, client = api
+    at = db.slots[1]["starts_at"].strftime("%Y-%m-%dT%H:%M:%SZ")
+    response = client.post("/api/visits", json={"property_id": 789, "starts_at": at}, headers=bearer(FATOU))
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"property_id": 789, "starts_at": "2026-11-27T10:00:00"}, "starts_at"),  # no time zone
+    ({"property_id": 789, "starts_at": 1795780800}, "starts_at"),  # a number, not ISO 8601
+    ({"property_id": 789, "starts_at": "demain 10h"}, "starts_at"),
+    ({"property_id": "789", "starts_at": "2026-11-27T10:00:00Z"}, "property_id"),
+    ({"starts_at": "2026-11-27T10:00:00Z"}, "property_id"),
+    ({"property_id": 789, "starts_at": "2026-11-27T10:00:00Z", "visitor_id": AWA}, "visitor_id"),
+])
+def test_an_invalid_body_is_422(api, body, field):
+    db, _, client = api
+    response = client.post("/api/visits", json=body, headers=bearer(FATOU))
+    assert (response.status_code, code(response)) == (422, "validation_error")
+    assert field in [d["field"] for d in response.json()["error"]["details"]]
+    assert db.visits == []
+
+
+def test_without_a_token_it_is_401(api):
+    db, _, client = api
+    response = client.post("/api/visits", json={"property_id": 789, "starts_at": "2026-11-27T10:00:00Z"})
+    assert response.status_code == 401
+
+
+def test_an_unpublished_property_is_404(api):
+    db, _, client = api
+    response = client.post("/api/visits", json={"property_id": 117, "starts_at": db.slots[0]["starts_at"].isoformat()},
+                           headers=bearer(FATOU))
+    assert (response.status_code, code(response)) == (404, "not_found")
+
+
+def test_a_busy_slot_lock_is_409_booking_in_progress(api):
+    db, redis, client = api
+    redis.redis.set(keys.visit_lock(789, db.slots[0]["starts_at"]), "x", px=30_000)
+    response = book(client, db)
+    assert (response.status_code, code(response)) == (409, "booking_in_progress")
+
+
+def test_a_retry_with_the_same_idempotency_key_gets_the_booking_not_slot_taken(api):
+    db, _, client = api
+    first = book(client, db, **{"Idempotency-Key": "visit-1"})
+    again = book(client, db, **{"Idempotency-Key": "visit-1"})
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    other = book(client, db, n=1, **{"Idempotency-Key": "visit-1"})
+    assert (other.status_code, code(other)) == (422, "idempotency_key_reused")
+
+
+def test_fifty_simultaneous_bookings_of_one_slot_make_one_visit(api):
+    db, _, client = api
+    barrier = threading.Barrier(50)
+
+    def click(i):
+        barrier.wait(10)
+        return book(client, db, who=(FATOU, MOUSSA)[i % 2])
+
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(click, range(50)))
+    statuses = [r.status_code for r in answers]
+    assert statuses.count(201) == 1, statuses
+    assert {code(r) for r in answers if r.status_code != 201} <= {"slot_taken", "booking_in_progress"}
+    assert len(db.visits) == 1

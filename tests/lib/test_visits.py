@@ -1,0 +1,175 @@
+"""lib/visits: booking a slot (cached pre-check, lock per slot, book_visit RPC as the fence, invalidation)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta, timezone
+
+import httpx
+import pytest
+import respx
+
+from lib import cache, context, keys, locks, visits
+from lib.errors import BookingInProgress, NotFound, SlotTaken
+from tests.fakes import FakeUpstash
+from tests.world import (
+    AWA,
+    FATOU,
+    MOUSSA,
+    UPSTASH,
+    FakePayDunya,
+    FakeSupabase,
+    WallClock,
+    env,
+    reset_clients,
+    rpc_error,
+    user,
+)
+
+
+@pytest.fixture
+def world(monkeypatch):
+    env(monkeypatch)
+    clock = WallClock()
+    with respx.mock(assert_all_called=False) as router:
+        db = FakeSupabase(router, clock)
+        FakePayDunya(router)
+        redis = FakeUpstash(router, UPSTASH)
+        yield db, redis
+    reset_clients()
+
+
+def slot(db, n=0):
+    return db.slots[n]["starts_at"]
+
+
+def book(db, who=FATOU, n=0, at=None):
+    context.begin()
+    return visits.book(user(who), 789, at or slot(db, n))
+
+
+def test_a_free_slot_is_booked_for_the_user(world):
+    db, redis = world
+    visit = book(db)
+    assert visit["visitor_id"] == FATOU and visit["property_id"] == 789 and visit["status"] == "booked"
+    assert visit["starts_at"] == slot(db).isoformat()
+    assert len(db.visits) == 1
+    assert ("POST", "/rpc/book_visit", "service_role") in db.calls
+
+
+def test_booking_takes_the_slots_lock_and_releases_it(world):
+    db, redis = world
+    name = keys.visit_lock(789, slot(db))
+    assert name == f"dousell:lock:visit:prop789:{slot(db).strftime('%Y%m%dT%H%M%SZ')}"
+    seen = {}
+    db.before["/rpc/book_visit"] = lambda: seen.update(pttl=redis.redis.pttl(name))
+    book(db)
+    assert 29_000 < seen["pttl"] <= 30_000
+    assert redis.redis.exists(name) == 0
+
+
+def test_a_booking_removes_the_slot_from_the_cached_list_at_once(world):
+    db, redis = world
+    assert len(visits.free_slots(789)) == 3
+    dashboard = redis.redis.get(keys.tag_key(f"dashboard:{AWA}"))
+    book(db)
+    assert [s["starts_at"] for s in visits.free_slots(789)] == [slot(db, 1).isoformat(), slot(db, 2).isoformat()]
+    assert redis.redis.get(keys.tag_key(f"dashboard:{AWA}")) != dashboard
+
+
+def test_a_slot_no_longer_in_the_free_list_is_409_without_touching_the_database(world):
+    db, redis = world
+    book(db)
+    visits.free_slots(789)  # someone reads the fresh list (the booking invalidated it)
+    db.calls.clear()
+    with pytest.raises(SlotTaken) as info:
+        book(db, who=MOUSSA)
+    assert (info.value.status, info.value.code) == (409, "slot_taken")
+    assert db.calls == []  # answered from the cached list
+
+
+def test_an_instant_that_is_no_slot_is_409_slot_taken(world):
+    db, _ = world
+    with pytest.raises(SlotTaken):
+        book(db, at=slot(db) + timedelta(minutes=30))
+    with pytest.raises(SlotTaken):
+        book(db, at=db.slots[3]["starts_at"])  # yesterday's slot is never free
+    assert db.count("POST", "/rpc/book_visit") == 0
+
+
+def test_the_same_instant_in_another_offset_is_the_same_slot_and_lock(world):
+    db, redis = world
+    dakar_plus_one = slot(db).astimezone(timezone(timedelta(hours=1)))
+    assert keys.visit_lock(789, dakar_plus_one) == keys.visit_lock(789, slot(db))
+    assert book(db, at=dakar_plus_one)["starts_at"] == slot(db).isoformat()
+
+
+def test_an_unpublished_or_unknown_property_is_404(world):
+    db, _ = world
+    for pid in (117, 999):
+        with pytest.raises(NotFound):
+            visits.book(user(FATOU), pid, slot(db))
+
+
+def test_a_busy_slot_lock_is_409_booking_in_progress(world):
+    db, redis = world
+    redis.redis.set(keys.visit_lock(789, slot(db)), "other", px=30_000)
+    with pytest.raises(BookingInProgress) as info:
+        book(db)
+    assert (info.value.status, info.value.code) == (409, "booking_in_progress")
+    assert db.visits == []
+
+
+def test_the_rpc_is_the_fence_when_the_cached_list_is_stale(world):
+    db, redis = world
+    visits.free_slots(789)  # cached: 3 free
+    db.visits.append({"slot_id": db.slots[0]["id"], "status": "booked"})  # booked behind our back
+    with pytest.raises(SlotTaken):
+        book(db)
+    assert len(visits.free_slots(789)) == 2  # the wrong list was dropped
+
+
+@pytest.mark.parametrize("code, error", [
+    ("slot_taken", SlotTaken), ("slot_not_found", SlotTaken), ("property_not_found", NotFound),
+    ("visitor_not_found", NotFound),
+])
+def test_each_code_of_the_booking_rpc_becomes_its_contract_error(world, code, error):
+    db, _ = world
+    db.broken["/rpc/book_visit"] = rpc_error(code)
+    with pytest.raises(error):
+        book(db)
+
+
+def test_redis_down_bookings_still_never_double(world):
+    db, redis = world
+    redis.down = httpx.ConnectError("redis down")
+    assert book(db)["visitor_id"] == FATOU
+    with pytest.raises(SlotTaken):
+        book(db, who=MOUSSA)
+    assert len(db.visits) == 1
+    assert ("POST", "/rpc/book_visit", "service_role") in db.calls
+
+
+def test_redis_down_the_invalidation_is_sent_once_redis_is_back(world):
+    db, redis = world
+    visits.free_slots(789)
+    redis.down = httpx.ConnectError("redis down")
+    book(db)
+    redis.down = None
+    cache.breaker.reset()
+    assert len(visits.free_slots(789)) == 2  # the pending tag went out before the read
+
+
+def test_a_lock_held_by_someone_else_is_retried_once(world, monkeypatch):
+    db, redis = world
+    name = keys.visit_lock(789, slot(db))
+    redis.redis.set(name, "other", px=30_000)
+    monkeypatch.setattr(locks, "sleep", lambda s: redis.redis.delete(name))  # freed during the pause
+    assert book(db)["visitor_id"] == FATOU
+
+
+def test_the_visit_body_is_the_row(world):
+    db, _ = world
+    visit = book(db)
+    assert set(visit) >= {"id", "slot_id", "property_id", "visitor_id", "starts_at", "ends_at", "status"}
+    json.dumps(visit)
