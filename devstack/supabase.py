@@ -42,12 +42,10 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -55,6 +53,7 @@ from urllib.parse import parse_qsl, urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from devstack._server import StandInHandler, StandInServer
 from devstack.supabase_auth import AuthResult, AuthService, SigningKey, TokenError
 from devstack.supabase_rest import (
     ApiError,
@@ -180,15 +179,10 @@ def _rest_conninfo(dsn: str) -> str:
 # The server
 
 
-class SupabaseStandIn(ThreadingHTTPServer):
+class SupabaseStandIn(StandInServer):
     """The HTTP server; its public methods are the drill and test hooks."""
-    # A burst of 100 clients overflows the default listen backlog of 5: dropped connects look
-    # like an outage to lib (0.3 s connect timeout), so accept a burst as a cloud service would.
-    request_queue_size = 128
 
-    daemon_threads = True
-    block_on_close = False  # keep-alive clients must not block server_close()
-    allow_reuse_address = True
+    log = log
 
     def __init__(self, address: tuple[str, int], *, dsn: str, anon_key: str = DEFAULT_ANON_KEY,
                  service_role_key: str = DEFAULT_SERVICE_ROLE_KEY,
@@ -217,8 +211,6 @@ class SupabaseStandIn(ThreadingHTTPServer):
         self._hanging = 0
         self._stats_lock = threading.Lock()
         self._stats = self._empty_stats()
-        self._live: set[socket.socket] = set()
-        self._live_lock = threading.Lock()
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -379,27 +371,11 @@ class SupabaseStandIn(ThreadingHTTPServer):
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def _track(self, sock: socket.socket, alive: bool) -> None:
-        with self._live_lock:
-            (self._live.add if alive else self._live.discard)(sock)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):  # the client went away
-            return
-        log.exception("supabase stand-in: error while serving %s", client_address)
-
     def server_close(self) -> None:
         with self._state:
             self._closing = True
             self._state.notify_all()
         super().server_close()
-        with self._live_lock:
-            live = list(self._live)
-        for sock in live:  # wake keep-alive handler threads so they end
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self.rest_pool.close()
         self.admin_pool.close()
 
@@ -421,25 +397,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(StandInHandler):
     server: SupabaseStandIn
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # TCP_NODELAY: no 40 ms Nagle/delayed-ACK stall on small answers
     server_version = "devstack-supabase/1"
-
-    def setup(self) -> None:
-        super().setup()
-        self.server._track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server._track(self.connection, False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if self.server.verbose:
-            log.info("%s %s", self.address_string(), format % args)
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -44,12 +44,10 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
 
@@ -58,6 +56,8 @@ from redis._parsers import _RESP2Parser
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from devstack._server import StandInHandler, StandInServer
 
 log = logging.getLogger("devstack.upstash")
 
@@ -185,10 +185,8 @@ class _Headers(dict):
     __getitem__ = get  # type: ignore[assignment]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(StandInHandler):
     server: UpstashStandIn
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
     server_version = "devstack-upstash/1"
     error_content_type = "application/json"
     error_message_format = '{"error": "ERR %(code)d %(message)s"}'
@@ -235,19 +233,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return True
 
-    def setup(self) -> None:
-        super().setup()
-        self.server._track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server._track(self.connection, False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if self.server.verbose:
-            log.info("%s %s", self.address_string(), format % args)
 
     def _reply(self, status: int, payload: Any) -> None:
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(
@@ -412,15 +397,10 @@ class _Handler(BaseHTTPRequestHandler):
         return 200, [_entry(r, b64) for r in result]
 
 
-class UpstashStandIn(ThreadingHTTPServer):
+class UpstashStandIn(StandInServer):
     """The HTTP server. Attributes drills may change at runtime: ``delay_ms``, ``token``."""
-    # A burst of 100 clients overflows the default listen backlog of 5: dropped connects look
-    # like an outage to lib (0.3 s connect timeout), so accept a burst as a cloud service would.
-    request_queue_size = 128
 
-    daemon_threads = True
-    block_on_close = False  # keep-alive clients must not block server_close()
-    allow_reuse_address = True
+    log = log
 
     def __init__(
         self,
@@ -447,8 +427,6 @@ class UpstashStandIn(ThreadingHTTPServer):
             socket_connect_timeout=connect_timeout,
             socket_keepalive=True,
         )
-        self._live: set[socket.socket] = set()
-        self._live_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -511,25 +489,8 @@ class UpstashStandIn(ThreadingHTTPServer):
         return 404, {"error": f"ERR unknown devstack endpoint {path}"}
 
     # -- lifecycle --------------------------------------------------------
-    def _track(self, sock: socket.socket, alive: bool) -> None:
-        with self._live_lock:
-            (self._live.add if alive else self._live.discard)(sock)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError):  # client went away mid-request
-            return
-        log.exception("upstash stand-in: error while serving %s", client_address)
-
     def server_close(self) -> None:
         super().server_close()
-        with self._live_lock:
-            live = list(self._live)
-        for sock in live:  # wake keep-alive handler threads so they end
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self.pool.disconnect()
 
 
