@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from lib import context, keys, upstash
+from lib import context, keys, metrics, upstash
 from lib.upstash import RedisCommandError, RedisError
 
 T = TypeVar("T")
@@ -48,7 +48,7 @@ JITTER = 0.1  # TTLs are spread ±10 % so keys filled together do not expire tog
 FILL_LOCK_MS = 6_000  # longer than a database call may take (lib.db bounds it at 5 s)
 WAIT_DEADLINE = 2.5  # seconds a caller waits for another's fill before loading itself
 TAG_TTL_MS = 2 * 24 * 3600 * 1000  # far beyond any entry; refreshed at each fill
-METRICS_TTL = 26 * 3600
+METRICS_TTL = metrics.BUCKET_TTL
 
 
 def stale_window(ttl: int) -> int:
@@ -205,12 +205,12 @@ _pending_tags: set[str] = set()  # invalidations that could not reach Redis, sen
 
 
 def _metrics_keys() -> tuple[str, str]:
-    now = int(time.time())
-    return keys.name("meta", "metrics", "m", now // 60), keys.name("meta", "metrics", "h", now // 3600)
+    return metrics.bucket_keys()
 
 
-def _bypass(loader: Callable[[], T]) -> T:
+def _bypass(loader: Callable[[], T], family: str) -> T:
     context.set_cache_status("BYPASS")
+    metrics.count_cache(family, "BYPASS")
     return loader()
 
 
@@ -229,14 +229,15 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
     `loader` may return any JSON value, `None` included (a cached `None` or `[]` is a hit).
     Never raises for a Redis problem: the database answers instead.
     """
+    loader = metrics.attributed(family, loader)  # its queries count for the queries-avoided estimate
     if not breaker.allow():
-        return _bypass(loader)
+        return _bypass(loader, family)
     if _pending_tags and not _flush_pending():
-        return _bypass(loader)
+        return _bypass(loader, family)
     token = secrets.token_hex(8)
     tag_keys = [keys.tag_key(tag) for tag in tags]
     fill_key = keys.fill_lock_key(key)
-    metrics = _metrics_keys()
+    buckets = _metrics_keys()
     deadline = clock() + WAIT_DEADLINE
     delay = 0.02
     while True:
@@ -245,12 +246,12 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
             with context.timed("cache"):
                 reply = run_script(
                     READ_SCRIPT,
-                    [key, fill_key, *metrics, *tag_keys],
+                    [key, fill_key, *buckets, *tag_keys],
                     [token, FILL_LOCK_MS, max(draw(), 1e-12), XFETCH_BETA, TAG_TTL_MS, family, METRICS_TTL, *fresh],
                 )
         except RedisError:
             _redis_failed()
-            return _bypass(loader)
+            return _bypass(loader, family)
         breaker.success()
         status, raw, versions = reply[0], reply[1], list(reply[2:])
         if status in ("HIT", "STALE"):
@@ -262,6 +263,7 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
         if clock() >= deadline:
             # The filler is slow or gone: answer from the database without storing anything.
             context.set_cache_status("MISS")
+            metrics.count_cache(family, "TIMEOUT")
             return loader()
         sleep(delay)
         delay = min(delay * 2, 0.2)

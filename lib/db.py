@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from lib import config, context
+from lib import config, context, metrics
 from lib.errors import ConfigurationError, DatabaseUnavailable, InvalidToken
 
 T = TypeVar("T")
@@ -105,11 +105,15 @@ def run(query: Callable[[], T]) -> T:
 
     with context.timed("db"):
         try:
-            return query()
+            result = query()
         except (httpx.TimeoutException, httpx.TransportError) as exc:
+            metrics.count_query(ok=False)
             raise DatabaseUnavailable() from exc
         except APIError as exc:
+            metrics.count_query(ok=False)
             raise _translate(exc) from exc
+    metrics.count_query()
+    return result
 
 
 # PostgREST's codes for "the database is not there" (connection lost, timeout, pool exhausted)

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from lib import context
+from lib import context, metrics
 from lib.errors import (
     BadRequest,
     DousellError,
@@ -223,6 +223,7 @@ class Endpoint(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         ctx = context.begin()
         path = urlsplit(self.path).path
+        recording = metrics.begin_request(path)
         status, code, reason = 500, None, None
         try:
             reply = self._handle(method)
@@ -241,13 +242,14 @@ class Endpoint(BaseHTTPRequestHandler):
             reply = Reply(err.to_body(), err.status)
             code = err.code
         status = reply.status
+        duration_ms = (time.perf_counter() - ctx.started) * 1000
         # Logged before sending, so the line exists once the client has its answer.
         record = {
             "level": "info" if status < 500 else "error",
             "method": method,
             "path": path,
             "status": status,
-            "duration_ms": round((time.perf_counter() - ctx.started) * 1000, 2),
+            "duration_ms": round(duration_ms, 2),
             "cache": ctx.cache_status,
         }
         if code:
@@ -255,6 +257,8 @@ class Endpoint(BaseHTTPRequestHandler):
         if reason:
             record["reason"] = reason
         _log(record)
+        # Before sending: a function may be frozen as soon as its answer is out.
+        metrics.end_request(recording, method, metrics.route(path, self.path_param), duration_ms)
         try:
             self._send(method, reply, ctx)
         except (BrokenPipeError, ConnectionResetError):

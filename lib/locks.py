@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from lib import cache, context, upstash
+from lib import cache, context, metrics, upstash
 from lib.upstash import RedisCommandError, RedisError, RedisUnavailable
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ def _no_event(name: str, event: str) -> None:
 
 
 # `on_event(name, event)` is called with event "acquired", "blocked" (LockBusy), "expired"
-# (LockNotOwned on release or extend) or "unavailable" (LockUnavailable). The metrics module
-# replaces it; a failing hook is logged, never allowed to fail a payment.
+# (LockNotOwned on release or extend) or "unavailable" (LockUnavailable), after lib/metrics has
+# counted it; a failing hook is logged, never allowed to fail a payment.
 on_event: Callable[[str, str], None] = _no_event
 
 
@@ -90,10 +90,11 @@ class LockUnavailable(LockError):
 
 
 def _emit(name: str, event: str) -> None:
-    try:
-        on_event(name, event)
-    except Exception:
-        log.exception("lock event hook failed for %s %s", event, name)
+    for hook in (metrics.lock_event, on_event):
+        try:
+            hook(name, event)
+        except Exception:
+            log.exception("lock event hook failed for %s %s", event, name)
 
 
 def _run(command: list[Any]) -> Any:

@@ -1,0 +1,187 @@
+"""GET /api/metrics on a real loopback server: the bearer token, the windows, one Upstash call, 503."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+
+import httpx
+import pytest
+import respx
+
+from lib import metrics, upstash
+from tests.fakes import FakeUpstash
+from tests.support import serve
+
+metrics_api = importlib.import_module("api.metrics")
+URL = "https://upstash.test"
+TOKEN = "s3cret-metrics-token"
+NOW = 1_800_000_030.0
+MINUTE, HOUR = int(NOW) // 60, int(NOW) // 3600
+INFO = "# Memory\r\nused_memory:1048576\r\nmaxmemory:104857600\r\nmaxmemory_policy:allkeys-lru\r\n"
+
+
+class UpstashWithInfo(FakeUpstash):
+    """fakeredis has no INFO: answer `INFO memory` as redis-server does."""
+
+    def _run(self, command):
+        if [str(part).upper() for part in command[:1]] == ["INFO"]:
+            return {"result": base64.b64encode(INFO.encode()).decode()}
+        return super()._run(command)
+
+
+@pytest.fixture
+def redis(monkeypatch):
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
+    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "t")
+    monkeypatch.setenv("METRICS_TOKEN", TOKEN)
+    monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
+    monkeypatch.setattr(metrics, "clock", lambda: NOW)
+    upstash.set_client(None)
+    metrics.pending.clear()
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
+        yield UpstashWithInfo(router, URL)
+    upstash.set_client(None)
+    metrics.pending.clear()
+
+
+@pytest.fixture(scope="module")
+def base():
+    with serve(metrics_api.handler) as url:
+        yield url
+
+
+@pytest.fixture
+def client(redis, base):
+    with httpx.Client(base_url=base, timeout=10) as http:
+        yield http
+
+
+def authorized(token=TOKEN):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def known_traffic(redis):
+    """What the read path would have written: 9 hits and 1 miss on property_detail, spread over
+    two minutes of the last hour and, in the 24 h view, an older hour with 30 more hits."""
+    for kind, number, fields in [
+        ("m", MINUTE, {"property_detail:HIT": 5, "property_detail:LOAD": 1, "db:q:property_detail": 1,
+                       "lat:api:GET /api/properties/[id]:3": 6, "lat:upstash:1": 7, "lock:payment:blocked": 1,
+                       "lock:payment:acquired": 1}),
+        ("m", MINUTE - 59, {"property_detail:HIT": 4, "lat:api:GET /api/properties/[id]:3": 4}),
+        ("m", MINUTE - 60, {"property_detail:HIT": 1000}),  # 61 minutes ago: outside the last hour
+        ("h", HOUR, {"property_detail:HIT": 9, "property_detail:LOAD": 1}),
+        ("h", HOUR - 23, {"property_detail:HIT": 30}),
+        ("h", HOUR - 24, {"property_detail:HIT": 1000}),  # outside the last 24 hours
+    ]:
+        for name, amount in fields.items():
+            redis.redis.hincrby(f"dousell:meta:metrics:{kind}:{number}", name, amount)
+
+
+def test_without_a_token_it_is_401_authentication_required(client):
+    response = client.get("/api/metrics")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "authentication_required"
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("header", [
+    f"Bearer {TOKEN}x",  # one character more
+    f"Bearer {TOKEN[:-1]}",  # one less
+    f"Basic {TOKEN}",  # another scheme
+    "Bearer",  # no token at all
+    f"Bearer{TOKEN}",
+])
+def test_a_wrong_token_is_401_invalid_token(client, redis, header):
+    response = client.get("/api/metrics", headers={"Authorization": header})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_token"
+    assert redis.calls == [], "nothing is read for a stranger"
+
+
+def test_the_token_is_compared_in_constant_time(client, monkeypatch):
+    seen = []
+    real = metrics.hmac.compare_digest
+    monkeypatch.setattr(metrics.hmac, "compare_digest", lambda a, b: seen.append((a, b)) or real(a, b))
+    assert client.get("/api/metrics", headers=authorized()).status_code == 200
+    assert seen == [(TOKEN.encode(), TOKEN.encode())]
+
+
+def test_the_scheme_is_case_insensitive(client):
+    assert client.get("/api/metrics", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
+
+
+def test_without_metrics_token_configured_it_says_which_variable(client, monkeypatch):
+    monkeypatch.delenv("METRICS_TOKEN")
+    response = client.get("/api/metrics", headers=authorized())
+    assert response.status_code == 500
+    assert response.json()["error"]["details"] == {"variable": "METRICS_TOKEN"}
+
+
+def test_the_last_hour_sums_sixty_minute_buckets_in_one_upstash_call(client, redis):
+    known_traffic(redis)
+    metrics.pending.add("lat:upstash:1", minute=MINUTE)  # something buffered: never sent from here
+    response = client.get("/api/metrics", headers=authorized())
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert (body["window"], body["from"], body["to"]) == ("last_hour", "2027-01-15T07:01:00Z", "2027-01-15T08:00:30Z")
+    detail = body["cache"]["families"]["property_detail"]
+    assert (detail["hits"], detail["misses"], detail["hit_rate"]) == (9, 1, 0.9)
+    assert (body["cache"]["hits"], body["cache"]["misses"], body["cache"]["hit_rate"]) == (9, 1, 0.9)
+    assert body["latency"]["api"]["endpoints"]["GET /api/properties/[id]"] == {"count": 10, "p50_ms": 2.5,
+                                                                                "p95_ms": 2.95}
+    assert body["latency"]["upstash"]["count"] == 7
+    assert (body["locks"]["acquired"], body["locks"]["blocked"], body["locks"]["prevented_rate"]) == (1, 1, 1.0)
+    assert body["database"] == {"queries_served": 1, "queries_failed": 0, "queries_avoided": 9,
+                                "by_family": {"property_detail": 1}}
+    assert body["redis"] == {"used_memory_bytes": 1048576, "max_memory_bytes": 104857600, "used_ratio": 0.01,
+                             "keys": 6}
+    assert body["objectives"]["hit_rate"] == 0.9 and body["objectives"]["latency_p50_ms"] == 10
+    assert len(redis.calls) == 1
+    kind, commands = redis.calls[0]
+    assert kind == "PIPELINE" and [c[0] for c in commands] == ["EVAL", "INFO", "DBSIZE"]
+    assert commands[0][2] == 60  # the sixty minute buckets, summed by one script
+    assert len(metrics.pending) == 1, "a metrics request records nothing and carries nothing"
+
+
+def test_the_last_24_hours_sum_twenty_four_hour_buckets(client, redis):
+    known_traffic(redis)
+    body = client.get("/api/metrics", params={"window": "last_24h"}, headers=authorized()).json()
+    assert body["window"] == "last_24h" and body["from"] == "2027-01-14T09:00:00Z"
+    assert body["cache"]["families"]["property_detail"]["hits"] == 39
+    assert redis.calls[0][1][0][2] == 24
+
+
+def test_an_empty_window_answers_zeros_not_an_error(client):
+    body = client.get("/api/metrics", headers=authorized()).json()
+    assert body["cache"]["reads"] == 0 and body["cache"]["hit_rate"] is None
+    assert body["latency"]["api"]["p50_ms"] is None
+
+
+@pytest.mark.parametrize("query, field", [
+    ({"window": "last_week"}, "window"),  # not a window we keep
+    ({"window": "last_hour", "family": "search"}, "family"),  # unknown parameter
+])
+def test_a_bad_query_is_422_invalid_filter(client, query, field):
+    response = client.get("/api/metrics", params=query, headers=authorized())
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_filter"
+    assert [d["field"] for d in response.json()["error"]["details"]] == [field]
+
+
+@pytest.mark.parametrize("down", [httpx.ConnectError("refused"), httpx.ReadTimeout("slow")])
+def test_redis_down_is_503_metrics_unavailable(client, redis, down):
+    redis.down = down
+    response = client.get("/api/metrics", headers=authorized())
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "metrics_unavailable"
+
+
+def test_redis_without_info_still_answers_the_counts(client, redis, monkeypatch):
+    monkeypatch.setattr(UpstashWithInfo, "_run", FakeUpstash._run)  # fakeredis: "unknown command 'info'"
+    known_traffic(redis)
+    body = client.get("/api/metrics", headers=authorized()).json()
+    assert body["redis"]["used_memory_bytes"] is None and body["redis"]["keys"] == 6
+    assert body["cache"]["hits"] == 9
