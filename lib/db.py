@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from lib import config, context, metrics
-from lib.errors import ConfigurationError, DatabaseUnavailable, InvalidToken
+from lib.errors import ConfigurationError, DatabaseUnavailable, InvalidToken, ValidationFailed
 
 T = TypeVar("T")
 
@@ -120,6 +120,7 @@ def run(query: Callable[[], T]) -> T:
 # and Postgres's own for a shutdown, a cancelled statement, too many clients.
 _UNAVAILABLE = {"PGRST000", "PGRST001", "PGRST002", "PGRST003", "57P01", "57014", "53300"}
 _BAD_TOKEN = {"PGRST301", "PGRST302", "PGRST303"}
+_REFUSED_VALUE = {"23502", "23514"}  # not null, check constraint
 
 
 def _translate(exc: Any) -> Exception:
@@ -129,6 +130,11 @@ def _translate(exc: Any) -> Exception:
     # A body that is not PostgREST JSON (a proxy's 502 page) arrives with the HTTP status as code.
     if code in _UNAVAILABLE or (code.isdigit() and code.startswith("5")):
         return DatabaseUnavailable()
+    if code.startswith("22") or code in _REFUSED_VALUE:
+        # A value the database will not store (a NUL byte, too long, out of range, a CHECK):
+        # the client's input, never a 500. Callers validate first; this is the last net.
+        return ValidationFailed("Une des valeurs envoyées n'est pas acceptée.",
+                                details=[{"field": "body", "code": "refused_by_database", "message": "Valeur refusée."}])
     return DatabaseError(code, exc.message, exc.details)
 
 

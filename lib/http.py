@@ -60,6 +60,7 @@ _FIELD_MESSAGES = {
     "not_nullable": "Ce champ ne peut pas être vide.",
     "nothing_to_change": "Aucun champ à modifier.",
     "unknown_parameter": "Paramètre inconnu.",
+    "control_characters": "Caractères de contrôle interdits.",
 }
 
 
@@ -219,6 +220,29 @@ class Endpoint(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silenced: the default line carries the query string; we log our own JSON line."""
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """What http.server answers by itself (an unknown method, a bad request line, headers too
+        large), in the contract's shape too: an unknown method is a 405 like any other."""
+        if code == 501:
+            err: DousellError = MethodNotAllowed(self.allowed_methods())
+        else:
+            err = BadRequest()
+            err.status = code if 400 <= code < 500 else 400
+        payload = _encode(err.to_body())
+        self.close_connection = True
+        try:
+            self.send_response(err.status)
+            for name, value in {**err.headers, "Content-Type": "application/json; charset=utf-8",
+                                "Content-Length": str(len(payload)), "Cache-Control": "no-store",
+                                "Connection": "close"}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        _log({"level": "info", "method": self.command, "status": err.status, "code": err.code})
 
     def _dispatch(self, method: str) -> None:
         ctx = context.begin()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -10,6 +10,14 @@ class Changes(BaseModel):
     """A PATCH body: unknown fields refused, text trimmed, and at least one field given."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def printable(cls, value):
+        # Postgres refuses NUL in text (22P05); other control characters have no place in a name.
+        if isinstance(value, str) and any(ord(c) < 32 and c not in "\n\t" for c in value):
+            raise PydanticCustomError("control_characters", "control characters are not allowed")
+        return value
 
     @model_validator(mode="after")
     def something_to_change(self):

@@ -71,3 +71,14 @@ def test_a_patch_without_a_token_is_401_before_the_body_is_read():
         response = httpx.patch(f"{base}/api/properties/123", content=b"{not json", timeout=5)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "authentication_required"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"title": "Villa\x00 piégée"}, "title"),  # Postgres refuses NUL in text (22P05)
+    ({"description": "ligne\x07"}, "description"),
+])
+def test_control_characters_are_a_422_before_the_database(signed_in, body, field):
+    with serve(endpoint("api/properties/[id].py")) as base:
+        response = httpx.patch(f"{base}/api/properties/123", json=body, timeout=5)
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["field"] == field

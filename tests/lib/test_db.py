@@ -92,3 +92,13 @@ def test_probe_is_true_only_for_a_200():
 def test_probe_is_false_without_configuration(monkeypatch):
     monkeypatch.delenv("SUPABASE_URL")
     assert db.probe() is False
+
+
+@pytest.mark.parametrize("code", ["22P05", "22001", "22003", "23514", "23502"])
+@respx.mock
+def test_a_value_the_database_refuses_is_a_422_not_a_500(code):
+    from lib.errors import ValidationFailed
+
+    respx.patch(f"{REST}/properties").mock(return_value=httpx.Response(400, json={"code": code, "message": "no"}))
+    with pytest.raises(ValidationFailed):
+        db.run(lambda: db.anon().from_("properties").update({"title": "x"}).eq("id", 1).execute())

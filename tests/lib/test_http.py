@@ -207,3 +207,22 @@ def test_each_request_logs_one_json_line_without_token_body_or_query(things, cap
     assert isinstance(record["duration_ms"], float) and "cache" in record
     for secret in ("secret-query", "secret-body", "secret-token"):
         assert secret not in lines[0]
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "PROPFIND", "BREW"])
+def test_a_method_http_server_does_not_know_is_a_405_in_the_contract_shape(things, method):
+    response = things.request(method, "/api/things/1")
+    assert response.status_code == 405
+    assert error_of(response)["code"] == "method_not_allowed"
+    assert response.headers["allow"] == "GET, HEAD, PATCH, OPTIONS"
+
+
+def test_a_request_line_too_long_is_a_4xx_in_the_contract_shape():
+    with serve(Things) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"GET /api/things/1?q=" + b"x" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            raw = b"".join(iter(lambda: sock.recv(65536), b"")).decode()
+    head, _, body = raw.partition("\r\n\r\n")
+    assert head.split()[1] == "414"
+    assert json.loads(body)["error"]["code"] == "bad_request"
