@@ -235,6 +235,7 @@ class Endpoint(BaseHTTPRequestHandler):
             self.send_response(err.status)
             for name, value in {**err.headers, "Content-Type": "application/json; charset=utf-8",
                                 "Content-Length": str(len(payload)), "Cache-Control": "no-store",
+                                "X-Content-Type-Options": "nosniff", "Server-Timing": "total;dur=0.0",
                                 "Connection": "close"}.items():
                 self.send_header(name, value)
             self.end_headers()

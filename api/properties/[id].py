@@ -20,7 +20,7 @@ class PropertyChanges(Changes):
     bedrooms: int | None = Field(default=None, ge=0, le=50, strict=True)
     status: Literal["draft", "published", "archived"] | None = None
 
-    @field_validator("title", "city", "type", "price", "bedrooms", "status", mode="before")
+    @field_validator("title", "description", "city", "type", "price", "bedrooms", "status", mode="before")
     @classmethod
     def not_null(cls, value):
         if value is None:

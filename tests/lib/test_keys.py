@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -23,12 +23,12 @@ def test_the_contract_names_are_what_an_operator_finds():
     assert keys.visit_slots(789).key == "dousell:visits:available_slots:789"
     assert keys.payments(123).key == "dousell:payments:lease:123"
     assert keys.payment_lock(123) == "dousell:lock:payment:lease123"
-    slot = datetime(2026, 11, 27, 14, 0, tzinfo=timezone.utc)
+    slot = datetime(2026, 11, 27, 14, 0, tzinfo=UTC)
     assert keys.visit_lock(789, slot) == "dousell:lock:visit:prop789:20261127T140000Z"
 
 
 def test_one_instant_is_one_lock_whatever_its_offset():
-    utc = datetime(2026, 11, 27, 14, 0, tzinfo=timezone.utc)
+    utc = datetime(2026, 11, 27, 14, 0, tzinfo=UTC)
     paris = utc.astimezone(timezone(timedelta(hours=1)))
     assert keys.visit_lock(789, utc) == keys.visit_lock(789, paris)
 

@@ -1,0 +1,25 @@
+"""GET /api/openapi: the OpenAPI 3.1 document of the contract (`openapi.json`, bundled with every function).
+
+Read and parsed once per warm instance. `Cache-Control: no-store` like every answer: the
+document is small, rarely fetched, and a deploy that changes the contract must show at once.
+"""
+
+import json
+from pathlib import Path
+
+from lib.http import Endpoint
+
+DOCUMENT = Path(__file__).resolve().parent.parent / "openapi.json"
+_document = None
+
+
+def document() -> dict:
+    global _document
+    if _document is None:
+        _document = json.loads(DOCUMENT.read_text(encoding="utf-8"))
+    return _document
+
+
+class handler(Endpoint):
+    def get(self, req):
+        return document()
