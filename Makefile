@@ -32,6 +32,9 @@ lint: venv
 bench: venv tools ## benchmarks against the local stack; prints a table
 	$(PY) -m bench
 
+drills: venv tools ## fault drills against the local stack; prints a table
+	$(PY) -m drills
+
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt

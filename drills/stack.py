@@ -1,0 +1,119 @@
+"""The whole local stack for one drills run: `python -m devstack up` WITH the API (vercel dev) on free ports.
+
+bench/stack.py starts only the stand-ins (`--no-api`); the drills go through the real API, so this
+starts the same way but with `vercel dev`, and reuses bench's LocalStack (ports, admin client, stop).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+
+from bench.stack import REPO, LocalStack
+from devstack.__main__ import ANON_KEY, DEMO_PASSWORD, SERVICE_ROLE_KEY, UPSTASH_TOKEN, Ports
+from devstack.redis_server import free_port
+
+START_TIMEOUT = 300.0  # vercel dev + the first build of a function
+
+
+class DrillStack(LocalStack):
+    """LocalStack plus what the drills need: the API, sign-in, Redis commands, the other switches."""
+
+    env: dict[str, str]
+    _tokens: dict[str, str]
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.api}"
+
+    @property
+    def paydunya_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.paydunya}"
+
+    def token(self, email: str) -> str:
+        if email not in self._tokens:
+            r = self.admin.post(f"{self.supabase_url}/auth/v1/token", params={"grant_type": "password"},
+                                headers={"apikey": ANON_KEY}, json={"email": email, "password": DEMO_PASSWORD})
+            r.raise_for_status()
+            self._tokens[email] = r.json()["access_token"]
+        return self._tokens[email]
+
+    def user_id(self, email: str) -> str:
+        r = self.admin.get(f"{self.supabase_url}/auth/v1/user",
+                           headers={"apikey": ANON_KEY, "Authorization": f"Bearer {self.token(email)}"})
+        r.raise_for_status()
+        return r.json()["id"]
+
+    def auth(self, email: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(email)}"}
+
+    def devstack(self, *command: str) -> None:
+        subprocess.run([sys.executable, "-m", "devstack", *command], cwd=REPO, env=self.env, check=True,
+                       capture_output=True, timeout=60)
+
+    def redis(self, *command: object) -> object:
+        r = self.admin.post(self.upstash_url, json=[str(c) for c in command],
+                            headers={"Authorization": f"Bearer {UPSTASH_TOKEN}"})
+        body = r.json()
+        if "error" in body:
+            raise RuntimeError(body["error"])
+        return body["result"]
+
+    def redis_delay(self, ms: float) -> None:
+        self.admin.post(f"{self.upstash_url}/__devstack/delay", json={"ms": ms},
+                        headers={"Authorization": f"Bearer {UPSTASH_TOKEN}"}).raise_for_status()
+
+    def db_mode(self, mode: str, hang_seconds: float | None = None) -> None:
+        body: dict = {"mode": mode}
+        if hang_seconds is not None:
+            body["hang_seconds"] = hang_seconds
+        self._supabase("POST", "mode", body)
+
+    def paydunya(self, method: str, path: str, payload: dict | None = None) -> dict:
+        r = self.admin.request(method, f"{self.paydunya_url}/__devstack/{path}", json=payload)
+        r.raise_for_status()
+        return r.json() if r.content else {}
+
+    def rows(self, table: str, select: str = "*", **filters: str) -> list[dict]:
+        """Rows as the service role (no RLS): the ground truth the drills count."""
+        r = self.admin.get(f"{self.supabase_url}/rest/v1/{table}", params={"select": select, **filters},
+                           headers={"apikey": SERVICE_ROLE_KEY, "Authorization": f"Bearer {SERVICE_ROLE_KEY}"})
+        r.raise_for_status()
+        return r.json()
+
+
+def start(timeout: float = START_TIMEOUT) -> DrillStack:
+    """`python -m devstack up` on free ports (as bench/stack.py, but with the API); waits for `ready`."""
+    ports = Ports(api=free_port(), supabase=free_port(), upstash=free_port(), paydunya=free_port(),
+                  redis=free_port(), postgres=free_port())
+    state = Path(tempfile.mkdtemp(prefix="dousell-drills-"))
+    env = {
+        **os.environ,
+        "DEVSTACK_STATE": str(state),
+        "DEVSTACK_PG_DIR": f"/tmp/dousell-drills-pg-{ports.postgres}",
+        **{f"DEVSTACK_{name.upper()}_PORT": str(port) for name, port in asdict(ports).items()},
+    }
+    log = open(state / "stack.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "devstack", "up", "--timeout", str(timeout)], cwd=REPO,
+                               env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log.close()
+    stack = DrillStack(ports, state, process, httpx.Client(timeout=30))
+    stack.env, stack._tokens = env, {}
+    deadline = time.monotonic() + timeout + 60
+    while not (state / "ready").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = (state / "stack.log").read_text(errors="replace")[-3000:]
+            vlog = state / "vercel-dev.log"
+            if vlog.exists():
+                tail += "\n--- vercel dev ---\n" + vlog.read_text(errors="replace")[-3000:]
+            stack.stop()
+            raise RuntimeError(f"the local stack did not start (exit {process.poll()}):\n{tail}")
+        time.sleep(0.2)
+    return stack
