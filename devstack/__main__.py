@@ -187,15 +187,17 @@ class Stack:
                    accept=lambda r: r.headers.get("content-type", "").startswith("application/json"))
 
     def stop(self) -> None:
-        if self.vercel is not None and self.vercel.poll() is None:
+        if self.vercel is not None:
             try:
                 os.killpg(self.vercel.pid, signal.SIGTERM)
                 self.vercel.wait(10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.vercel.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                pass
+            try:
+                # Its Python workers may outlive it (frozen ones ignore SIGTERM): end the whole group.
+                os.killpg(self.vercel.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for server in reversed(self.servers):
             server.shutdown()
             server.server_close()
