@@ -6,35 +6,37 @@ default ports is left alone; the bench talks to it on 127.0.0.1 only.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from devstack import child
 from devstack.__main__ import UPSTASH_TOKEN, Ports
-from devstack.redis_server import free_port
+from devstack.child import ChildStack
 
-REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 120.0  # PostgreSQL init + migrations + seed take ~10 s here
-STOP_TIMEOUT = 60.0
 
 
 @dataclass
 class LocalStack:
-    """A running `devstack up --no-api`: its ports, state folder and process."""
+    """A running `devstack up --no-api` (devstack/child.py) and an admin client for its drill switches."""
 
-    ports: Ports
-    state: Path
-    process: subprocess.Popen
+    child: ChildStack
     admin: httpx.Client
+
+    @property
+    def ports(self) -> Ports:
+        return self.child.ports
+
+    @property
+    def state(self) -> Path:
+        return self.child.state
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.child.env
 
     @property
     def supabase_url(self) -> str:
@@ -75,40 +77,10 @@ class LocalStack:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """SIGTERM, as Ctrl-C would; the stack stops PostgreSQL and redis-server itself."""
         self.admin.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        shutil.rmtree(self.state, ignore_errors=True)
+        self.child.stop()
 
 
 def start(timeout: float = START_TIMEOUT) -> LocalStack:
     """Start the stand-ins on free ports and wait for the `ready` file the stack writes."""
-    ports = Ports(api=free_port(), supabase=free_port(), upstash=free_port(), paydunya=free_port(),
-                  redis=free_port(), postgres=free_port())
-    state = Path(tempfile.mkdtemp(prefix="dousell-bench-"))
-    env = {
-        **os.environ,
-        "DEVSTACK_STATE": str(state),
-        # PostgreSQL runs as its own user when we are root: its data folder must be reachable by it.
-        "DEVSTACK_PG_DIR": f"/tmp/dousell-bench-pg-{ports.postgres}",
-        **{f"DEVSTACK_{name.upper()}_PORT": str(port) for name, port in asdict(ports).items()},
-    }
-    log = open(state / "stack.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "devstack", "up", "--no-api"], cwd=REPO, env=env,
-                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    log.close()  # the child holds its own descriptor
-    stack = LocalStack(ports, state, process, httpx.Client(timeout=10))
-    deadline = time.monotonic() + timeout
-    while not (state / "ready").exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            tail = (state / "stack.log").read_text(errors="replace")[-3000:]
-            stack.stop()
-            raise RuntimeError(f"the local stack did not start (exit {process.poll()}):\n{tail}")
-        time.sleep(0.2)
-    return stack
+    return LocalStack(child.start(api=False, purpose="bench", timeout=timeout), httpx.Client(timeout=10))

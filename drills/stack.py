@@ -6,19 +6,14 @@ starts the same way but with `vercel dev`, and reuses bench's LocalStack (ports,
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import asdict
-from pathlib import Path
 
 import httpx
 
-from bench.stack import REPO, LocalStack
-from devstack.__main__ import ANON_KEY, DEMO_PASSWORD, SERVICE_ROLE_KEY, UPSTASH_TOKEN, Ports
-from devstack.redis_server import free_port
+from bench.stack import LocalStack
+from devstack import child
+from devstack.__main__ import ANON_KEY, DEMO_PASSWORD, REPO, SERVICE_ROLE_KEY, UPSTASH_TOKEN
 
 START_TIMEOUT = 300.0  # vercel dev + the first build of a function
 
@@ -26,7 +21,6 @@ START_TIMEOUT = 300.0  # vercel dev + the first build of a function
 class DrillStack(LocalStack):
     """LocalStack plus what the drills need: the API, sign-in, Redis commands, the other switches."""
 
-    env: dict[str, str]
     _tokens: dict[str, str]
 
     @property
@@ -91,29 +85,6 @@ class DrillStack(LocalStack):
 
 def start(timeout: float = START_TIMEOUT) -> DrillStack:
     """`python -m devstack up` on free ports (as bench/stack.py, but with the API); waits for `ready`."""
-    ports = Ports(api=free_port(), supabase=free_port(), upstash=free_port(), paydunya=free_port(),
-                  redis=free_port(), postgres=free_port())
-    state = Path(tempfile.mkdtemp(prefix="dousell-drills-"))
-    env = {
-        **os.environ,
-        "DEVSTACK_STATE": str(state),
-        "DEVSTACK_PG_DIR": f"/tmp/dousell-drills-pg-{ports.postgres}",
-        **{f"DEVSTACK_{name.upper()}_PORT": str(port) for name, port in asdict(ports).items()},
-    }
-    log = open(state / "stack.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "devstack", "up", "--timeout", str(timeout)], cwd=REPO,
-                               env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    log.close()
-    stack = DrillStack(ports, state, process, httpx.Client(timeout=30))
-    stack.env, stack._tokens = env, {}
-    deadline = time.monotonic() + timeout + 60
-    while not (state / "ready").exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            tail = (state / "stack.log").read_text(errors="replace")[-3000:]
-            vlog = state / "vercel-dev.log"
-            if vlog.exists():
-                tail += "\n--- vercel dev ---\n" + vlog.read_text(errors="replace")[-3000:]
-            stack.stop()
-            raise RuntimeError(f"the local stack did not start (exit {process.poll()}):\n{tail}")
-        time.sleep(0.2)
+    stack = DrillStack(child.start(api=True, purpose="drills", timeout=timeout), httpx.Client(timeout=30))
+    stack._tokens = {}
     return stack

@@ -6,12 +6,8 @@ stand-ins, the PayDunya stand-in, and the API served by the pinned Vercel CLI (`
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devstack import child
 from devstack.__main__ import ANON_KEY, DEMO_PASSWORD, METRICS_TOKEN, UPSTASH_TOKEN, Ports
-from devstack.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 300  # first run: vercel dev builds each function (a uv install per function)
@@ -79,35 +75,15 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    ports = Ports(api=free_port(), supabase=free_port(), upstash=free_port(), paydunya=free_port(),
-                  redis=free_port(), postgres=free_port())
-    state = Path(tempfile.mkdtemp(prefix="dousell-stack-"))
-    env = {**os.environ, "DEVSTACK_STATE": str(state), "DEVSTACK_PG_DIR": f"/tmp/dousell-stack-pg-{ports.postgres}",  # postgres must reach it
-           **{f"DEVSTACK_{name.upper()}_PORT": str(port) for name, port in ports.__dict__.items()}}
-    log = open(state / "stack.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "devstack", "up", "--timeout", str(START_TIMEOUT)],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + START_TIMEOUT + 60
     try:
-        while not (state / "ready").exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                tail = (state / "stack.log").read_text(errors="replace")[-4000:]
-                vercel_log = state / "vercel-dev.log"
-                if vercel_log.exists():
-                    tail += "\n--- vercel dev ---\n" + vercel_log.read_text(errors="replace")[-4000:]
-                pytest.fail(f"the local stack did not start (exit {process.poll()}):\n{tail}")
-            time.sleep(0.2)
-        with httpx.Client(base_url=f"http://127.0.0.1:{ports.api}", timeout=30) as api:
-            yield Stack(ports, env, state, api)
+        running = child.start(api=True, purpose="stack", timeout=START_TIMEOUT)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        with httpx.Client(base_url=running.url("api"), timeout=30) as api:
+            yield Stack(running.ports, running.env, running.state, api)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        log.close()
+        running.stop()
 
 
 @pytest.fixture(scope="session")
