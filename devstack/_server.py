@@ -4,6 +4,7 @@ connections, tracks its open sockets, and closes them all when it stops."""
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 import threading
@@ -68,3 +69,18 @@ class StandInHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
             self.server.log.info("%s %s", self.address_string(), format % args)
+
+
+def serve_until_stopped(server: ThreadingHTTPServer) -> int:
+    """A stand-in's command line: serve until Ctrl-C or SIGTERM, then close; the exit status."""
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever(poll_interval=0.25)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

@@ -110,7 +110,6 @@ import json
 import math
 import os
 import secrets
-import signal
 import string
 import sys
 import threading
@@ -120,6 +119,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import httpx
+
+from devstack._server import serve_until_stopped
 
 DEFAULT_MASTER_KEY = "dev-paydunya-master-key"
 DEFAULT_PRIVATE_KEY = "test_private_dev-paydunya-private-key"
@@ -866,20 +867,10 @@ def main(argv: list[str] | None = None) -> int:
                          public_base=args.public_base, ipn_timeout=args.ipn_timeout,
                          verbose=args.verbose)
 
-    def on_term(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     host, port = server.server_address[:2]
     print(f"paydunya stand-in listening on http://{host}:{port} "
           f"(API root {server.state.public_base}/sandbox-api/v1)", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve_until_stopped(server)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ import ipaddress
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -53,7 +52,7 @@ from urllib.parse import parse_qsl, urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from devstack._server import StandInHandler, StandInServer
+from devstack._server import StandInHandler, StandInServer, serve_until_stopped
 from devstack.supabase_auth import AuthResult, AuthService, SigningKey, TokenError
 from devstack.supabase_rest import (
     ApiError,
@@ -671,14 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          delay_ms=args.delay_ms, verbose=args.verbose)
     print(f"supabase stand-in: {server.url} (REST {server.rest_url}, auth {server.auth_url}); "
           f"apikey {args.anon_key}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server.serve_forever(poll_interval=0.25)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve_until_stopped(server)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ import hmac
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -57,7 +56,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from devstack._server import StandInHandler, StandInServer
+from devstack._server import StandInHandler, StandInServer, serve_until_stopped
 
 log = logging.getLogger("devstack.upstash")
 
@@ -573,14 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         verbose=args.verbose,
     )
     print(f"upstash stand-in: {server.url} -> {redis_url}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server.serve_forever(poll_interval=0.25)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve_until_stopped(server)
 
 
 if __name__ == "__main__":
