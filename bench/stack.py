@@ -6,45 +6,26 @@ default ports is left alone; the bench talks to it on 127.0.0.1 only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from functools import cached_property
 from typing import Any
 
 import httpx
 
 from devstack import child
-from devstack.__main__ import UPSTASH_TOKEN, Ports
+from devstack.__main__ import UPSTASH_TOKEN
 from devstack.child import ChildStack
 
 START_TIMEOUT = 120.0  # PostgreSQL init + migrations + seed take ~10 s here
 
 
-@dataclass
-class LocalStack:
-    """A running `devstack up --no-api` (devstack/child.py) and an admin client for its drill switches."""
+class LocalStack(ChildStack):
+    """A running `devstack up` (devstack/child.py) and an admin client for its drill switches."""
 
-    child: ChildStack
-    admin: httpx.Client
+    ADMIN_TIMEOUT = 10.0
 
-    @property
-    def ports(self) -> Ports:
-        return self.child.ports
-
-    @property
-    def state(self) -> Path:
-        return self.child.state
-
-    @property
-    def env(self) -> dict[str, str]:
-        return self.child.env
-
-    @property
-    def supabase_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.supabase}"
-
-    @property
-    def upstash_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.upstash}"
+    @cached_property
+    def admin(self) -> httpx.Client:
+        return httpx.Client(timeout=self.ADMIN_TIMEOUT)
 
     # -- the Supabase stand-in's drill endpoints ------------------------------------------------
 
@@ -77,10 +58,11 @@ class LocalStack:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        self.admin.close()
-        self.child.stop()
+        if "admin" in self.__dict__:
+            self.admin.close()
+        super().stop()
 
 
 def start(timeout: float = START_TIMEOUT) -> LocalStack:
     """Start the stand-ins on free ports and wait for the `ready` file the stack writes."""
-    return LocalStack(child.start(api=False, purpose="bench", timeout=timeout), httpx.Client(timeout=10))
+    return child.start(api=False, purpose="bench", timeout=timeout, cls=LocalStack)

@@ -11,9 +11,12 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
-from devstack.__main__ import REPO, Ports
+import httpx
+
+from devstack.__main__ import ANON_KEY, DEMO_PASSWORD, REPO, UPSTASH_TOKEN, Ports
 from devstack.redis_server import free_port
 
 STOP_TIMEOUT = 60.0
@@ -27,9 +30,54 @@ class ChildStack:
     state: Path
     env: dict[str, str]
     process: subprocess.Popen = field(repr=False)
+    tokens: dict[str, str] = field(default_factory=dict, repr=False)
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{getattr(self.ports, service)}"
+
+    @cached_property
+    def api(self) -> httpx.Client:
+        """A client to the API (`vercel dev`), closed by `stop()`."""
+        return httpx.Client(base_url=self.url("api"), timeout=30)
+
+    @property
+    def supabase_url(self) -> str:
+        return self.url("supabase")
+
+    @property
+    def upstash_url(self) -> str:
+        return self.url("upstash")
+
+    @property
+    def paydunya_url(self) -> str:
+        return self.url("paydunya")
+
+    def token(self, email: str) -> str:
+        """A demo user's access token, signed in once per stack."""
+        if email not in self.tokens:
+            response = httpx.post(f"{self.supabase_url}/auth/v1/token", params={"grant_type": "password"},
+                                  headers={"apikey": ANON_KEY}, json={"email": email, "password": DEMO_PASSWORD},
+                                  timeout=10)
+            response.raise_for_status()
+            self.tokens[email] = response.json()["access_token"]
+        return self.tokens[email]
+
+    def auth(self, email: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(email)}"}
+
+    def devstack(self, *command: str) -> None:
+        """`python -m devstack <command>` against this stack (e.g. `redis-stop`)."""
+        subprocess.run([sys.executable, "-m", "devstack", *command], cwd=REPO, env=self.env, check=True,
+                       capture_output=True, timeout=60)
+
+    def redis(self, *command: object) -> object:
+        """One Redis command through the Upstash stand-in."""
+        response = httpx.post(self.upstash_url, json=[str(c) for c in command],
+                              headers={"Authorization": f"Bearer {UPSTASH_TOKEN}"}, timeout=5)
+        body = response.json()
+        if "error" in body:
+            raise RuntimeError(body["error"])
+        return body["result"]
 
     def logs(self, chars: int = 4000) -> str:
         text = (self.state / "stack.log").read_text(errors="replace")[-chars:]
@@ -40,6 +88,8 @@ class ChildStack:
 
     def stop(self) -> None:
         """SIGTERM, as Ctrl-C would: the stack stops PostgreSQL, Redis and vercel dev itself."""
+        if "api" in self.__dict__:
+            self.api.close()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -50,8 +100,9 @@ class ChildStack:
         shutil.rmtree(self.state, ignore_errors=True)
 
 
-def start(*, api: bool, purpose: str, timeout: float) -> ChildStack:
-    """Start the stack (with `vercel dev` when `api`) and wait, up to `timeout` s, for its `ready` file."""
+def start[S: ChildStack](*, api: bool, purpose: str, timeout: float, cls: type[S] = ChildStack) -> S:
+    """Start the stack (with `vercel dev` when `api`) and wait, up to `timeout` s, for its `ready` file;
+    `cls` (a ChildStack subclass) is what is returned."""
     ports = Ports(**{name: free_port() for name in asdict(Ports())})
     state = Path(tempfile.mkdtemp(prefix=f"dousell-{purpose}-"))
     env = {
@@ -65,7 +116,7 @@ def start(*, api: bool, purpose: str, timeout: float) -> ChildStack:
     with open(state / "stack.log", "wb") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL)
-    stack = ChildStack(ports, state, env, process)
+    stack = cls(ports, state, env, process)
     deadline = time.monotonic() + timeout + 30
     while not (state / "ready").exists():
         if process.poll() is not None or time.monotonic() > deadline:

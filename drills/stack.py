@@ -6,14 +6,9 @@ starts the same way but with `vercel dev`, and reuses bench's LocalStack (ports,
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-import httpx
-
 from bench.stack import LocalStack
 from devstack import child
-from devstack.__main__ import ANON_KEY, DEMO_PASSWORD, REPO, SERVICE_ROLE_KEY, UPSTASH_TOKEN
+from devstack.__main__ import ANON_KEY, SERVICE_ROLE_KEY, UPSTASH_TOKEN
 
 START_TIMEOUT = 300.0  # vercel dev + the first build of a function
 
@@ -21,44 +16,17 @@ START_TIMEOUT = 300.0  # vercel dev + the first build of a function
 class DrillStack(LocalStack):
     """LocalStack plus what the drills need: the API, sign-in, Redis commands, the other switches."""
 
-    _tokens: dict[str, str]
+    ADMIN_TIMEOUT = 30.0
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.api}"
-
-    @property
-    def paydunya_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.paydunya}"
-
-    def token(self, email: str) -> str:
-        if email not in self._tokens:
-            r = self.admin.post(f"{self.supabase_url}/auth/v1/token", params={"grant_type": "password"},
-                                headers={"apikey": ANON_KEY}, json={"email": email, "password": DEMO_PASSWORD})
-            r.raise_for_status()
-            self._tokens[email] = r.json()["access_token"]
-        return self._tokens[email]
+        return self.url("api")
 
     def user_id(self, email: str) -> str:
         r = self.admin.get(f"{self.supabase_url}/auth/v1/user",
                            headers={"apikey": ANON_KEY, "Authorization": f"Bearer {self.token(email)}"})
         r.raise_for_status()
         return r.json()["id"]
-
-    def auth(self, email: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token(email)}"}
-
-    def devstack(self, *command: str) -> None:
-        subprocess.run([sys.executable, "-m", "devstack", *command], cwd=REPO, env=self.env, check=True,
-                       capture_output=True, timeout=60)
-
-    def redis(self, *command: object) -> object:
-        r = self.admin.post(self.upstash_url, json=[str(c) for c in command],
-                            headers={"Authorization": f"Bearer {UPSTASH_TOKEN}"})
-        body = r.json()
-        if "error" in body:
-            raise RuntimeError(body["error"])
-        return body["result"]
 
     def redis_delay(self, ms: float) -> None:
         self.admin.post(f"{self.upstash_url}/__devstack/delay", json={"ms": ms},
@@ -85,6 +53,4 @@ class DrillStack(LocalStack):
 
 def start(timeout: float = START_TIMEOUT) -> DrillStack:
     """`python -m devstack up` on free ports (as bench/stack.py, but with the API); waits for `ready`."""
-    stack = DrillStack(child.start(api=True, purpose="drills", timeout=timeout), httpx.Client(timeout=30))
-    stack._tokens = {}
-    return stack
+    return child.start(api=True, purpose="drills", timeout=timeout, cls=DrillStack)
