@@ -68,11 +68,6 @@ return false
 """
 
 
-def idempotency_key(user_id: str, key: str) -> str:
-    """`dousell:meta:idem:{user}:{sha256(key)}`: the header never reaches a key unhashed."""
-    return keys.name("meta", "idem", keys.escape(user_id), hashlib.sha256(key.encode("utf-8")).hexdigest())
-
-
 def idempotent(header: str | None, user_id: str, scope: str, request: Any, busy: type[DousellError],
                run: Callable[[], Reply]) -> Reply:
     """Answer `run()`, or the first answer to the same `Idempotency-Key` (24 h).
@@ -93,7 +88,7 @@ def idempotent(header: str | None, user_id: str, scope: str, request: Any, busy:
     canonical = json.dumps({"scope": scope, "request": request}, sort_keys=True, separators=(",", ":"),
                            ensure_ascii=False, default=str)
     fingerprint = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-    key = idempotency_key(user_id, header)
+    key = keys.idempotency_key(user_id, header)
     marker = json.dumps({"state": "running", "fp": fingerprint, "id": secrets.token_hex(8)})
     claimed = _idem_claim(key, marker)
     if claimed is not None and claimed is not True:
