@@ -1,7 +1,7 @@
 """Cache-aside over Upstash: one round trip per hit, stampede protection, tag invalidation and a fail-safe.
 
     value = cache.fetch(keys.property_detail(123), lambda: db_read_property(123))
-    cache.invalidate(keys.property_changed(123, owner_id, {"Dakar"}))
+    cache.invalidate(keys.change_tags("properties", before, after), changes=[change_id])
 
 An entry is a Redis hash: the JSON value (`v`), how long it took to load (`d`, ms), its stale
 window (`w`, ms) and, per tag, the tag's version when the database was read (`t1`..`tn`).
@@ -20,6 +20,10 @@ One `EVALSHA` per read does the lookup, the tag check, the stampede decision and
 When Upstash fails or times out, the read goes to the database (BYPASS) and a circuit breaker
 skips Redis for a growing interval (1 s, 2 s, ... 30 s), so an outage costs one timeout per
 warm instance, not one per request.
+
+An invalidation that cannot reach Redis is not kept here: every change is in the database's
+outbox until its tags are bumped (lib/outbox, docs/invalidation.md). The read that probes
+Redis after an outage first runs the recovery hooks (the outbox drain) before it trusts an entry.
 """
 
 from __future__ import annotations
@@ -200,8 +204,10 @@ class Breaker:
 
 
 breaker = Breaker()
-_pending_lock = threading.Lock()
-_pending_tags: set[str] = set()  # invalidations that could not reach Redis, sent at the next chance
+# Run by the read that probes Redis after an outage, before it reads an entry (lib/outbox
+# registers its drain). Each returns False if Redis failed again. Kept as a list, not an
+# import, so lib/cache imports nothing that imports it.
+_recovery_hooks: list[Callable[[], bool]] = []
 
 
 def _metrics_keys() -> tuple[str, str]:
@@ -232,7 +238,7 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
     loader = metrics.attributed(family, loader)  # its queries count for the queries-avoided estimate
     if not breaker.allow():
         return _bypass(loader, family)
-    if _pending_tags and not _flush_pending():
+    if breaker.state == "half-open" and not _after_outage():
         return _bypass(loader, family)
     token = secrets.token_hex(8)
     tag_keys = [keys.tag_key(tag) for tag in tags]
@@ -298,32 +304,72 @@ def _release(fill_key: str, token: str) -> None:
         _redis_failed()  # the lock expires by itself after FILL_LOCK_MS
 
 
-def invalidate(tags: Sequence[str], *, delete: Sequence[str] = ()) -> bool:
-    """Give each tag a new version (every entry built on the old one becomes a miss) and delete
-    `delete` keys, in one REST call. Returns False if Redis could not be told: the tags are kept
-    and sent with this instance's next Redis call."""
-    with _pending_lock:
-        _pending_tags.update(tags)
-    if not breaker.allow():
-        return False
-    return _flush_pending(delete)
+# KEYS: the tags, then one applied-change marker per change id, then keys to delete.
+# ARGV[1] tag ttl ms, ARGV[2] number of tags, ARGV[3] number of markers, ARGV[4] marker ttl ms,
+# ARGV[5] marker value (the tags, JSON), ARGV[6..] a new version per tag. A tag that cannot be
+# written (Redis full: noeviction refuses writes, not DEL) is deleted instead: a missing tag voids
+# the entries built on it as surely as a new version. The markers come last and are written only
+# if every tag moved, so a marker never claims an invalidation that did not happen.
+# Returns {bumped, deleted, marked}.
+INVALIDATE_SCRIPT = """
+local ntags, nmarks = tonumber(ARGV[2]), tonumber(ARGV[3])
+local bumped, deleted, marked = 0, 0, 0
+for i = 1, ntags do
+  local reply = redis.pcall('SET', KEYS[i], ARGV[5 + i], 'PX', ARGV[1])
+  if type(reply) == 'table' and reply.err then
+    redis.call('DEL', KEYS[i])
+    deleted = deleted + 1
+  else
+    bumped = bumped + 1
+  end
+end
+if deleted == 0 then
+  for i = ntags + 1, ntags + nmarks do
+    local reply = redis.pcall('SET', KEYS[i], ARGV[5], 'PX', ARGV[4])
+    if not (type(reply) == 'table' and reply.err) then marked = marked + 1 end
+  end
+end
+for i = ntags + nmarks + 1, #KEYS do redis.call('DEL', KEYS[i]) end
+return {bumped, deleted, marked}
+"""
 
 
-def _flush_pending(delete: Sequence[str] = ()) -> bool:
-    with _pending_lock:
-        tags = sorted(_pending_tags)
-    commands = [["SET", keys.tag_key(tag), secrets.token_hex(6), "PX", str(TAG_TTL_MS)] for tag in tags]
-    if delete:
-        commands.append(["DEL", *delete])
-    if not commands:
+def invalidate(tags: Sequence[str], *, changes: Sequence[str] = (), delete: Sequence[str] = ()) -> bool:
+    """Give each tag a new version (every entry built on the old one becomes a miss), record
+    `changes` (ids of the API's own writes, lib/outbox) as applied with these tags, and delete
+    `delete` keys, in one Upstash call.
+
+    Returns False if Redis could not be told. Nothing is kept in memory for later: the change
+    waits in the database's outbox, and the webhook, the cron or the first read after the
+    outage applies it (lib/outbox).
+    """
+    tags = sorted(set(tags))
+    if not (tags or changes or delete):
         return True
+    # Open: skip (no timeout per write during an outage). Half-open: this call may be the probe
+    # (or run by the probe's recovery hook), so it goes through and reports back.
+    if breaker.state != "half-open" and not breaker.allow():
+        return False
+    markers = [keys.applied_change(change) for change in changes]
+    args = [TAG_TTL_MS, len(tags), len(markers), keys.APPLIED_CHANGE_TTL * 1000,
+            json.dumps(tags, separators=(",", ":")), *(secrets.token_hex(6) for _ in tags)]
     try:
         with context.timed("cache"):
-            upstash.pipeline(commands)
+            run_script(INVALIDATE_SCRIPT, [*map(keys.tag_key, tags), *markers, *delete], args)
     except RedisError:
         _redis_failed()
         return False
     breaker.success()
-    with _pending_lock:
-        _pending_tags.difference_update(tags)
     return True
+
+
+def on_recovery(hook: Callable[[], bool]) -> None:
+    """Run `hook` when a read probes Redis after an outage (see `_recovery_hooks`); once per hook."""
+    if hook not in _recovery_hooks:
+        _recovery_hooks.append(hook)
+
+
+def _after_outage() -> bool:
+    """The probe after an outage applies what the outage held back before it reads an entry;
+    False if Redis failed again (the caller bypasses it)."""
+    return all(hook() for hook in list(_recovery_hooks))

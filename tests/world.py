@@ -66,7 +66,6 @@ def reset_clients() -> None:
     db.set_http_client(None)
     paydunya.set_http_client(None)
     cache.breaker.reset()
-    cache._pending_tags.clear()
 
 
 class WallClock:

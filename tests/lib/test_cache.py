@@ -44,13 +44,12 @@ def redis(monkeypatch, clock):
     monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
     upstash.set_client(None)
     cache.breaker.reset()
-    cache._pending_tags.clear()
+    monkeypatch.setattr(cache, "_recovery_hooks", [])  # lib/outbox's drain is tested in tests/lib/test_outbox.py
     with respx.mock(assert_all_called=False) as router:
         fake = FakeUpstash(router, URL)
         yield fake
     upstash.set_client(None)
     cache.breaker.reset()
-    cache._pending_tags.clear()
 
 
 class Loader:
@@ -297,12 +296,44 @@ class TestBreaker:
         assert cache.breaker.state == "half-open"
 
 
-def test_an_invalidation_that_cannot_reach_redis_is_sent_with_the_next_call(redis, clock):
-    entry = keys.property_detail(11)
-    fetch(entry, Loader("old"))
+def test_an_invalidation_that_cannot_reach_redis_leaves_nothing_in_this_instance(redis, clock):
+    # The change waits in the database's outbox (lib/outbox), never in one instance's memory.
     redis.down = httpx.ConnectError("refused")
     assert cache.invalidate(["property:11"]) is False
     redis.down = None
     clock.now += 1.0
-    assert fetch(entry, Loader("new")) == ("new", "MISS"), "the entry from before the write was served"
-    assert not cache._pending_tags
+    redis.calls.clear()
+    fetch(keys.property_detail(12), Loader("other"))
+    assert "property:11" not in str(redis.calls), "a failed invalidation was replayed from memory"
+
+
+def test_the_read_that_probes_redis_after_an_outage_runs_the_recovery_hooks_before_reading(redis, clock):
+    entry = keys.property_detail(11)
+    fetch(entry, Loader("old"))
+    redis.down = httpx.ConnectError("refused")
+    assert fetch(entry, Loader("db")) == ("db", "BYPASS")
+    redis.down = None
+    clock.now += 1.0
+    ran = []
+    cache.on_recovery(lambda: ran.append("drain") or cache.invalidate(["property:11"]))  # what lib/outbox does
+    assert fetch(entry, Loader("new")) == ("new", "MISS"), "the entry from before the outage was served"
+    assert ran == ["drain"] and cache.breaker.state == "closed"
+    assert fetch(entry, Loader("unused")) == ("new", "HIT") and ran == ["drain"], "once per recovery"
+
+
+def test_a_recovery_hook_that_finds_redis_down_again_leaves_the_read_to_the_database(redis, clock):
+    entry = keys.property_detail(11)
+    fetch(entry, Loader("old"))
+    cache.breaker.failure()
+    clock.now += 1.0
+    cache.on_recovery(lambda: False)
+    assert fetch(entry, Loader("db")) == ("db", "BYPASS")
+
+
+def test_a_hook_is_registered_once(redis):
+    def hook():
+        return True
+
+    cache.on_recovery(hook)
+    cache.on_recovery(hook)
+    assert cache._recovery_hooks == [hook]

@@ -264,7 +264,6 @@ def redis(monkeypatch, clock):
 def reset():
     upstash.set_client(None)
     cache.breaker.reset()
-    cache._pending_tags.clear()
     metrics.pending.clear()
     metrics.stats.reset()
     metrics._flush_blocked_until = 0.0
