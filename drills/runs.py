@@ -20,6 +20,8 @@ from urllib.parse import quote
 
 import httpx
 
+from drills import invalidation
+
 OWNER, OWNER2, TENANT, STRANGER = ("awa.ndiaye@example.sn", "ibrahima.fall@example.sn", "moussa.diop@example.sn",
                                    "fatou.sarr@example.sn")
 LEASE = 123
@@ -66,6 +68,7 @@ class Row:
     bad_5xx: int = 0
     lost_or_doubled: int = 0
     leaked: int = 0
+    stale: int = 0  # reads that showed a row older than a change whose window had passed (drill 11)
     notes: list[str] = field(default_factory=list)
     failed: str = ""
     seconds: float = 0.0
@@ -134,7 +137,8 @@ class Context:
                  ("GET", "/api/dashboard", OWNER), ("GET", "/api/profile", TENANT),
                  ("GET", "/api/notifications", TENANT), ("GET", f"/api/payments?lease_id={LEASE}", TENANT),
                  ("POST", "/api/visits", TENANT), ("POST", "/api/paydunya/ipn", None),
-                 ("GET", "/api/metrics", None), ("GET", "/api/openapi", None)]
+                 ("GET", "/api/metrics", None), ("GET", "/api/openapi", None),
+                 ("POST", "/api/hooks/database", None), ("GET", "/api/cron/reconcile", None)]
 
         def one(item):
             method, path, who = item
@@ -149,7 +153,8 @@ class Context:
     def reset_switches(self) -> None:
         s = self.stack
         for step in (lambda: s.redis_delay(0), lambda: s.set_db_delay(0), lambda: s.db_mode("normal"),
-                     lambda: s.paydunya("POST", "mode", {"mode": "normal"})):
+                     lambda: s.paydunya("POST", "mode", {"mode": "normal"}),
+                     lambda: s._supabase("POST", "webhooks", {"mode": "deliver"})):
             try:
                 step()
             except Exception as exc:
@@ -684,4 +689,5 @@ DRILLS = [
     ("Another user's token and ids", other_users),
     ("Key injection (city, q)", injection),
     ("Lock gone mid PayDunya call", lock_expired),
+    ("Writes outside the API: webhook, lost, Redis stopped", invalidation.writes_outside_the_api),
 ]
