@@ -139,6 +139,27 @@ def test_a_slot_the_owner_opens_through_supabase_is_bookable_at_once(stack):
 # -- SQL, Studio, another service ---------------------------------------------------------------------
 
 
+def test_a_listing_changed_in_sql_shows_at_once_on_the_list_the_city_page_the_detail_and_the_search(stack, sql):
+    views = ["/api/properties", "/api/properties?city=Dakar", "/api/search?city=Dakar&per_page=50"]
+    detail = "/api/properties/105"
+    price = get(stack, detail).json()["property"]["price"]
+    for path in (*views, detail):
+        get(stack, path)
+        assert get(stack, path).headers["x-cache"] == "HIT"  # cached before the change
+
+    def prices(path):
+        body = get(stack, path).json()
+        rows = body.get("properties") or body.get("results") or [body.get("property")]
+        return {row["price"] for row in rows if row["id"] == 105}
+
+    sql.execute("update properties set price = price + 5, city = 'DAKAR' where id = 105")  # Studio, as typed
+    try:
+        for path in (*views, detail):
+            shown_within(AT_ONCE, lambda p=path: prices(p) == {price + 5}, f"the new price on {path}")
+    finally:
+        sql.execute("update properties set price = price - 5, city = 'Dakar' where id = 105")
+
+
 def test_a_payment_and_a_notification_written_in_sql_show_at_once(stack, sql):
     payments = "/api/payments?lease_id=123"
     count = len(get(stack, payments, MOUSSA).json()["payments"])
