@@ -15,7 +15,7 @@ from devstack import child
 from devstack.__main__ import METRICS_TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 300  # first run: vercel dev builds each function (a uv install per function)
+START_TIMEOUT = 600  # the stack builds and wakes every function before it says ready (a uv install each)
 
 
 @pytest.fixture(scope="session")
