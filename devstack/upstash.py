@@ -84,7 +84,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from devstack._server import StandInHandler, StandInServer, serve_until_stopped
-from devstack.upstash_scripts import DATABASE_WIDE, DYNAMIC_KEY, Prepared, prepare, sha1
+from devstack.upstash_scripts import DATABASE_WIDE, DYNAMIC_KEY, Prepared, literal_commands, prepare, sha1
 
 log = logging.getLogger("devstack.upstash")
 
@@ -395,6 +395,8 @@ class UpstashEngine:
         self.stats = Stats()
         self._stats_lock = threading.Lock()
         self._scripts: dict[str, Prepared] = {}  # the client's SHA -> what Valkey runs
+        # command -> (first, last, step) key positions, None when its keys move (COMMAND INFO)
+        self._key_specs: dict[str, tuple[int, int, int] | None] = {}
         self.pool = redis.ConnectionPool.from_url(
             redis_url,
             protocol=2,
@@ -502,9 +504,23 @@ class UpstashEngine:
         return cmd, _Sent(name)
 
     def _prepare(self, script: bytes) -> Prepared:
-        prepared = prepare(script)
+        prepared = prepare(script, self._specs(literal_commands(script)))
         self._scripts[sha1(script)] = prepared
         return prepared
+
+    def _specs(self, names: set[str]) -> dict[str, tuple[int, int, int]]:
+        """Key positions of `names` with fixed ones, asked from Redis once per command."""
+        missing = sorted(names - self._key_specs.keys())
+        if missing:
+            try:
+                infos = self.run([[b"COMMAND", b"INFO", *(n.encode() for n in missing)]])[0]
+            except _Unavailable:
+                infos = None  # Valkey is down: the EVAL will say so; the check asks per call meanwhile
+            if isinstance(infos, list):
+                for name, info in zip(missing, infos, strict=True):
+                    fixed = isinstance(info, list) and b"movablekeys" not in info[2]
+                    self._key_specs[name] = (int(info[3]), int(info[4]), int(info[5])) if fixed else None
+        return {n: spec for n in names if (spec := self._key_specs.get(n)) is not None}
 
     def _count(self, sent: list[tuple[list[bytes], _Sent]], replies: list[Any] | None,
                *, transaction: bool) -> None:

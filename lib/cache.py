@@ -1,35 +1,36 @@
-"""Cache-aside over Upstash: a hit is one read-only command, stampede protection, tag invalidation and a fail-safe.
+"""Cache-aside over Upstash: a hit is one plain read command, stampede protection, tag invalidation, a fail-safe.
 
     value = cache.fetch(keys.property_detail(123), lambda: db_read_property(123))
     cache.invalidate(keys.property_changed(123, owner_id, {"Dakar"}))
 
-An entry is a Redis hash: the JSON value (`v`), how long it took to load (`d`, ms), its stale
-window (`w`, ms) and, per tag, the tag's version when the database was read (`t1`..`tn`).
-A tag's version lives in `dousell:meta:tag:<tag>`; invalidating a tag writes a new random
-version, so every entry built on the old one reads as a miss (O(1), no KEYS, no SCAN), and a
-fill that read the database before the invalidation is refused when it tries to land (the
-versions it carries are no longer current): no stale set survives a write.
+An entry is a string: a header (when it expires by Redis's clock, how long it took to load, its
+stale window, the version of each tag when the database was read) and the JSON value. A tag's
+version lives in `dousell:meta:tag:<tag>`; invalidating a tag writes a new random version, so
+every entry built on the old one reads as a miss (O(1), no KEYS, no SCAN), and a fill that read
+the database before the invalidation is refused when it tries to land (the versions it carries
+are no longer current): no stale set survives a write.
 
-A read is one EVALSHA_RO of READ, a read-only script that Upstash runs locking only its keys:
-- fresh entry → HIT, unless XFetch (Vattani et al.) draws an early refresh as expiry nears and
-  nobody refreshes yet: REFRESH, this caller reloads, so under steady traffic a hot key never
-  goes cold;
+A read is one `MGET` of the entry and its tags, judged here: present, built on the current tag
+versions, inside its TTL and not drawn for an early refresh (XFetch, Vattani et al.) → HIT. That
+is all a hit costs: one billed command, no script, no write (not even a counter: lib/metrics
+counts in the instance). Anything else goes to CLAIM, one key-locked script that decides again,
+atomically:
 - entry past its TTL but inside its stale window, someone reloading → STALE, served meanwhile;
-- no valid entry, someone loading → WAIT: poll briefly for its value instead of querying;
-- otherwise → LOAD.
-Only REFRESH and LOAD write: one CLAIM (decides again, atomically, and takes the fill lock:
-a caller that lost the race is served or waits), the load, one FILL. A miss is three commands,
-a hit one, and a hit writes nothing (not even a counter: lib/metrics counts in the instance).
-When Upstash fails or times out, the read goes to the database (BYPASS); lib/upstash's circuit
-breaker then skips Redis for a growing interval, so an outage costs one timeout per warm
-instance, not one per request. A full database (Upstash's default: no eviction) refuses the
-claim or the fill: the value is answered from the database and not stored; hits go on.
+- no valid entry, someone loading → WAIT: poll briefly (READ, read-only) for its value instead
+  of querying the database;
+- otherwise → LOAD (or REFRESH, early): this caller takes the fill lock, loads, and FILLs.
+A miss is three commands. When Upstash fails or times out, the read goes to the database
+(BYPASS); lib/upstash's circuit breaker then skips Redis for a growing interval, so an outage
+costs one timeout per warm instance, not one per request. A full database (Upstash's default: no
+eviction) refuses the claim or the fill: the value is answered from the database and not
+stored; hits go on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import secrets
 import threading
@@ -43,10 +44,13 @@ from lib.upstash import RedisCommandError, RedisError, RedisFull
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Replaceable in tests: the clock of the waiters' deadline, the sleep between polls, XFetch's draw.
+# Replaceable in tests: the clock of the waiters' deadline, the sleep between polls, XFetch's draw,
+# the wall clock a hit compares an entry's expiry with (the entry's is Redis's: a few ms of skew
+# between an instance and Upstash moves an expiry by as much).
 clock = time.monotonic
 sleep = time.sleep
 draw = random.random
+wall = time.time
 
 XFETCH_BETA = 1.0
 JITTER = 0.1  # TTLs are spread ±10 % so keys filled together do not expire together
@@ -63,44 +67,51 @@ def stale_window(ttl: int) -> int:
 # What READ and CLAIM both know of an entry. KEYS[1] entry, KEYS[2] fill lock, KEYS[3..] tags;
 # ARGV[1] a random draw in (0, 1], ARGV[2] XFetch's beta. Leaves: `value` (false unless the entry
 # is there and built on every tag's current version), `remaining` (ms of its TTL left, <= 0 in the
-# stale window), `early` (XFetch draws a refresh now) and `versions` (each tag's, false if missing).
+# stale window, by Redis's clock), `early` (XFetch draws a refresh now) and `versions` (each
+# tag's, false if missing). An entry is `<expires ms>|<load ms>|<window ms>|<v1,v2..>\n<json>`.
 _LOOKUP = """
 local ntags = #KEYS - 2
 local versions = {}
 for i = 1, ntags do versions[i] = redis.call('GET', KEYS[2 + i]) end
-local fields = {'v', 'd', 'w'}
-for i = 1, ntags do fields[3 + i] = 't' .. i end
-local entry = redis.call('HMGET', KEYS[1], unpack(fields))
-local value = entry[1]
-if value then
-  for i = 1, ntags do
-    if not versions[i] or entry[3 + i] ~= versions[i] then value = false; break end
+local raw = redis.pcall('GET', KEYS[1])  -- an entry of an older format (a hash) reads as missing
+local value, remaining, early = false, 0, false
+if type(raw) == 'string' then
+  local expires, load, _, built, payload = string.match(raw, '^(%d+)|(%d+)|(%d+)|([^\\n]*)\\n(.*)$')
+  local valid, n = payload ~= nil, 0
+  if valid then
+    for version in string.gmatch(built, '[^,]+') do
+      n = n + 1
+      if version ~= versions[n] then valid = false end
+    end
   end
-end
-local remaining, early = 0, false
-if value then
-  remaining = redis.call('PTTL', KEYS[1]) - tonumber(entry[3] or 0)
-  early = remaining > 0 and tonumber(entry[2] or 0) * tonumber(ARGV[2]) * -math.log(tonumber(ARGV[1])) >= remaining
+  if valid and n == ntags then
+    local t = redis.call('TIME')
+    remaining = tonumber(expires) - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+    value = payload
+    early = remaining > 0 and tonumber(load) * tonumber(ARGV[2]) * -math.log(tonumber(ARGV[1])) >= remaining
+  end
 end
 """
 
-# Read-only. Returns {status, value or false}: HIT, STALE (past its TTL, someone reloads), WAIT
-# (no valid entry, someone loads), REFRESH (XFetch: reload early) or LOAD (nobody loads: go).
+# Read-only: what a waiter polls with. Returns {status, value or false}: HIT, STALE (past its TTL,
+# someone reloads), WAIT (no valid entry, someone loads), REFRESH (XFetch: reload early) or LOAD
+# (nobody loads, or the loader gave up: go).
 READ = upstash.Script(_LOOKUP + """
+if value and remaining > 0 and not early then return {'HIT', value} end
 local loading = redis.call('EXISTS', KEYS[2]) == 1
 if value and remaining > 0 then
-  if early and not loading then return {'REFRESH', value} end
-  return {'HIT', value}
+  if loading then return {'HIT', value} end
+  return {'REFRESH', value}
 end
 if value and loading then return {'STALE', value} end
 if loading then return {'WAIT', false} end
 return {'LOAD', value}
 """, writes=False)
 
-# READ's decision again, atomically, taking the fill lock when this caller is to load. Also ARGV[3]
-# the fill-lock token, ARGV[4] its ms, ARGV[5] the tag ttl ms, ARGV[6..] a fresh version per tag
-# (set only where the tag key is missing). Returns {status, value or false, versions...}: HIT or
-# STALE (served), WAIT, or LOAD / REFRESH with the tag versions to fill with.
+# What a read that is not a plain hit decides, atomically, taking the fill lock when this caller is
+# to load. Also ARGV[3] the fill-lock token, ARGV[4] its ms, ARGV[5] the tag ttl ms, ARGV[6..] a
+# fresh version per tag (set only where the tag key is missing). Returns {status, value or false,
+# versions...}: HIT or STALE (served), WAIT, or LOAD / REFRESH with the tag versions to fill with.
 CLAIM = upstash.Script(_LOOKUP + """
 if value and remaining > 0 and not early then return {'HIT', value} end
 if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then
@@ -123,7 +134,8 @@ return out
 # KEYS[1] entry, KEYS[2] fill lock, KEYS[3..] tags. ARGV[1] value, ARGV[2] load ms, ARGV[3] ttl ms,
 # ARGV[4] stale window ms, ARGV[5] fill-lock token, ARGV[6] tag ttl ms, ARGV[7..] the versions the
 # reader saw before reading the database. Returns 1 if stored, 0 if refused because a tag moved
-# meanwhile (an invalidation happened while we read: our value may predate the write).
+# meanwhile (an invalidation happened while we read: our value may predate the write). The entry
+# expires (by Redis's clock) after its TTL, and its key after the stale window too.
 FILL = upstash.Script("""
 local ntags = #KEYS - 2
 local current = true
@@ -131,15 +143,16 @@ for i = 1, ntags do
   if redis.call('GET', KEYS[2 + i]) ~= ARGV[6 + i] then current = false; break end
 end
 if current then
-  local fields = {'v', ARGV[1], 'd', ARGV[2], 'w', ARGV[4]}
+  local versions = {}
   for i = 1, ntags do
-    fields[#fields + 1] = 't' .. i
-    fields[#fields + 1] = ARGV[6 + i]
+    versions[i] = ARGV[6 + i]
     redis.call('PEXPIRE', KEYS[2 + i], ARGV[6])
   end
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], unpack(fields))
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) + tonumber(ARGV[4]))
+  local t = redis.call('TIME')
+  local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
+  local head = string.format('%d|%d|%d|', expires, tonumber(ARGV[2]), tonumber(ARGV[4]))
+  redis.call('SET', KEYS[1], head .. table.concat(versions, ',') .. '\\n' .. ARGV[1],
+             'PX', tonumber(ARGV[3]) + tonumber(ARGV[4]))
 end
 if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
 if current then return 1 end
@@ -183,11 +196,14 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
     odds = [max(draw(), 1e-12), XFETCH_BETA]
     deadline = clock() + WAIT_DEADLINE
     delay = 0.02
+    first = True
     while True:
         try:
             with context.timed("cache"):
-                status, value = upstash.run(READ, keys_, odds)
-                if status in ("LOAD", "REFRESH"):
+                # The first look is a plain MGET of the entry and its tags: a hit ends there. A
+                # waiter polls with READ. Anything else is decided by CLAIM, which may take the lock.
+                status, value = _plain_hit(keys_, odds) if first else upstash.run(READ, keys_, odds)
+                if status not in ("HIT", "STALE", "WAIT"):
                     token = secrets.token_hex(8)
                     fresh = [secrets.token_hex(6) for _ in tags]
                     status, value, *versions = upstash.run(CLAIM, keys_, [*odds, token, FILL_LOCK_MS, TAG_TTL_MS,
@@ -200,6 +216,7 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
             return _bypass(loader, family)
         except RedisError:  # down, slow, or skipped by the breaker
             return _bypass(loader, family)
+        first = False
         metrics.count_cache(family, status)
         if status in ("HIT", "STALE"):
             context.set_cache_status(status)
@@ -214,6 +231,24 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
             return loader()
         sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+def _plain_hit(keys_: list[str], odds: list[float]) -> tuple[str, str | None]:
+    """("HIT", the JSON) if the entry is there, built on every tag's current version, inside its TTL
+    and not drawn for an early refresh; ("LOAD", None) otherwise: CLAIM decides. One MGET."""
+    raw, *versions = upstash.execute(["MGET", keys_[0], *keys_[2:]])
+    if raw is None:
+        return "LOAD", None
+    head, newline, payload = raw.partition("\n")
+    fields = head.split("|")
+    if not newline or len(fields) != 4 or not (fields[0].isdigit() and fields[1].isdigit()):
+        return "LOAD", None  # not an entry of ours (an older format): CLAIM replaces it
+    built = fields[3].split(",") if fields[3] else []
+    if built != versions:  # a tag moved, or vanished: invalidated
+        return "LOAD", None
+    remaining = int(fields[0]) - wall() * 1000
+    early = int(fields[1]) * odds[1] * -math.log(odds[0]) >= remaining
+    return ("HIT", payload) if remaining > 0 and not early else ("LOAD", None)
 
 
 def _answer_unstored(loader: Callable[[], T], family: str) -> T:

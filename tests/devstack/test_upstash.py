@@ -536,6 +536,14 @@ def test_a_key_locked_script_touching_a_key_not_in_keys_is_refused_as_upstash_re
     assert response.json() == {"error": DYNAMIC + touched}
 
 
+def test_a_key_locked_script_may_call_commands_without_keys_and_many_keys_of_its_own(upstash_http, upstash_key):
+    a, b = upstash_key("a"), upstash_key("b")
+    script = ("#!lua flags=allow-key-locking\n"
+              "local t = redis.call('TIME'); redis.call('MSET', KEYS[1], '1', KEYS[2], '2'); "
+              "return {#t, redis.call('DEL', KEYS[1], KEYS[2])}")
+    assert upstash_http.post("/", json=["EVAL", script, 2, a, b]).json() == {"result": [2, 2]}
+
+
 def test_pcall_gets_the_refusal_as_an_error_it_can_inspect(upstash_http, upstash_key):
     script = ("#!lua flags=allow-key-locking\n"
               "local r = redis.pcall('GET', 'dousell:elsewhere'); return r.err")

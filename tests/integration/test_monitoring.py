@@ -1,31 +1,20 @@
 """/api/metrics on the local stack, through `vercel dev`: known traffic in, exact counts out.
 
-Each function keeps its counts in its warm process and writes them at the end of a request at most
-once every 5 s (lib/metrics.FLUSH_INTERVAL). So a test "drains" the functions it drives: it sends
-each an OPTIONS request (counted under `OPTIONS <endpoint>`, never a cached read) until /api/metrics
-shows every one of them, which proves the function wrote everything it held before. The functions
-are drained, Redis flushed, the traffic driven, the functions drained again: every count is then
-exactly the traffic's.
+Each function keeps its counts in its warm process and writes them at most once every 5 s, so a
+test drains the functions it drives before it reads the figures (tests/integration/conftest.py,
+`Drain`): every count is then exactly the traffic's.
 """
 
 from __future__ import annotations
-
-import collections
 
 import httpx
 import pytest
 
 from devstack.__main__ import UPSTASH_TOKEN
+from tests.integration.conftest import Drain
 from tests.support import wait_for
 
 MOUSSA = "moussa.diop@example.sn"
-# A path per function: an OPTIONS request there is answered without Redis.
-FUNCTIONS = {
-    "/api/properties/[id]": "/api/properties/1",
-    "/api/properties": "/api/properties",
-    "/api/search": "/api/search",
-    "/api/payments": "/api/payments",
-}
 
 
 def metrics(stack, token, window="last_hour"):
@@ -44,38 +33,10 @@ def upstash_stats(stack, *, reset: bool = False) -> dict:
     return response.json()["result"]
 
 
-class Drain:
-    """Makes functions write what they hold; `reset()` when Redis is flushed (the counts start over)."""
-
-    def __init__(self, stack, token):
-        self.stack, self.token = stack, token
-        self.sent: collections.Counter = collections.Counter()
-
-    def reset(self) -> None:
-        self.sent.clear()
-
-    def __call__(self, *functions: str) -> None:
-        def written() -> bool:
-            endpoints = metrics(self.stack, self.token)["latency"]["api"]["endpoints"]
-            waiting = [f for f in functions
-                       if not self.sent[f] or endpoints.get(f"OPTIONS {f}", {}).get("count", 0) < self.sent[f]]
-            for function in waiting:  # one more request: it writes the buffer once 5 s have passed
-                assert self.stack.api.options(FUNCTIONS[function]).status_code == 204
-                self.sent[function] += 1
-            return not waiting
-
-        # Generous: the first request to a function makes `vercel dev` build it (10-20 s each here).
-        wait_for(written, timeout=180, interval=1.0, what=f"{', '.join(functions)} to write their metrics")
-
-
 @pytest.fixture
 def drain(stack, metrics_token):
     """Every function drained, then Redis emptied: only what the test drives is counted."""
-    helper = Drain(stack, metrics_token)
-    helper(*FUNCTIONS)
-    stack.redis("FLUSHDB")
-    helper.reset()
-    return helper
+    return Drain.clean(stack, metrics_token)
 
 
 def test_without_the_token_it_is_401_and_with_a_wrong_one_too(stack):
@@ -122,8 +83,8 @@ def test_a_hit_costs_one_billed_command_on_the_stack(stack, drain):
     for _ in range(10):
         assert stack.api.get("/api/properties/123").headers["x-cache"] == "HIT"
     stats = upstash_stats(stack)
-    # Ten hits: ten read-only scripts, plus at most the function's own metrics write (once per 5 s).
-    assert stats["by_command"].get("EVALSHA_RO") == 10
+    # Ten hits: ten MGETs, plus at most the function's own metrics write (once per 5 s).
+    assert stats["by_command"].get("MGET") == 10
     assert 10 <= stats["billed"] <= 11 and stats["scripts_global_lock"] == 0
 
 

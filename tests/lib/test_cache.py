@@ -82,10 +82,28 @@ def billed(redis) -> int:
     return count
 
 
+def entry_of(redis, key) -> dict:
+    """An entry as stored: `<expires ms>|<load ms>|<window ms>|<tag versions>\n<json>`."""
+    head, _, value = redis.redis.get(key).decode().partition("\n")
+    expires, load, window, built = head.split("|")
+    return {"expires": int(expires), "load": int(load), "window": int(window), "built": built, "value": value}
+
+
+def rewrite(redis, key, **changes) -> None:
+    """Change an entry's header in place, keeping its key's expiry."""
+    e = {**entry_of(redis, key), **changes}
+    redis.redis.set(key, f"{e['expires']}|{e['load']}|{e['window']}|{e['built']}\n{e['value']}", keepttl=True)
+
+
+def redis_now_ms(redis) -> int:
+    seconds, micros = redis.redis.time()
+    return seconds * 1000 + micros // 1000
+
+
 # -- a hit and a miss ---------------------------------------------------------------------------
 
 
-def test_a_miss_loads_once_and_the_next_read_is_a_hit_in_one_read_only_key_locked_command(redis):
+def test_a_miss_loads_once_and_the_next_read_is_a_hit_in_one_plain_read_command(redis):
     loader = Loader({"id": 123, "city": "Dakar"})
     entry = keys.property_detail(123)
     assert fetch(entry, loader) == ({"id": 123, "city": "Dakar"}, "MISS")
@@ -93,19 +111,19 @@ def test_a_miss_loads_once_and_the_next_read_is_a_hit_in_one_read_only_key_locke
     redis.engine.reset_stats()
     assert fetch(entry, loader) == ({"id": 123, "city": "Dakar"}, "HIT")
     assert loader.calls == 1
-    assert [call[0] for call in redis.calls] == ["EVALSHA_RO"], "a hit is one REST call of one command"
-    assert redis.calls[0][1] == cache.READ.sha
+    assert redis.calls == [["MGET", entry.key, keys.tag_key("property:123")]], "one REST call of one command"
     stats = redis.stats
-    assert (stats.billed, stats.scripts_key_locked, stats.scripts_global_lock) == (1, 1, 0)
+    assert (stats.billed, stats.scripts_key_locked, stats.scripts_global_lock) == (1, 0, 0)
 
 
-def test_a_miss_is_three_commands_read_claim_fill(redis):
+def test_a_miss_is_three_commands_a_look_a_claim_and_a_fill(redis):
     fetch(keys.property_detail(1), Loader(1))  # loads the scripts, as any earlier request did
     redis.calls.clear()
     billed(redis)
     assert fetch(keys.property_detail(2), Loader(2))[1] == "MISS"
-    assert [call[1] for call in redis.calls] == [cache.READ.sha, cache.CLAIM.sha, cache.FILL.sha]
-    assert (redis.stats.billed, redis.stats.scripts_global_lock) == (3, 0)
+    assert [call[0] for call in redis.calls] == ["MGET", "EVALSHA", "EVALSHA"]
+    assert [call[1] for call in redis.calls[1:]] == [cache.CLAIM.sha, cache.FILL.sha]
+    assert (redis.stats.billed, redis.stats.scripts_key_locked, redis.stats.scripts_global_lock) == (3, 2, 0)
 
 
 def test_a_hit_changes_nothing_in_redis(redis):
@@ -149,7 +167,9 @@ def test_each_family_gets_its_ttl_with_jitter_plus_its_stale_window(redis, entry
     pttl_ms = redis.redis.pttl(entry.key)
     window_ms = cache.stale_window(ttl) * 1000
     assert ttl * 1000 * 0.9 + window_ms - 1000 <= pttl_ms <= ttl * 1000 * 1.1 + window_ms
-    assert redis.redis.hget(entry.key, "w") == str(window_ms).encode()
+    stored = entry_of(redis, entry.key)
+    assert stored["window"] == window_ms and stored["value"] == '["x"]'
+    assert ttl * 1000 * 0.9 - 1000 <= stored["expires"] - redis_now_ms(redis) <= ttl * 1000 * 1.1
 
 
 def test_jitter_spreads_keys_filled_together(redis):
@@ -272,8 +292,7 @@ def test_a_caller_that_loses_the_claim_waits_for_the_winner_instead_of_loading(r
 
 def expire_softly(redis, entry):
     """Move an entry past its TTL but inside its stale window."""
-    window_ms = int(redis.redis.hget(entry.key, "w"))
-    redis.redis.pexpire(entry.key, window_ms - 1000)
+    rewrite(redis, entry.key, expires=redis_now_ms(redis) - 1000)
 
 
 def test_past_its_ttl_one_caller_reloads_while_the_others_get_the_stale_value(redis):
@@ -293,8 +312,7 @@ def test_past_its_ttl_one_caller_reloads_while_the_others_get_the_stale_value(re
 def test_xfetch_refreshes_a_hot_key_before_it_expires(redis, monkeypatch):
     entry = keys.notifications("u1")
     fetch(entry, Loader(["a"]))
-    redis.redis.hset(entry.key, "d", 5_000)  # it took 5 s to compute
-    redis.redis.pexpire(entry.key, int(redis.redis.hget(entry.key, "w")) + 4_000)  # 4 s of TTL left
+    rewrite(redis, entry.key, load=5_000, expires=redis_now_ms(redis) + 4_000)  # took 5 s; 4 s of TTL left
     monkeypatch.setattr(cache, "draw", lambda: 0.9)  # -ln(0.9)*5 s = 0.5 s < 4 s: not yet
     assert fetch(entry, Loader(["b"])) == (["a"], "HIT")
     monkeypatch.setattr(cache, "draw", lambda: 0.1)  # -ln(0.1)*5 s = 11.5 s ≥ 4 s: refresh now
@@ -307,8 +325,7 @@ def test_xfetch_refreshes_a_hot_key_before_it_expires(redis, monkeypatch):
 def test_an_early_refresh_someone_else_already_does_is_served_as_a_hit(redis, monkeypatch):
     entry = keys.notifications("u2")
     fetch(entry, Loader(["a"]))
-    redis.redis.hset(entry.key, "d", 5_000)
-    redis.redis.pexpire(entry.key, int(redis.redis.hget(entry.key, "w")) + 4_000)
+    rewrite(redis, entry.key, load=5_000, expires=redis_now_ms(redis) + 4_000)
     redis.redis.set(keys.fill_lock_key(entry.key), "the-refresher", px=6000)
     monkeypatch.setattr(cache, "draw", lambda: 0.1)
     assert fetch(entry, Loader(["b"])) == (["a"], "HIT")
@@ -325,13 +342,31 @@ def test_a_failing_loader_releases_the_fill_lock(redis):
     assert redis.redis.exists(keys.fill_lock_key(entry.key)) == 0
 
 
-def test_the_script_is_sent_again_after_redis_lost_it(redis):
-    entry = keys.property_detail(3)
-    fetch(entry, Loader(3))
+def test_the_scripts_are_sent_again_after_redis_lost_them(redis):
+    fetch(keys.property_detail(3), Loader(3))
     redis.redis.script_flush()
     redis.calls.clear()
-    assert fetch(entry, Loader(3))[1] == "HIT"
-    assert [call[0] for call in redis.calls] == ["EVALSHA_RO", "EVAL_RO"]
+    assert fetch(keys.property_detail(4), Loader(4))[1] == "MISS"
+    assert [call[0] for call in redis.calls] == ["MGET", "EVALSHA", "EVAL", "EVALSHA", "EVAL"]
+
+
+def test_an_entry_of_an_older_format_reads_as_a_miss_and_is_replaced(redis):
+    entry = keys.property_detail(8)
+    redis.redis.hset(entry.key, mapping={"v": '"old"', "d": 1, "w": 1000})  # the hash entries before this one
+    assert fetch(entry, Loader("new")) == ("new", "MISS")
+    assert fetch(entry, Loader("unused")) == ("new", "HIT")
+
+
+def test_a_waiter_polls_with_a_read_only_script(redis, clock):
+    entry = keys.properties_all()
+    fetch(keys.property_detail(1), Loader(1))  # loads the scripts
+    redis.redis.set(keys.fill_lock_key(entry.key), "someone-else", px=6000)
+    redis.calls.clear()
+    billed(redis)
+    fetch(entry, Loader(["mine"]))
+    polls = [call for call in redis.calls if call[0] == "EVALSHA_RO"]
+    assert polls and all(call[1] == cache.READ.sha for call in polls)
+    assert redis.stats.scripts_global_lock == 0
 
 
 def test_each_outcome_is_counted_per_family_in_the_instance_not_in_redis(redis):
