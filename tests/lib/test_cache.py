@@ -11,7 +11,7 @@ import pytest
 import respx
 
 from lib import breaker as breaker_module
-from lib import cache, context, keys, metrics, upstash
+from lib import cache, context, entries, keys, metrics, upstash
 from tests.fakes import FakeUpstash
 
 URL = "https://upstash.test"
@@ -122,7 +122,7 @@ def test_a_miss_is_three_commands_a_look_a_claim_and_a_fill(redis):
     billed(redis)
     assert fetch(keys.property_detail(2), Loader(2))[1] == "MISS"
     assert [call[0] for call in redis.calls] == ["MGET", "EVALSHA", "EVALSHA"]
-    assert [call[1] for call in redis.calls[1:]] == [cache.CLAIM.sha, cache.FILL.sha]
+    assert [call[1] for call in redis.calls[1:]] == [entries.CLAIM.sha, entries.FILL.sha]
     assert (redis.stats.billed, redis.stats.scripts_key_locked, redis.stats.scripts_global_lock) == (3, 2, 0)
 
 
@@ -273,7 +273,7 @@ def test_a_caller_that_loses_the_claim_waits_for_the_winner_instead_of_loading(r
     lock_key = keys.fill_lock_key(entry.key)
 
     def racing(script, keys_, args, **kwargs):
-        if script is cache.CLAIM and not redis.redis.exists(entry.key):
+        if script is entries.CLAIM and not redis.redis.exists(entry.key):
             redis.redis.set(lock_key, "the-winner", px=6000)  # the winner claimed first
         return real_run(script, keys_, args, **kwargs)
 
@@ -365,7 +365,7 @@ def test_a_waiter_polls_with_a_read_only_script(redis, clock):
     billed(redis)
     fetch(entry, Loader(["mine"]))
     polls = [call for call in redis.calls if call[0] == "EVALSHA_RO"]
-    assert polls and all(call[1] == cache.READ.sha for call in polls)
+    assert polls and all(call[1] == entries.READ.sha for call in polls)
     assert redis.stats.scripts_global_lock == 0
 
 
