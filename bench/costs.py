@@ -117,9 +117,13 @@ def _writer(strategy: Strategy, row: dict[str, Any]) -> Callable[[int], None]:
 
 def _age(property_id: int) -> Callable[[int], None]:
     def prepare(i: int) -> None:
+        """Past its TTL, inside its stale window: the entry's "expires at" (lib/entries) moved back."""
         key = keys.property_detail(property_id).key
-        window_ms = int(upstash.execute(["HGET", key, "w"]))
-        upstash.execute(["PEXPIRE", key, window_ms - 1000])  # past its TTL, inside its stale window
+        head, _, value = upstash.execute(["GET", key]).partition("\n")
+        _, load, window, built = head.split("|")
+        seconds, micros = upstash.execute(["TIME"])
+        expired = int(seconds) * 1000 + int(micros) // 1000 - 1000
+        upstash.execute(["SET", key, f"{expired}|{load}|{window}|{built}\n{value}", "KEEPTTL"])
 
     return prepare
 
