@@ -7,7 +7,9 @@ one for the whole test run, flushed for each FakeUpstash. Only the HTTP hop is s
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from typing import Any
 
@@ -27,7 +29,13 @@ def valkey() -> RedisServer:
     global _server
     if _server is None or not _server.is_running():
         _server = RedisServer(free_port(), tempfile.mkdtemp(prefix="dousell-test-valkey-")).start()
+        atexit.register(_remove, _server)
     return _server
+
+
+def _remove(server: RedisServer) -> None:
+    server.stop(timeout=2.0)
+    shutil.rmtree(server.state_dir, ignore_errors=True)
 
 
 class FakeUpstash:
