@@ -139,3 +139,16 @@ def property_changed(property_id: int, owner_id: str, cities: set[str] | list[st
     tags = ["properties:public", f"property:{pid}", "search", f"dashboard:{escape(owner_id)}", f"slots:{pid}"]
     tags += [f"properties:city:{escape(city)}" for city in sorted({c for c in cities if c})]
     return tags
+
+
+# -- the Redis edge's own keys (issue 11): monitoring buckets, Idempotency-Key records ----------
+
+
+def metrics_bucket(kind: str, number: int) -> str:
+    """`dousell:meta:metrics:m:<epoch minute>` or `...:h:<epoch hour>`: one hash of counters."""
+    return name("meta", "metrics", kind, int(number))
+
+
+def idempotency(user_id: str, header: str) -> str:
+    """`dousell:meta:idem:{user}:{sha256(header)}`: the header never reaches a key unhashed."""
+    return name("meta", "idem", escape(user_id), hashlib.sha256(header.encode("utf-8")).hexdigest())

@@ -1,8 +1,8 @@
 """A fake world for the write path, at the network boundary: PostgREST, PayDunya, Upstash, JWKS.
 
 `FakeSupabase` is an in-memory model of the tables, RLS and the RPCs of supabase/migrations;
-`FakePayDunya` answers PayDunya's checkout API; Upstash is tests.fakes.FakeUpstash (fakeredis
-running the real Lua). Used by tests/lib/test_payments.py, tests/lib/test_visits.py and tests/api/.
+`FakePayDunya` answers PayDunya's checkout API; Upstash is tests.fakes.FakeUpstash (the real
+stand-in's engine over a real Valkey). Used by tests/lib/test_payments.py, tests/lib/test_visits.py and tests/api/.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def reset_clients() -> None:
     upstash.set_client(None)
     db.set_http_client(None)
     paydunya.set_http_client(None)
-    cache.breaker.reset()
+    upstash.breaker.reset()
     cache._pending_tags.clear()
 
 

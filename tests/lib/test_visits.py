@@ -9,7 +9,7 @@ import httpx
 import pytest
 import respx
 
-from lib import cache, context, keys, locks, visits
+from lib import context, keys, locks, upstash, visits
 from lib.errors import BookingInProgress, NotFound, SlotTaken
 from tests.fakes import FakeUpstash
 from tests.world import (
@@ -156,7 +156,7 @@ def test_redis_down_the_invalidation_is_sent_once_redis_is_back(world):
     redis.down = httpx.ConnectError("redis down")
     book(db)
     redis.down = None
-    cache.breaker.reset()
+    upstash.breaker.reset()
     assert len(visits.free_slots(789)) == 2  # the pending tag went out before the read
 
 
