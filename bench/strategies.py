@@ -4,6 +4,8 @@
 - B `NaiveCacheAside`: the seed's drawing. `GET key`; on a miss run the loader, then
   `SET key json EX ttl`; a write `DEL`s the keys. No stampede protection, no tags.
 - C `ThisProject`: `lib.cache.fetch` / `lib.cache.invalidate`.
+- `SeedCard` (rows 6 and 7 only): the card as drawn with its monitoring: B plus an `INCR` of its
+  hit or miss counter on every read (the card's "Cache Hit Rate: Hits / Misses" KPI).
 
 `installed(strategy)` puts a strategy where `lib.properties` looks for its cache, so every
 strategy runs the same endpoint code (`properties.get_public`, `list_public`) and the same
@@ -30,6 +32,7 @@ class Strategy:
 
     label = ""
     caches = True
+    records_metrics = False
 
     def fetch(self, entry: keys.CacheKey, loader: Callable[[], T]) -> T:
         raise NotImplementedError
@@ -39,6 +42,7 @@ class Strategy:
 
     def reset(self) -> None:
         """Before a measurement: an empty Redis and a fresh instance."""
+        upstash.breaker.reset()
         upstash.execute(["FLUSHDB"])
 
 
@@ -79,8 +83,22 @@ class NaiveCacheAside(Strategy):
         upstash.execute(["DEL", *_property_keys(property_id, city)])
 
 
+class SeedCard(NaiveCacheAside):
+    """The card with its hit-rate KPI counted the way it draws it: an INCR per read."""
+
+    label = "seed's card"
+
+    def fetch(self, entry: keys.CacheKey, loader: Callable[[], T]) -> T:
+        value = super().fetch(entry, loader)
+        counter = "hits" if context.current() and context.current().cache_status == "HIT" else "misses"
+        with contextlib.suppress(RedisError):
+            upstash.execute(["INCR", keys.name("stats", counter)])
+        return value
+
+
 class ThisProject(Strategy):
     label = "C: this project"
+    records_metrics = True  # its requests count in lib/metrics, whose writes are part of its bill
 
     def fetch(self, entry: keys.CacheKey, loader: Callable[[], T]) -> T:
         return cache.fetch(entry, loader)
@@ -92,7 +110,7 @@ class ThisProject(Strategy):
 
     def reset(self) -> None:
         super().reset()
-        cache.breaker.reset()
+        upstash.breaker.reset()
 
 
 def _property_keys(property_id: int, city: str | None) -> list[str]:

@@ -29,9 +29,11 @@ from typing import Any
 
 import httpx
 
+from devstack import warmup
+
 REPO = Path(__file__).resolve().parent.parent
 VERCEL_BIN = REPO / ".tools" / "node_modules" / ".bin" / "vercel"
-DEV_CONFIG = REPO / "devstack" / "vercel.dev.json"
+VERCEL_CONFIG = REPO / "vercel.json"
 
 ANON_KEY = "dev-anon-key"
 SERVICE_ROLE_KEY = "dev-service-role-key"
@@ -122,6 +124,51 @@ def _wait_http(url: str, timeout: float, accept=lambda r: r.status_code < 500) -
     raise RuntimeError(f"{url} not ready after {timeout:.0f}s: {last}")
 
 
+def base_python() -> str:
+    """The real interpreter this virtualenv was made from (not a pyenv or asdf shim)."""
+    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
+def vercel_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment `vercel dev` runs in: this virtualenv's tools (uv) first on PATH, then the
+    interpreter it was made from.
+
+    Vercel's builder runs `uv venv` without `--python` in dev, so uv looks on PATH for the
+    `.python-version` it finds (3.12), skipping virtualenvs: behind a pyenv or asdf shim that
+    another choice (PYENV_VERSION, ...) turns away, it tries to download one and, offline, every
+    function fails. With the base interpreter right after the virtualenv, uv finds it on every run.
+    (Not UV_PYTHON: it would also point the builder's `uv pip install` at the base interpreter.)
+    """
+    base = dict(os.environ if base is None else base)
+    path = [str(Path(sys.executable).parent), str(Path(base_python()).parent), base.get("PATH", "")]
+    return {**base, "PATH": os.pathsep.join(path), "VERCEL_TELEMETRY_DISABLED": "1", "NO_UPDATE_NOTIFIER": "1"}
+
+
+def dev_config_for(ports: Ports) -> dict[str, Any]:
+    """vercel.json as `vercel dev` can take it, with the stand-ins' addresses as the functions' env.
+
+    `vercel dev` hands the functions only the config's `env` and .env files, not its own
+    environment; and it refuses `functions.*.memory` / `maxDuration` (vercel/vercel#17620).
+    Derived from vercel.json at each start, so the two cannot drift.
+    """
+    config = json.loads(VERCEL_CONFIG.read_text())
+    for settings in config.get("functions", {}).values():
+        settings.pop("memory", None)
+        settings.pop("maxDuration", None)
+    config.pop("crons", None)  # `vercel dev` does not run crons; the stack calls them itself
+    config["env"] = function_env(ports)
+    return config
+
+
+def sign_in(ports: Ports, email: str) -> str:
+    """A demo user's access token from the Supabase stand-in."""
+    response = httpx.post(f"http://127.0.0.1:{ports.supabase}/auth/v1/token", params={"grant_type": "password"},
+                          headers={"apikey": ANON_KEY}, json={"email": email, "password": DEMO_PASSWORD},
+                          timeout=10)
+    response.raise_for_status()
+    return response.json()["access_token"]
+
+
 class Stack:
     """Everything `up` starts, in start order; `stop()` undoes it in reverse."""
 
@@ -170,27 +217,22 @@ class Stack:
     def start_api(self, timeout: float) -> None:
         if not VERCEL_BIN.exists():
             raise RuntimeError("the Vercel CLI is missing: run `make tools` (make dev does)")
-        venv_bin = Path(sys.executable).parent
-        env = {
-            **os.environ,
-            "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-            "VERCEL_TELEMETRY_DISABLED": "1",
-            "NO_UPDATE_NOTIFIER": "1",
-        }
-        # `vercel dev` hands the functions only the config's `env` and .env files, not its own
-        # environment: the dev config, written per stack, carries the stand-ins' addresses.
-        config = json.loads(DEV_CONFIG.read_text())
-        config["env"] = function_env(self.ports)
+        env = vercel_env()
         dev_config = self.state / "vercel.dev.json"
-        dev_config.write_text(json.dumps(config, indent=2))
+        dev_config.write_text(json.dumps(dev_config_for(self.ports), indent=2))
         log = open(self.state / "vercel-dev.log", "ab")
         self.vercel = subprocess.Popen(
             [str(VERCEL_BIN), "dev", "--local", "--yes", "--listen", f"127.0.0.1:{self.ports.api}", "-A", str(dev_config)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stop() ends the Python workers it spawns too
         )
-        _wait_http(f"http://127.0.0.1:{self.ports.api}/api/health", timeout,
+        api = f"http://127.0.0.1:{self.ports.api}"
+        _wait_http(f"{api}/api/health", timeout,
                    accept=lambda r: r.headers.get("content-type", "").startswith("application/json"))
+        print("· building and waking every function (the first `make dev` installs each one: a minute or two)",
+              flush=True)
+        results = warmup.warm(api, sign_in(self.ports, DEMO_USERS[2][1]), timeout=timeout)
+        print("\n".join(warmup.report(results)), flush=True)
 
     def stop(self) -> None:
         if self.vercel is not None:
@@ -241,7 +283,7 @@ def up(args: argparse.Namespace) -> int:
     try:
         stack.start_services()
         if args.api:
-            print(f"· vercel dev on 127.0.0.1:{ports.api} (first requests build each function; log in "
+            print(f"· vercel dev on 127.0.0.1:{ports.api} (log in "
                   f"{state / 'vercel-dev.log'})", flush=True)
             stack.start_api(args.timeout)
             from devstack.cron import CronCaller  # Vercel Cron: vercel dev runs none

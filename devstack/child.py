@@ -38,7 +38,7 @@ class ChildStack:
     @cached_property
     def api(self) -> httpx.Client:
         """A client to the API (`vercel dev`), closed by `stop()`."""
-        return httpx.Client(base_url=self.url("api"), timeout=30)
+        return httpx.Client(base_url=self.url("api"), timeout=60)  # a shared 2-core machine: cold processes under load
 
     @property
     def supabase_url(self) -> str:

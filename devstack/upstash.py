@@ -19,6 +19,29 @@ It speaks the protocol as upstash-redis 1.8 uses it:
   at once (connection refused) or after ``socket_timeout`` at most; the
   connection pool reconnects by itself once Redis is back.
 
+Where Upstash differs from the Valkey behind it, the stand-in does what Upstash does:
+
+- Script flags (devstack/upstash_scripts.py): ``#!lua flags=allow-key-locking``
+  is accepted and stripped before Valkey sees it (Valkey refuses it), the
+  other flags (``no-writes``) are kept; a key-locked script that calls a key
+  not passed in ``KEYS`` is refused with Upstash's ``ERR Dynamic keys are not
+  allowed in Lua scripts when 'allow-key-locking' flag is set. Key was: <key>``.
+  ``EVALSHA`` takes the SHA of the script as the client sent it (flags
+  included), as Upstash does.
+- Locking: a script without ``allow-key-locking``, and any script inside
+  ``/multi-exec``, runs under Upstash's global lock; they are counted.
+- Billing: every command is counted, each one inside a pipeline or
+  transaction too, except the operational ones Upstash does not charge
+  (``INFO``, ``PING``, ``AUTH``, ``QUIT``, ``COMMAND``).
+- Capacity: Valkey runs with a ``maxmemory`` and no eviction, as Upstash's
+  default; its ``OOM command not allowed ...`` becomes Upstash's ``ERR DB
+  capacity quota exceeded. Threshold: <max> bytes, Usage: <used> bytes``.
+
+``GET /__devstack/stats`` (token-protected, like every request) answers
+``{"result": {"requests", "commands", "billed", "scripts_global_lock",
+"scripts_key_locked", "capacity_refusals", "by_command"}}`` since the last
+``POST /__devstack/stats/reset``; tests and the bench read it.
+
 Drill switches (token-protected): ``POST /__devstack/delay {"ms": 800}`` adds
 that delay before every command request (0 turns it off); ``GET
 /__devstack/status`` reports Redis up/down, the backend URL and the delay.
@@ -29,6 +52,8 @@ Start it::
 
 or from Python: ``server, thread = serve_in_thread(port=0, redis_url=...)``;
 ``server.url`` is its base URL; ``server.shutdown(); server.server_close()``.
+Without HTTP (tests faking the network at the boundary): ``UpstashEngine(
+redis_url, token).answer(method, path, query, headers, body)``.
 
 The Redis client is redis-py (RESP2, ``decode_responses=False``) with a
 connection pool: keep-alive HTTP connections reuse pooled Redis connections, so
@@ -39,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import hmac
 import json
 import logging
@@ -47,6 +73,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
 
@@ -57,6 +84,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from devstack._server import StandInHandler, StandInServer, serve_until_stopped
+from devstack.upstash_scripts import DATABASE_WIDE, DYNAMIC_KEY, Prepared, literal_commands, prepare, sha1
 
 log = logging.getLogger("devstack.upstash")
 
@@ -75,6 +103,10 @@ _REFUSED = frozenset(
     b"AUTH SHUTDOWN CLIENT".split()
 )
 
+# Operational commands Upstash does not bill (upstash/docs redis/overall/pricing.mdx: "Operational
+# commands like AUTH, INFO, PING, QUIT, COMMAND are not charged"; billing.mdx names INFO, PING, AUTH).
+_FREE = frozenset({"INFO", "PING", "AUTH", "QUIT", "COMMAND"})
+
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -89,6 +121,7 @@ _REASONS = {
 __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_TOKEN",
+    "UpstashEngine",
     "UpstashStandIn",
     "main",
     "make_server",
@@ -232,7 +265,6 @@ class _Handler(StandInHandler):
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return True
 
-
     def _reply(self, status: int, payload: Any) -> None:
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(
             "utf-8"
@@ -282,19 +314,6 @@ class _Handler(StandInHandler):
             chunks.append(self.rfile.read(size))
             self.rfile.readline()
 
-    def _authorized(self, query: str) -> bool:
-        expected = self.server.token.encode()
-        auth = self.headers.get("Authorization", "")
-        if auth[:7].lower() == "bearer " and hmac.compare_digest(
-            auth[7:].strip().encode(), expected
-        ):
-            return True
-        if "_token=" in query:
-            for k, v in parse_qsl(query):
-                if k == "_token" and hmac.compare_digest(v.encode(), expected):
-                    return True
-        return False
-
     # -- methods ----------------------------------------------------------
     def do_POST(self) -> None:
         self._handle(with_body=True)
@@ -315,108 +334,69 @@ class _Handler(StandInHandler):
         path, _, query = self.path.partition("?")
         try:
             body = self._read_body()  # always drain it, to keep the connection in sync
-            if not with_body:
-                body = b""
         except _BadRequest as exc:
             self.close_connection = True
             self._reply(400, {"error": str(exc)})
             return
-        if not self._authorized(query):
-            self._reply(401, {"error": "Unauthorized"})
-            return
-        b64 = self.headers.get("Upstash-Encoding", "").lower() == "base64"
-        srv = self.server
-        try:
-            if path.startswith("/__devstack/"):
-                status, payload = srv.admin(self.command, path, body)
-            else:
-                if path in ("/", "/pipeline", "/multi-exec") and self.command in (
-                    "POST",
-                    "PUT",
-                ):
-                    try:
-                        data = json.loads(body)
-                    except ValueError as exc:
-                        raise _BadRequest(
-                            f"ERR failed to parse the JSON body: {exc}"
-                        ) from None
-                    kind = path
-                else:
-                    data = self._path_command(path, query, body)
-                    kind = "/"
-                if srv.delay_ms > 0:
-                    time.sleep(srv.delay_ms / 1000.0)
-                if kind == "/":
-                    reply = srv.run([_command(data)])[0]
-                    status = 400 if isinstance(reply, ResponseError) else 200
-                    payload = _entry(reply, b64)
-                elif kind == "/pipeline":
-                    cmds = self._commands(data)
-                    status, payload = (
-                        200,
-                        [_entry(r, b64) for r in srv.run(cmds)] if cmds else [],
-                    )
-                else:
-                    status, payload = self._multi_exec(self._commands(data), b64)
-        except _BadRequest as exc:
-            status, payload = 400, {"error": str(exc)}
-        except _Unavailable as exc:
-            status, payload = 503, {"error": str(exc)}
+        status, payload = self.server.engine.answer(
+            self.command, path, query, self.headers, body if with_body else b""
+        )
         self._reply(status, payload)
 
-    @staticmethod
-    def _commands(data: Any) -> list[list[bytes]]:
-        if not isinstance(data, list):
-            raise _BadRequest("ERR the body must be a JSON array of commands")
-        return [_command(c) for c in data]
 
-    @staticmethod
-    def _path_command(path: str, query: str, body: bytes) -> list[bytes]:
-        parts = [unquote_to_bytes(p) for p in path.strip("/").split("/") if p]
-        if not parts:
-            raise _BadRequest("ERR empty command")
-        if body:
-            parts.append(body)
-        for k, v in parse_qsl(query, keep_blank_values=True):
-            if k != "_token":
-                parts.append(k.encode())
-                if v:
-                    parts.append(v.encode())
-        return parts
+@dataclass
+class Stats:
+    """What Upstash would have counted since the last reset (``/__devstack/stats``)."""
 
-    def _multi_exec(self, cmds: list[list[bytes]], b64: bool) -> tuple[int, Any]:
-        if not cmds:
-            return 200, []
-        replies = self.server.run([[b"MULTI"], *cmds, [b"EXEC"]])
-        result = replies[-1]
-        if isinstance(result, ResponseError):  # EXECABORT: refused while queueing
-            return 400, {"error": str(result)}
-        if result is None:
-            return 400, {"error": "EXECABORT Transaction discarded"}
-        return 200, [_entry(r, b64) for r in result]
+    requests: int = 0  # REST calls that reached Redis
+    commands: int = 0  # every command sent to Redis on a client's behalf
+    billed: int = 0  # the commands Upstash bills (not INFO, PING, AUTH, QUIT, COMMAND)
+    scripts_global_lock: int = 0  # scripts run under the global lock (no flag, or in /multi-exec)
+    scripts_key_locked: int = 0  # scripts run locking only their KEYS
+    capacity_refusals: int = 0  # commands refused because the database is full
+    by_command: collections.Counter = field(default_factory=collections.Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "by_command"}
+        return {**out, "by_command": dict(sorted(self.by_command.items()))}
 
 
-class UpstashStandIn(StandInServer):
-    """The HTTP server. Attributes drills may change at runtime: ``delay_ms``, ``token``."""
+@dataclass
+class _Sent:
+    """One client command as it went to Valkey, and what Upstash would count for it."""
 
-    log = log
+    name: str
+    script: Prepared | None = None  # for EVAL*/EVALSHA* of a script the stand-in prepared
+    is_script: bool = False
+    load_sha: str | None = None  # SCRIPT LOAD: answer with the SHA of the client's text
+
+
+class UpstashEngine:
+    """Upstash's REST semantics over a pool of connections to a Redis (no HTTP here).
+
+    ``answer(method, path, query, headers, body)`` returns ``(status, payload)``
+    exactly as the HTTP server sends them; tests that fake the network at the
+    boundary call it directly. Attributes drills change at runtime:
+    ``delay_ms``, ``token``.
+    """
 
     def __init__(
         self,
-        address: tuple[str, int],
-        *,
-        token: str = DEFAULT_TOKEN,
         redis_url: str = DEFAULT_REDIS_URL,
+        token: str = DEFAULT_TOKEN,
+        *,
         delay_ms: float = 0.0,
         socket_timeout: float = 3.0,
         connect_timeout: float = 1.0,
-        verbose: bool = False,
     ) -> None:
-        super().__init__(address, _Handler)
-        self.token = token
         self.redis_url = redis_url
+        self.token = token
         self.delay_ms = float(delay_ms)
-        self.verbose = verbose
+        self.stats = Stats()
+        self._stats_lock = threading.Lock()
+        self._scripts: dict[str, Prepared] = {}  # the client's SHA -> what Valkey runs
+        # command -> (first, last, step) key positions, None when its keys move (COMMAND INFO)
+        self._key_specs: dict[str, tuple[int, int, int] | None] = {}
         self.pool = redis.ConnectionPool.from_url(
             redis_url,
             protocol=2,
@@ -427,10 +407,165 @@ class UpstashStandIn(StandInServer):
             socket_keepalive=True,
         )
 
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+    # -- one request --------------------------------------------------------
+    def answer(
+        self, method: str, path: str, query: str, headers: Any, body: bytes
+    ) -> tuple[int, Any]:
+        if not self._authorized(headers, query):
+            return 401, {"error": "Unauthorized"}
+        b64 = (headers.get("Upstash-Encoding") or "").lower() == "base64"
+        try:
+            if path.startswith("/__devstack/"):
+                return self.admin(method, path, body)
+            if path in ("/", "/pipeline", "/multi-exec") and method in ("POST", "PUT"):
+                try:
+                    data = json.loads(body)
+                except ValueError as exc:
+                    raise _BadRequest(f"ERR failed to parse the JSON body: {exc}") from None
+                kind = path
+            else:
+                data = _path_command(path, query, body)
+                kind = "/"
+            if self.delay_ms > 0:
+                time.sleep(self.delay_ms / 1000.0)
+            if kind == "/":
+                reply = self.execute([_command(data)])[0]
+                return (400 if isinstance(reply, ResponseError) else 200), _entry(reply, b64)
+            if kind == "/pipeline":
+                cmds = _commands(data)
+                return 200, [_entry(r, b64) for r in self.execute(cmds)] if cmds else []
+            return self._multi_exec(_commands(data), b64)
+        except _BadRequest as exc:
+            return 400, {"error": str(exc)}
+        except _Unavailable as exc:
+            return 503, {"error": str(exc)}
+
+    def _authorized(self, headers: Any, query: str) -> bool:
+        expected = self.token.encode()
+        auth = headers.get("Authorization") or ""
+        if auth[:7].lower() == "bearer " and hmac.compare_digest(
+            auth[7:].strip().encode(), expected
+        ):
+            return True
+        if "_token=" in query:
+            for k, v in parse_qsl(query):
+                if k == "_token" and hmac.compare_digest(v.encode(), expected):
+                    return True
+        return False
+
+    def _multi_exec(self, cmds: list[list[bytes]], b64: bool) -> tuple[int, Any]:
+        if not cmds:
+            return 200, []
+        replies = self.execute(cmds, transaction=True)
+        result = replies[-1]
+        if isinstance(result, ResponseError):  # EXECABORT: refused while queueing
+            return 400, {"error": str(result)}
+        if result is None:
+            return 400, {"error": "EXECABORT Transaction discarded"}
+        return 200, [_entry(r, b64) for r in result]
+
+    # -- what Upstash does that Valkey does not ------------------------------
+    def execute(
+        self, commands: list[list[bytes]], *, transaction: bool = False
+    ) -> list[Any]:
+        """Run the clients' ``commands`` as Upstash would: flags translated,
+        scripts and billed commands counted, capacity errors in Upstash's words.
+        With ``transaction``, inside MULTI/EXEC: the last reply is EXEC's."""
+        sent = [self._translate(cmd) for cmd in commands]
+        wire = [s[0] for s in sent]
+        if transaction:
+            wire = [[b"MULTI"], *wire, [b"EXEC"]]
+        replies = self.run(wire)
+        if transaction:
+            results = replies[-1] if isinstance(replies[-1], list) else None
+            self._count(sent, results, transaction=True)
+            if results is not None:
+                replies[-1] = [self._upstash_reply(r, s[1]) for r, s in zip(results, sent, strict=True)]
+            return replies
+        self._count(sent, replies, transaction=False)
+        return [self._upstash_reply(r, s[1]) for r, s in zip(replies, sent, strict=True)]
+
+    def _translate(self, cmd: list[bytes]) -> tuple[list[bytes], _Sent]:
+        name = cmd[0].upper().decode("ascii", "replace")
+        if name in ("EVAL", "EVAL_RO") and len(cmd) > 1:
+            prepared = self._prepare(cmd[1])
+            return [cmd[0], prepared.text.encode("utf-8", "surrogateescape"), *cmd[2:]], _Sent(name, prepared, True)
+        if name in ("EVALSHA", "EVALSHA_RO") and len(cmd) > 1:
+            prepared = self._scripts.get(cmd[1].decode("ascii", "replace").lower())
+            if prepared is None:  # a script sent without flags: Valkey knows it by the same SHA
+                return cmd, _Sent(name, None, True)
+            return [cmd[0], prepared.sha.encode(), *cmd[2:]], _Sent(name, prepared, True)
+        if name == "SCRIPT" and len(cmd) > 2 and cmd[1].upper() == b"LOAD":
+            prepared = self._prepare(cmd[2])
+            return [cmd[0], cmd[1], prepared.text.encode("utf-8", "surrogateescape")], _Sent(
+                name, prepared, load_sha=sha1(cmd[2]))
+        if name == "SCRIPT" and len(cmd) > 1 and cmd[1].upper() == b"FLUSH":
+            self._scripts.clear()
+        return cmd, _Sent(name)
+
+    def _prepare(self, script: bytes) -> Prepared:
+        prepared = prepare(script, self._specs(literal_commands(script)))
+        self._scripts[sha1(script)] = prepared
+        return prepared
+
+    def _specs(self, names: set[str]) -> dict[str, tuple[int, int, int]]:
+        """Key positions of `names` with fixed ones, asked from Redis once per command."""
+        missing = sorted(names - self._key_specs.keys())
+        if missing:
+            try:
+                infos = self.run([[b"COMMAND", b"INFO", *(n.encode() for n in missing)]])[0]
+            except _Unavailable:
+                infos = None  # Valkey is down: the EVAL will say so; the check asks per call meanwhile
+            if isinstance(infos, list):
+                for name, info in zip(missing, infos, strict=True):
+                    fixed = isinstance(info, list) and b"movablekeys" not in info[2]
+                    self._key_specs[name] = (int(info[3]), int(info[4]), int(info[5])) if fixed else None
+        return {n: spec for n in names if (spec := self._key_specs.get(n)) is not None}
+
+    def _count(self, sent: list[tuple[list[bytes], _Sent]], replies: list[Any] | None,
+               *, transaction: bool) -> None:
+        with self._stats_lock:
+            stats = self.stats
+            stats.requests += 1
+            for i, (_, what) in enumerate(sent):
+                stats.commands += 1
+                stats.by_command[what.name] += 1
+                if what.name not in _FREE:
+                    stats.billed += 1
+                reply = replies[i] if replies is not None else None
+                full = isinstance(reply, ResponseError) and str(reply).startswith("OOM ")
+                stats.capacity_refusals += full
+                # A script refused before it ran (unknown SHA, database full) held no lock.
+                ran = replies is not None and not full and not (
+                    isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"))
+                if what.is_script and ran:
+                    if transaction or what.script is None or not what.script.key_locked:
+                        stats.scripts_global_lock += 1
+                    else:
+                        stats.scripts_key_locked += 1
+
+    def _upstash_reply(self, reply: Any, what: _Sent) -> Any:
+        if what.load_sha is not None and isinstance(reply, bytes):
+            return what.load_sha.encode()
+        if not isinstance(reply, ResponseError):
+            return reply
+        message = str(reply)
+        if message.startswith("OOM "):
+            return ResponseError(self._capacity_message())
+        if DYNAMIC_KEY in message or DATABASE_WIDE in message:
+            return ResponseError(message.split(" script: ", 1)[0])
+        return reply
+
+    def _capacity_message(self) -> str:
+        """Upstash's answer to a write at the size limit (eviction off)."""
+        try:
+            limit, info = self.run([[b"CONFIG", b"GET", b"maxmemory"], [b"INFO", b"memory"]])
+            threshold = int(limit[1]) if isinstance(limit, list) and len(limit) == 2 else "?"
+            fields = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
+            usage = fields.get("used_memory", "?").strip()
+        except (_Unavailable, ValueError, AttributeError):
+            threshold = usage = "?"
+        return f"ERR DB capacity quota exceeded. Threshold: {threshold} bytes, Usage: {usage} bytes"
 
     # -- Redis ------------------------------------------------------------
     def run(self, commands: list[list[bytes]]) -> list[Any]:
@@ -485,12 +620,101 @@ class UpstashStandIn(StandInServer):
                     "delay_ms": self.delay_ms,
                 }
             }
+        if path == "/__devstack/stats":
+            with self._stats_lock:
+                return 200, {"result": self.stats.as_dict()}
+        if path == "/__devstack/stats/reset" and method in ("POST", "PUT"):
+            self.reset_stats()
+            return 200, {"result": "OK"}
         return 404, {"error": f"ERR unknown devstack endpoint {path}"}
+
+    def reset_stats(self) -> None:
+        with self._stats_lock:
+            self.stats = Stats()
+
+    def close(self) -> None:
+        self.pool.disconnect()
+
+
+def _commands(data: Any) -> list[list[bytes]]:
+    if not isinstance(data, list):
+        raise _BadRequest("ERR the body must be a JSON array of commands")
+    return [_command(c) for c in data]
+
+
+def _path_command(path: str, query: str, body: bytes) -> list[bytes]:
+    parts = [unquote_to_bytes(p) for p in path.strip("/").split("/") if p]
+    if not parts:
+        raise _BadRequest("ERR empty command")
+    if body:
+        parts.append(body)
+    for k, v in parse_qsl(query, keep_blank_values=True):
+        if k != "_token":
+            parts.append(k.encode())
+            if v:
+                parts.append(v.encode())
+    return parts
+
+
+class UpstashStandIn(StandInServer):
+    """The HTTP server in front of an ``UpstashEngine`` (``server.engine``).
+    Attributes drills may change at runtime: ``delay_ms``, ``token``."""
+
+    log = log
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        token: str = DEFAULT_TOKEN,
+        redis_url: str = DEFAULT_REDIS_URL,
+        delay_ms: float = 0.0,
+        socket_timeout: float = 3.0,
+        connect_timeout: float = 1.0,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.verbose = verbose
+        self.engine = UpstashEngine(
+            redis_url,
+            token,
+            delay_ms=delay_ms,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def redis_url(self) -> str:
+        return self.engine.redis_url
+
+    @property
+    def token(self) -> str:
+        return self.engine.token
+
+    @token.setter
+    def token(self, value: str) -> None:
+        self.engine.token = value
+
+    @property
+    def delay_ms(self) -> float:
+        return self.engine.delay_ms
+
+    @delay_ms.setter
+    def delay_ms(self, value: float) -> None:
+        self.engine.delay_ms = float(value)
+
+    def redis_up(self) -> bool:
+        return self.engine.redis_up()
 
     # -- lifecycle --------------------------------------------------------
     def server_close(self) -> None:
         super().server_close()
-        self.pool.disconnect()
+        self.engine.close()
 
 
 def make_server(

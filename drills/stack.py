@@ -10,7 +10,7 @@ from bench.stack import LocalStack
 from devstack import child
 from devstack.__main__ import ANON_KEY, SERVICE_ROLE_KEY, UPSTASH_TOKEN
 
-START_TIMEOUT = 300.0  # vercel dev + the first build of a function
+START_TIMEOUT = 600.0  # vercel dev, and the build and first answer of every function
 
 
 class DrillStack(LocalStack):

@@ -141,9 +141,14 @@ def lease_parties(lease_id: int) -> CacheKey:
 # -- helper keys -------------------------------------------------------------------------------
 
 
-def idempotency_key(user_id: str, key: str) -> str:
-    """`dousell:meta:idem:{user}:{sha256(key)}`: the `Idempotency-Key` header never reaches a key unhashed."""
-    return name("meta", "idem", escape(user_id), hashlib.sha256(key.encode("utf-8")).hexdigest())
+def metrics_bucket(kind: str, number: int) -> str:
+    """`dousell:meta:metrics:m:<epoch minute>` or `...:h:<epoch hour>`: one hash of counters (lib/metrics)."""
+    return name("meta", "metrics", kind, int(number))
+
+
+def idempotency(user_id: str, header: str) -> str:
+    """`dousell:meta:idem:{user}:{sha256(header)}`: the `Idempotency-Key` header never reaches a key unhashed."""
+    return name("meta", "idem", escape(user_id), hashlib.sha256(header.encode("utf-8")).hexdigest())
 
 
 def applied_change(change_id: str) -> str:

@@ -91,10 +91,10 @@ class CacheUnreachable(ServiceUnavailable):
                "et sera appliquée dès son retour.")
 
 
-def drain(*, batches: int = 5, batch: int = BATCH, seconds: float = 20.0) -> Drained:
+def drain(*, batches: int = 5, batch: int = BATCH, seconds: float = 20.0, force: bool = False) -> Drained:
     """Apply up to `batches` × `batch` outbox rows, oldest first, within about `seconds`. Raises
     DatabaseUnavailable (or another DousellError) when the outbox cannot be read; Redis down is
-    `deferred`, not an error."""
+    `deferred`, not an error. `force`: talk to Redis while the breaker is half-open (the probe)."""
     done = Drained()
     deadline = time.monotonic() + seconds
     for _ in range(batches):
@@ -104,8 +104,8 @@ def drain(*, batches: int = 5, batch: int = BATCH, seconds: float = 20.0) -> Dra
         if not rows:
             return done
         ids = [row["id"] for row in rows]
-        tags, already = _still_to_bump(rows)
-        if tags and not cache.invalidate(sorted(tags)):
+        tags, already = _still_to_bump(rows, force)
+        if tags and not cache.invalidate(sorted(tags), force=force):
             _release(ids)
             done.deferred += len(rows)
             return done
@@ -163,10 +163,10 @@ def row_tags(row: dict[str, Any]) -> set[str]:
     return set(keys.change_tags(table, row.get("old_record"), row.get("record"), row.get("owner_ids") or ()))
 
 
-def _still_to_bump(rows: list[dict[str, Any]]) -> tuple[set[str], int]:
+def _still_to_bump(rows: list[dict[str, Any]], force: bool = False) -> tuple[set[str], int]:
     """The union of the rows' tags, minus, row by row, what the API's own write already bumped."""
     changes = sorted({row["change_id"] for row in rows if row.get("change_id")})
-    applied = _applied(changes)
+    applied = _applied(changes, force)
     tags: set[str] = set()
     already = 0
     for row in rows:
@@ -176,13 +176,13 @@ def _still_to_bump(rows: list[dict[str, Any]]) -> tuple[set[str], int]:
     return tags, already
 
 
-def _applied(changes: list[str]) -> dict[str, set[str]]:
+def _applied(changes: list[str], force: bool = False) -> dict[str, set[str]]:
     """The tags each change id was marked applied with; {} when Redis cannot say (everything is
     then bumped again, which is only a few misses)."""
-    if not changes or cache.breaker.state == "open":
+    if not changes:
         return {}
     try:
-        found = upstash.execute(["MGET", *map(keys.applied_change, changes)])
+        found = upstash.execute(["MGET", *map(keys.applied_change, changes)], force=force)
     except RedisError as exc:
         log.warning("outbox: applied markers unreadable (%s); bumping every tag", exc)
         return {}
@@ -220,7 +220,7 @@ def drain_after_outage() -> bool:
     """The recovery hook (lib/cache): one batch before the probing read trusts an entry. False only
     if Redis failed again; an unreachable database leaves the outbox to the cron."""
     try:
-        done = drain(batches=1)
+        done = drain(batches=1, force=True)
     except DousellError as exc:
         log.warning("outbox: not drained after the Redis outage (%s); the cron will", exc.code)
         return True

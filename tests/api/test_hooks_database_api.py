@@ -73,7 +73,7 @@ def outbox(monkeypatch, valkey):
     monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
     db.set_http_client(None)
     upstash.set_client(None)
-    cache.breaker.reset()
+    upstash.breaker.reset()
     direct = redis_py.Redis(host=server.host, port=server.port, decode_responses=True)
     direct.flushdb()
     with respx.mock(assert_all_called=False) as router:

@@ -1,15 +1,19 @@
-"""GET /api/metrics on a real loopback server: the bearer token, the windows, one Upstash call, 503."""
+"""GET /api/metrics on a real loopback server: the bearer token, the windows, one Upstash call, 503.
+
+Upstash is the real stand-in's engine over a real Valkey (tests/fakes.py).
+"""
 
 from __future__ import annotations
 
-import base64
 import importlib
+import types
 
 import httpx
 import pytest
 import respx
+from redis.exceptions import ResponseError
 
-from lib import metrics, upstash
+from lib import metrics, metrics_report, upstash
 from tests.fakes import FakeUpstash
 from tests.support import serve
 
@@ -18,16 +22,6 @@ URL = "https://upstash.test"
 TOKEN = "s3cret-metrics-token"
 NOW = 1_800_000_030.0
 MINUTE, HOUR = int(NOW) // 60, int(NOW) // 3600
-INFO = "# Memory\r\nused_memory:1048576\r\nmaxmemory:104857600\r\nmaxmemory_policy:allkeys-lru\r\n"
-
-
-class UpstashWithInfo(FakeUpstash):
-    """fakeredis has no INFO: answer `INFO memory` as redis-server does."""
-
-    def _run(self, command):
-        if [str(part).upper() for part in command[:1]] == ["INFO"]:
-            return {"result": base64.b64encode(INFO.encode()).decode()}
-        return super()._run(command)
 
 
 @pytest.fixture
@@ -38,11 +32,13 @@ def redis(monkeypatch):
     monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
     monkeypatch.setattr(metrics, "clock", lambda: NOW)
     upstash.set_client(None)
+    upstash.breaker.reset()
     metrics.pending.clear()
     with respx.mock(assert_all_called=False) as router:
         router.route(host="127.0.0.1").pass_through()
-        yield UpstashWithInfo(router, URL)
+        yield FakeUpstash(router, URL)
     upstash.set_client(None)
+    upstash.breaker.reset()
     metrics.pending.clear()
 
 
@@ -102,8 +98,9 @@ def test_a_wrong_token_is_401_invalid_token(client, redis, header):
 
 def test_the_token_is_compared_in_constant_time(client, monkeypatch):
     seen = []
-    real = metrics.hmac.compare_digest
-    monkeypatch.setattr(metrics.hmac, "compare_digest", lambda a, b: seen.append((a, b)) or real(a, b))
+    real = metrics_report.hmac.compare_digest
+    spy = types.SimpleNamespace(compare_digest=lambda a, b: seen.append((a, b)) or real(a, b))
+    monkeypatch.setattr(metrics_report, "hmac", spy)
     assert client.get("/api/metrics", headers=authorized()).status_code == 200
     assert seen == [(TOKEN.encode(), TOKEN.encode())]
 
@@ -121,6 +118,9 @@ def test_without_metrics_token_configured_it_says_which_variable(client, monkeyp
 
 def test_the_last_hour_sums_sixty_minute_buckets_in_one_upstash_call(client, redis):
     known_traffic(redis)
+    client.get("/api/metrics", headers=authorized())  # the script's first use: NOSCRIPT, then its text
+    redis.calls.clear()
+    redis.engine.reset_stats()
     metrics.pending.add("lat:upstash:1", minute=MINUTE)  # something buffered: never sent from here
     response = client.get("/api/metrics", headers=authorized())
     assert response.status_code == 200
@@ -136,14 +136,17 @@ def test_the_last_hour_sums_sixty_minute_buckets_in_one_upstash_call(client, red
     assert (body["locks"]["acquired"], body["locks"]["blocked"], body["locks"]["prevented_rate"]) == (1, 1, 1.0)
     assert body["database"] == {"queries_served": 1, "queries_failed": 0, "queries_avoided": 9,
                                 "by_family": {"property_detail": 1}}
-    assert body["redis"] == {"used_memory_bytes": 1048576, "max_memory_bytes": 104857600, "used_ratio": 0.01,
-                             "keys": 6}
+    memory = redis.redis.info("memory")
+    assert body["redis"]["max_memory_bytes"] == memory["maxmemory"] == 256 * 1024 * 1024
+    assert 0 < body["redis"]["used_memory_bytes"] <= memory["used_memory"] * 2
+    assert (body["redis"]["keys"], body["redis"]["refused_writes"]) == (6, 0)
     assert body["objectives"]["hit_rate"] == 0.9 and body["objectives"]["latency_p50_ms"] == 10
     assert len(redis.calls) == 1
     kind, commands = redis.calls[0]
-    assert kind == "PIPELINE" and [c[0] for c in commands] == ["EVAL", "INFO", "DBSIZE"]
-    assert commands[0][2] == 60  # the sixty minute buckets, summed by one script
-    assert len(metrics.pending) == 1, "a metrics request records nothing and carries nothing"
+    assert kind == "PIPELINE" and [c[0] for c in commands] == ["EVALSHA_RO", "INFO", "DBSIZE"]
+    assert commands[0][2] == 60  # the sixty minute buckets, summed by one read-only script
+    assert (redis.stats.billed, redis.stats.scripts_global_lock) == (2, 0), "INFO is not billed"
+    assert len(metrics.pending) == 1, "a metrics request records nothing and writes nothing"
 
 
 def test_the_last_24_hours_sum_twenty_four_hour_buckets(client, redis):
@@ -151,7 +154,7 @@ def test_the_last_24_hours_sum_twenty_four_hour_buckets(client, redis):
     body = client.get("/api/metrics", params={"window": "last_24h"}, headers=authorized()).json()
     assert body["window"] == "last_24h" and body["from"] == "2027-01-14T09:00:00Z"
     assert body["cache"]["families"]["property_detail"]["hits"] == 39
-    assert redis.calls[0][1][0][2] == 24
+    assert redis.calls[0][1][0][2] == 24, "twenty-four hour buckets"
 
 
 def test_an_empty_window_answers_zeros_not_an_error(client):
@@ -180,7 +183,14 @@ def test_redis_down_is_503_metrics_unavailable(client, redis, down):
 
 
 def test_redis_without_info_still_answers_the_counts(client, redis, monkeypatch):
-    monkeypatch.setattr(UpstashWithInfo, "_run", FakeUpstash._run)  # fakeredis: "unknown command 'info'"
+    real = redis.engine.execute
+
+    def without_info(commands, **kwargs):  # a server that refuses INFO
+        replies = real(commands, **kwargs)
+        return [ResponseError("ERR unknown command 'info'") if c[0].upper() == b"INFO" else r
+                for c, r in zip(commands, replies, strict=True)]
+
+    monkeypatch.setattr(redis.engine, "execute", without_info)
     known_traffic(redis)
     body = client.get("/api/metrics", headers=authorized()).json()
     assert body["redis"]["used_memory_bytes"] is None and body["redis"]["keys"] == 6

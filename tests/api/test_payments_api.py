@@ -231,7 +231,7 @@ def test_other_methods_are_405(api):
 def test_a_replayed_answer_is_valid_json_of_the_contract(api):
     world, client = api
     pay(client, **{"Idempotency-Key": "k"})
-    name = keys.idempotency_key(MOUSSA, "k")
+    name = keys.idempotency(MOUSSA, "k")
     record = json.loads(world.redis.redis.get(name))
     assert record["state"] == "done" and record["status"] == 201
     assert set(record["body"]["payment"]) == set(payments.PAYMENT_FIELDS)

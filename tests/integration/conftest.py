@@ -6,6 +6,7 @@ stand-ins, the PayDunya stand-in, and the API served by the pinned Vercel CLI (`
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import pytest
 
 from devstack import child
 from devstack.__main__ import METRICS_TOKEN
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 300  # first run: vercel dev builds each function (a uv install per function)
+START_TIMEOUT = 600  # the stack builds and wakes every function before it says ready (a uv install each)
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +37,50 @@ def stack() -> Iterator[child.ChildStack]:
 @pytest.fixture(scope="session")
 def metrics_token() -> str:
     return METRICS_TOKEN
+
+
+# A path per function: an OPTIONS request there is answered without Redis and counted under
+# `OPTIONS <endpoint>`, never as a cached read.
+FUNCTIONS = {
+    "/api/properties/[id]": "/api/properties/1",
+    "/api/properties": "/api/properties",
+    "/api/search": "/api/search",
+    "/api/visits/slots": "/api/visits/slots",
+    "/api/payments": "/api/payments",
+}
+
+
+class Drain:
+    """Makes functions write the metrics they hold (lib/metrics: at most once every 5 s each).
+
+    `drain(*endpoints)` sends each function an OPTIONS request until /api/metrics shows all of
+    them: the function then wrote everything it held before. `Drain.clean(stack, token)` drains
+    every function and empties Redis, so only what a test drives afterwards is counted.
+    """
+
+    def __init__(self, stack: child.ChildStack, token: str):
+        self.stack, self.token = stack, token
+        self.sent: collections.Counter = collections.Counter()
+
+    @classmethod
+    def clean(cls, stack: child.ChildStack, token: str) -> Drain:
+        drain = cls(stack, token)
+        drain(*FUNCTIONS)
+        stack.redis("FLUSHDB")
+        drain.sent.clear()
+        return drain
+
+    def __call__(self, *functions: str) -> None:
+        def written() -> bool:
+            response = self.stack.api.get("/api/metrics", headers={"Authorization": f"Bearer {self.token}"})
+            assert response.status_code == 200, response.text
+            endpoints = response.json()["latency"]["api"]["endpoints"]
+            waiting = [f for f in functions
+                       if not self.sent[f] or endpoints.get(f"OPTIONS {f}", {}).get("count", 0) < self.sent[f]]
+            for function in waiting:  # one more request: it writes the buffer once 5 s have passed
+                assert self.stack.api.options(FUNCTIONS[function]).status_code == 204
+                self.sent[function] += 1
+            return not waiting
+
+        # Generous: the first request to a function makes `vercel dev` build it (10-20 s each here).
+        wait_for(written, timeout=180, interval=1.0, what=f"{', '.join(functions)} to write their metrics")

@@ -17,8 +17,9 @@ import redis
 
 from devstack.redis_server import RedisServer, free_port
 from devstack.upstash import serve_in_thread
-from lib import locks, upstash
-from lib.locks import Lock, LockBusy, LockNotOwned, with_lock
+from lib import upstash, writes
+from lib.errors import PaymentInProgress
+from lib.locks import Lock, LockBusy, LockNotOwned
 from tests.support import wait_for
 
 TOKEN = "test-upstash-token"
@@ -47,8 +48,10 @@ def upstash_env(monkeypatch, standin):
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", standin.url)
     monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", TOKEN)
     upstash.set_client(None)
+    upstash.breaker.reset()
     yield
     upstash.set_client(None)
+    upstash.breaker.reset()
 
 
 @pytest.fixture
@@ -65,24 +68,24 @@ def name():
 
 
 @pytest.fixture
-def rest_calls(monkeypatch):
-    """Counts the REST calls lib.locks makes (every `upstash.execute` is one POST)."""
-    sent: list[str] = []
-    real = upstash.execute
+def billed(standin):
+    """`billed()`: what Upstash counted since the last call (the stand-in's own counters)."""
+    standin.engine.reset_stats()
 
-    def counting(command):
-        sent.append(command[0])
-        return real(command)
+    def take():
+        stats = standin.engine.stats
+        standin.engine.reset_stats()
+        return stats
 
-    monkeypatch.setattr(upstash, "execute", counting)
-    return sent
+    return take
 
 
 def try_acquire(lock: Lock) -> bool:
     try:
-        return lock.acquire()
+        lock.acquire()
     except LockBusy:
         return False
+    return True
 
 
 # -- expiry and tokens -------------------------------------------------------------------------
@@ -108,7 +111,6 @@ def test_a_holder_whose_lock_expired_cannot_release_the_next_holders_lock(name, 
     with pytest.raises(LockNotOwned, match="Cannot release a lock that's no longer owned"):
         first.release()
     assert direct.get(name) == second.token
-    assert second.owned() is True
     second.release()
     assert direct.exists(name) == 0
 
@@ -126,25 +128,13 @@ def test_release_deletes_only_the_key_holding_our_token(name, direct):
     assert direct.exists(name) == 0
 
 
-def test_extend_lengthens_an_owned_lock_and_refuses_an_expired_one(name, direct):
-    lock = Lock(name, ttl=1)
-    lock.acquire()
-    assert 10.5 < lock.extend(10) <= 11
-    assert 10_500 < direct.pttl(name) <= 11_000
-    lock.release()
-
-    short = Lock(name, ttl=0.2)
-    short.acquire()
-    wait_for(lambda: direct.exists(name) == 0, timeout=5, interval=0.02, what="the 0.2 s lock to expire")
-    with pytest.raises(LockNotOwned, match="Cannot extend"):
-        short.extend(10)
-    assert direct.exists(name) == 0  # not resurrected
-
-
-def test_with_lock_releases_on_the_real_server_even_when_the_block_raises(name, direct):
-    with pytest.raises(RuntimeError), with_lock(name) as lock:
-        assert direct.get(name) == lock.token
+def test_the_write_policy_releases_on_the_real_server_even_when_the_work_raises(name, direct):
+    def work():
+        assert direct.get(name) is not None
         raise RuntimeError("PayDunya timed out")
+
+    with pytest.raises(RuntimeError):
+        writes.under_lock(name, PaymentInProgress, work)
     assert direct.exists(name) == 0
 
 
@@ -186,8 +176,10 @@ def test_twenty_threads_taking_turns_never_hold_the_lock_together(name):
         start.wait(timeout=10)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
+            lock = Lock(name, ttl=5, retries=0)
             try:
-                with with_lock(name, ttl=5, retries=0):
+                lock.acquire()
+                try:
                     with guard:
                         state["inside"] += 1
                         state["most"] = max(state["most"], state["inside"])
@@ -195,6 +187,8 @@ def test_twenty_threads_taking_turns_never_hold_the_lock_together(name):
                     with guard:
                         state["inside"] -= 1
                         state["wins"] += 1
+                finally:
+                    lock.release()
                 return
             except LockBusy:
                 with guard:
@@ -215,26 +209,26 @@ def test_twenty_threads_taking_turns_never_hold_the_lock_together(name):
 # -- cost --------------------------------------------------------------------------------------
 
 
-def test_acquire_and_release_through_the_stand_in_cost_two_rest_calls(name, direct, rest_calls):
+def test_acquire_and_release_through_the_stand_in_cost_two_commands_and_no_global_lock(name, direct, billed):
     direct.script_flush()  # a Redis that has just restarted: the first release loads the script
     cold = Lock(name)
     cold.acquire()
     cold.release()
-    cold_calls = list(rest_calls)
+    cold_commands = dict(billed().by_command)
 
     cycles, timings = 300, []
     for _ in range(cycles):
-        rest_calls.clear()
         lock = Lock(name)
         started = time.perf_counter()
         lock.acquire()
         lock.release()
         timings.append((time.perf_counter() - started) * 1000)
-        assert rest_calls == ["SET", "EVALSHA"]
-    assert cold_calls == ["SET", "EVALSHA", "EVAL"]
+    stats = billed()
+    assert cold_commands == {"SET": 1, "EVALSHA": 1, "EVAL": 1}
+    assert stats.by_command == {"SET": cycles, "EVALSHA": cycles}
+    assert (stats.billed, stats.scripts_global_lock, stats.scripts_key_locked) == (2 * cycles, 0, cycles)
     timings.sort()
     print(f"\nacquire+release through the Upstash stand-in, {cycles} cycles: "
           f"p50 {statistics.median(timings):.2f} ms, p90 {timings[int(0.9 * cycles)]:.2f} ms, "
-          f"max {timings[-1]:.2f} ms; REST calls per cycle: 2 (SET, EVALSHA), "
+          f"max {timings[-1]:.2f} ms; billed commands per cycle: 2 (SET, EVALSHA of a key-locked script), "
           f"3 on the first release after a Redis restart (SET, EVALSHA→NOSCRIPT, EVAL)")
-    assert locks.on_event is locks._no_event  # nothing was left plugged in

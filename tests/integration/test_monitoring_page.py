@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import ROOT, Drain
 
 ARTIFACTS = ROOT / "artifacts"
 BUDGET_MS = 4000  # virtual time: one load and one fetch; less than the page's 5 s refresh
@@ -111,10 +111,10 @@ def page_url(stack, fragment: str = "") -> str:
     return f"http://127.0.0.1:{stack.ports.api}/monitoring.html{fragment}"
 
 
-def drive_traffic(stack):
-    """Some hits and misses over three families, and a refused payment (a lock blocked)."""
-    stack.api.get("/api/properties/not-a-number")  # sends this function's buffer from earlier tests
-    stack.redis("FLUSHDB")
+def drive_traffic(stack, metrics_token):
+    """Some hits and misses over three families, and a refused payment (a lock blocked); then every
+    function it drove has written its metrics (they write at most every 5 s)."""
+    drain = Drain.clean(stack, metrics_token)
     for path, times in (("/api/properties/123", 6), ("/api/properties", 4), ("/api/visits/slots?property_id=789", 3)):
         for _ in range(times):
             assert stack.api.get(path).status_code == 200
@@ -123,6 +123,7 @@ def drive_traffic(stack):
         stack.api.post("/api/payments", headers=stack.auth("moussa.diop@example.sn"), json={"lease_id": 123})
     finally:
         stack.redis("DEL", "dousell:lock:payment:lease123")
+    drain("/api/properties/[id]", "/api/properties", "/api/visits/slots", "/api/payments")
 
 
 # Figures that do not move between the test's read and the page's (the page's own requests are
@@ -144,7 +145,7 @@ def lookup(body: dict, dotted: str):
 
 
 def test_the_page_shows_the_figures_api_metrics_returns(stack, chromium, metrics_token, tmp_path):
-    drive_traffic(stack)
+    drive_traffic(stack, metrics_token)
     expected = stack.api.get("/api/metrics", headers={"Authorization": f"Bearer {metrics_token}"}).json()
     assert expected["cache"]["hits"] > 0 and expected["locks"]["blocked"] == 1
 
@@ -169,7 +170,7 @@ def test_the_page_shows_the_figures_api_metrics_returns(stack, chromium, metrics
 
 
 def test_a_screenshot_is_written_for_people_to_look_at(stack, chromium, metrics_token, tmp_path):
-    drive_traffic(stack)
+    drive_traffic(stack, metrics_token)
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "monitoring.png"
     shot.unlink(missing_ok=True)

@@ -1,6 +1,7 @@
-"""lib/cache: hit, miss, TTL per family, tags, the stale-set race, stampede, XFetch and the breaker.
+"""lib/cache: hit, miss, TTL per family, tags, the stale-set race, stampede, XFetch, the fail-safe, a full database.
 
-Upstash is faked at the network boundary (respx) by a fakeredis that runs the real Lua.
+Upstash is the real stand-in's engine over a real Valkey (tests/fakes.py): the scripts run with
+Upstash's flags and key rule, and `redis.stats` counts what Upstash would bill.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import httpx
 import pytest
 import respx
 
-from lib import cache, context, keys, upstash
+from lib import breaker as breaker_module
+from lib import cache, context, entries, keys, metrics, upstash
 from tests.fakes import FakeUpstash
 
 URL = "https://upstash.test"
@@ -34,7 +36,14 @@ def clock(monkeypatch):
     monkeypatch.setattr(cache, "clock", fake)
     monkeypatch.setattr(cache, "sleep", fake.sleep)
     monkeypatch.setattr(cache, "draw", lambda: 0.5)
+    monkeypatch.setattr(breaker_module, "clock", fake)
     return fake
+
+
+def reset():
+    upstash.set_client(None)
+    upstash.breaker.reset()
+    metrics.pending.clear()
 
 
 @pytest.fixture
@@ -42,14 +51,11 @@ def redis(monkeypatch, clock):
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
     monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "t")
     monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
-    upstash.set_client(None)
-    cache.breaker.reset()
     monkeypatch.setattr(cache, "_recovery_hooks", [])  # lib/outbox's drain is tested in tests/lib/test_outbox.py
+    reset()
     with respx.mock(assert_all_called=False) as router:
-        fake = FakeUpstash(router, URL)
-        yield fake
-    upstash.set_client(None)
-    cache.breaker.reset()
+        yield FakeUpstash(router, URL)
+    reset()
 
 
 class Loader:
@@ -70,15 +76,65 @@ def fetch(entry, loader):
     return value, ctx.cache_status
 
 
-def test_a_miss_loads_once_and_the_next_read_is_a_hit_in_one_round_trip(redis):
+def billed(redis) -> int:
+    count = redis.stats.billed
+    redis.engine.reset_stats()
+    return count
+
+
+def entry_of(redis, key) -> dict:
+    """An entry as stored: `<expires ms>|<load ms>|<window ms>|<tag versions>\n<json>`."""
+    head, _, value = redis.redis.get(key).decode().partition("\n")
+    expires, load, window, built = head.split("|")
+    return {"expires": int(expires), "load": int(load), "window": int(window), "built": built, "value": value}
+
+
+def rewrite(redis, key, **changes) -> None:
+    """Change an entry's header in place, keeping its key's expiry."""
+    e = {**entry_of(redis, key), **changes}
+    redis.redis.set(key, f"{e['expires']}|{e['load']}|{e['window']}|{e['built']}\n{e['value']}", keepttl=True)
+
+
+def redis_now_ms(redis) -> int:
+    seconds, micros = redis.redis.time()
+    return seconds * 1000 + micros // 1000
+
+
+# -- a hit and a miss ---------------------------------------------------------------------------
+
+
+def test_a_miss_loads_once_and_the_next_read_is_a_hit_in_one_plain_read_command(redis):
     loader = Loader({"id": 123, "city": "Dakar"})
     entry = keys.property_detail(123)
     assert fetch(entry, loader) == ({"id": 123, "city": "Dakar"}, "MISS")
     redis.calls.clear()
+    redis.engine.reset_stats()
     assert fetch(entry, loader) == ({"id": 123, "city": "Dakar"}, "HIT")
     assert loader.calls == 1
-    assert len(redis.calls) == 1, "a hit is exactly one REST call to Upstash"
-    assert redis.calls[0][0] == "EVALSHA"
+    assert redis.calls == [["MGET", entry.key, keys.tag_key("property:123")]], "one REST call of one command"
+    stats = redis.stats
+    assert (stats.billed, stats.scripts_key_locked, stats.scripts_global_lock) == (1, 0, 0)
+
+
+def test_a_miss_is_three_commands_a_look_a_claim_and_a_fill(redis):
+    fetch(keys.property_detail(1), Loader(1))  # loads the scripts, as any earlier request did
+    redis.calls.clear()
+    billed(redis)
+    assert fetch(keys.property_detail(2), Loader(2))[1] == "MISS"
+    assert [call[0] for call in redis.calls] == ["MGET", "EVALSHA", "EVALSHA"]
+    assert [call[1] for call in redis.calls[1:]] == [entries.CLAIM.sha, entries.FILL.sha]
+    assert (redis.stats.billed, redis.stats.scripts_key_locked, redis.stats.scripts_global_lock) == (3, 2, 0)
+
+
+def test_a_hit_changes_nothing_in_redis(redis):
+    entry = keys.search({"city": "Dakar"})
+    fetch(entry, Loader(["x"]))
+    before = {key: (redis.redis.dump(key), redis.redis.pttl(key)) for key in redis.redis.keys()}
+    for _ in range(5):
+        assert fetch(entry, Loader("unused"))[1] == "HIT"
+    after = {key: (redis.redis.dump(key), redis.redis.pttl(key)) for key in redis.redis.keys()}
+    assert {key: value for key, (value, _) in after.items()} == {key: value for key, (value, _) in before.items()}
+    assert all(after[key][1] <= before[key][1] for key in before), "no expiry was pushed back"
 
 
 @pytest.mark.parametrize("value", [
@@ -111,7 +167,9 @@ def test_each_family_gets_its_ttl_with_jitter_plus_its_stale_window(redis, entry
     pttl_ms = redis.redis.pttl(entry.key)
     window_ms = cache.stale_window(ttl) * 1000
     assert ttl * 1000 * 0.9 + window_ms - 1000 <= pttl_ms <= ttl * 1000 * 1.1 + window_ms
-    assert redis.redis.hget(entry.key, "w") == str(window_ms).encode()
+    stored = entry_of(redis, entry.key)
+    assert stored["window"] == window_ms and stored["value"] == '["x"]'
+    assert ttl * 1000 * 0.9 - 1000 <= stored["expires"] - redis_now_ms(redis) <= ttl * 1000 * 1.1
 
 
 def test_jitter_spreads_keys_filled_together(redis):
@@ -123,6 +181,9 @@ def test_jitter_spreads_keys_filled_together(redis):
     assert len(ttls) > 5
 
 
+# -- tags ---------------------------------------------------------------------------------------
+
+
 def test_invalidating_a_tag_makes_every_entry_built_on_it_a_miss(redis):
     first, second = keys.search({"city": "Dakar"}), keys.search({"city": "Thiès"})
     dakar, thies = Loader(["dakar"]), Loader(["thies"])
@@ -131,6 +192,27 @@ def test_invalidating_a_tag_makes_every_entry_built_on_it_a_miss(redis):
     assert cache.invalidate(["search"]) is True
     assert fetch(first, dakar)[1] == "MISS" and fetch(second, thies)[1] == "MISS"
     assert dakar.calls == thies.calls == 2
+
+
+def test_an_invalidation_is_one_command_however_many_tags_and_keys(redis):
+    tags = keys.property_changed(123, "owner-1", {"Dakar", "Thiès"})
+    cache.invalidate(["warm"])  # loads the script, as any earlier write did
+    billed(redis)
+    assert cache.invalidate(tags, delete=[keys.property_detail(123).key, keys.properties_all().key]) is True
+    assert len(tags) == 7 and billed(redis) == 1
+    assert redis.stats.scripts_global_lock == 0
+
+
+def test_the_apis_applied_marker_rides_in_the_same_command_after_the_tags(redis):
+    import json
+
+    cache.invalidate(["warm"])
+    billed(redis)
+    assert cache.invalidate(["property:1", "search"], changes=["ab" * 16]) is True
+    assert billed(redis) == 1
+    marker = redis.redis.get(keys.applied_change("ab" * 16))
+    assert json.loads(marker) == ["property:1", "search"]
+    assert 3_500 < redis.redis.ttl(keys.applied_change("ab" * 16)) <= keys.APPLIED_CHANGE_TTL
 
 
 def test_invalidating_one_tag_leaves_other_families_alone(redis):
@@ -159,8 +241,12 @@ def test_a_fill_that_read_the_database_before_an_invalidation_never_lands(redis)
 def test_an_evicted_tag_turns_its_entries_into_misses(redis):
     entry = keys.property_detail(5)
     fetch(entry, Loader("old"))
-    redis.redis.delete(keys.tag_key("property:5"))  # maxmemory eviction, or expiry
+    redis.redis.delete(keys.tag_key("property:5"))  # evicted, or expired
     assert fetch(entry, Loader("new")) == ("new", "MISS")
+    assert redis.redis.get(keys.tag_key("property:5")) is not None, "the claim gave the tag a new version"
+
+
+# -- stampedes and refreshes -------------------------------------------------------------------
 
 
 def test_concurrent_misses_wait_for_the_one_loading_instead_of_querying(redis, clock):
@@ -191,10 +277,34 @@ def test_a_waiter_past_its_deadline_answers_from_the_database_without_storing(re
     assert redis.redis.exists(entry.key) == 0
 
 
+def test_a_caller_that_loses_the_claim_waits_for_the_winner_instead_of_loading(redis, clock, monkeypatch):
+    """READ says nobody loads; before this caller's CLAIM, another takes the fill lock. The claim
+    decides again, atomically: this caller waits and is served the other's value."""
+    entry = keys.property_detail(77)
+    real_run = upstash.run
+    lock_key = keys.fill_lock_key(entry.key)
+
+    def racing(script, keys_, args, **kwargs):
+        if script is entries.CLAIM and not redis.redis.exists(entry.key):
+            redis.redis.set(lock_key, "the-winner", px=6000)  # the winner claimed first
+        return real_run(script, keys_, args, **kwargs)
+
+    def the_winner_fills(seconds):
+        FakeClock.sleep(clock, seconds)
+        redis.redis.delete(lock_key)
+        monkeypatch.setattr(upstash, "run", real_run)
+        cache.get_or_load(entry.key, Loader({"by": "winner"}), entry.ttl, entry.tags, family=entry.family)
+
+    monkeypatch.setattr(upstash, "run", racing)
+    cache.sleep = the_winner_fills
+    mine = Loader({"by": "me"})
+    assert fetch(entry, mine) == ({"by": "winner"}, "HIT")
+    assert mine.calls == 0
+
+
 def expire_softly(redis, entry):
     """Move an entry past its TTL but inside its stale window."""
-    window_ms = int(redis.redis.hget(entry.key, "w"))
-    redis.redis.pexpire(entry.key, window_ms - 1000)
+    rewrite(redis, entry.key, expires=redis_now_ms(redis) - 1000)
 
 
 def test_past_its_ttl_one_caller_reloads_while_the_others_get_the_stale_value(redis):
@@ -205,15 +315,16 @@ def test_past_its_ttl_one_caller_reloads_while_the_others_get_the_stale_value(re
     assert fetch(entry, Loader(["11h"])) == (["10h"], "STALE")
     redis.redis.delete(keys.fill_lock_key(entry.key))
     reloader = Loader(["11h"])
+    billed(redis)
     assert fetch(entry, reloader) == (["11h"], "MISS")
+    assert billed(redis) == 3, "a stale refresh costs what a miss costs"
     assert fetch(entry, reloader) == (["11h"], "HIT")
 
 
 def test_xfetch_refreshes_a_hot_key_before_it_expires(redis, monkeypatch):
     entry = keys.notifications("u1")
     fetch(entry, Loader(["a"]))
-    redis.redis.hset(entry.key, "d", 5_000)  # it took 5 s to compute
-    redis.redis.pexpire(entry.key, int(redis.redis.hget(entry.key, "w")) + 4_000)  # 4 s of TTL left
+    rewrite(redis, entry.key, load=5_000, expires=redis_now_ms(redis) + 4_000)  # took 5 s; 4 s of TTL left
     monkeypatch.setattr(cache, "draw", lambda: 0.9)  # -ln(0.9)*5 s = 0.5 s < 4 s: not yet
     assert fetch(entry, Loader(["b"])) == (["a"], "HIT")
     monkeypatch.setattr(cache, "draw", lambda: 0.1)  # -ln(0.1)*5 s = 11.5 s ≥ 4 s: refresh now
@@ -221,6 +332,15 @@ def test_xfetch_refreshes_a_hot_key_before_it_expires(redis, monkeypatch):
     assert fetch(entry, refresher) == (["b"], "MISS")
     assert refresher.calls == 1
     assert redis.redis.pttl(entry.key) > 60_000
+
+
+def test_an_early_refresh_someone_else_already_does_is_served_as_a_hit(redis, monkeypatch):
+    entry = keys.notifications("u2")
+    fetch(entry, Loader(["a"]))
+    rewrite(redis, entry.key, load=5_000, expires=redis_now_ms(redis) + 4_000)
+    redis.redis.set(keys.fill_lock_key(entry.key), "the-refresher", px=6000)
+    monkeypatch.setattr(cache, "draw", lambda: 0.1)
+    assert fetch(entry, Loader(["b"])) == (["a"], "HIT")
 
 
 def test_a_failing_loader_releases_the_fill_lock(redis):
@@ -234,66 +354,65 @@ def test_a_failing_loader_releases_the_fill_lock(redis):
     assert redis.redis.exists(keys.fill_lock_key(entry.key)) == 0
 
 
-def test_the_script_is_sent_again_after_redis_lost_it(redis):
-    entry = keys.property_detail(3)
-    fetch(entry, Loader(3))
+def test_the_scripts_are_sent_again_after_redis_lost_them(redis):
+    fetch(keys.property_detail(3), Loader(3))
     redis.redis.script_flush()
     redis.calls.clear()
-    assert fetch(entry, Loader(3))[1] == "HIT"
-    assert [call[0] for call in redis.calls] == ["EVALSHA", "EVAL"]
+    assert fetch(keys.property_detail(4), Loader(4))[1] == "MISS"
+    assert [call[0] for call in redis.calls] == ["MGET", "EVALSHA", "EVAL", "EVALSHA", "EVAL"]
 
 
-def test_hits_and_misses_are_counted_per_family_in_the_same_call(redis):
+def test_an_entry_of_an_older_format_reads_as_a_miss_and_is_replaced(redis):
+    entry = keys.property_detail(8)
+    redis.redis.hset(entry.key, mapping={"v": '"old"', "d": 1, "w": 1000})  # the hash entries before this one
+    assert fetch(entry, Loader("new")) == ("new", "MISS")
+    assert fetch(entry, Loader("unused")) == ("new", "HIT")
+
+
+def test_a_waiter_polls_with_a_read_only_script(redis, clock):
+    entry = keys.properties_all()
+    fetch(keys.property_detail(1), Loader(1))  # loads the scripts
+    redis.redis.set(keys.fill_lock_key(entry.key), "someone-else", px=6000)
+    redis.calls.clear()
+    billed(redis)
+    fetch(entry, Loader(["mine"]))
+    polls = [call for call in redis.calls if call[0] == "EVALSHA_RO"]
+    assert polls and all(call[1] == entries.READ.sha for call in polls)
+    assert redis.stats.scripts_global_lock == 0
+
+
+def test_each_outcome_is_counted_per_family_in_the_instance_not_in_redis(redis):
     entry = keys.property_detail(7)
-    fetch(entry, Loader(7))
-    fetch(entry, Loader(7))
-    minute, hour = cache._metrics_keys()
-    for bucket in (minute, hour):
-        counts = {k.decode(): int(v) for k, v in redis.redis.hgetall(bucket).items()}
-        assert counts == {"property_detail:LOAD": 1, "property_detail:HIT": 1}
+    state = metrics.begin_request("/api/properties/7")
+    try:
+        fetch(entry, Loader(7))
+        fetch(entry, Loader(7))
+        counted = {name: n for (_, name), n in metrics.pending.snapshot().items()}
+    finally:
+        metrics._recording.reset(state.token)
+        upstash.stop_tally(state.tally_token)
+    assert counted == {"property_detail:LOAD": 1, "property_detail:HIT": 1}
+    assert not [key for key in redis.redis.keys() if b":metrics:" in key]
 
 
-class TestBreaker:
-    def test_an_outage_costs_one_call_then_redis_is_skipped_for_a_growing_interval(self, redis, clock):
-        redis.down = httpx.ConnectError("refused")
-        entry = keys.properties_all()
-        loader = Loader(["db"])
+# -- when Redis fails ---------------------------------------------------------------------------
+
+
+def test_an_outage_costs_one_call_then_reads_bypass_redis_until_it_answers_again(redis, clock):
+    redis.down = httpx.ConnectError("refused")
+    entry = keys.properties_all()
+    loader = Loader(["db"])
+    assert fetch(entry, loader) == (["db"], "BYPASS")
+    assert upstash.breaker.state == "open"
+    calls_before = redis.calls[:]
+    for _ in range(5):
         assert fetch(entry, loader) == (["db"], "BYPASS")
-        assert cache.breaker.state == "open" and cache.breaker.interval == 1.0
-        calls_before = redis.calls[:]
-        for _ in range(5):
-            assert fetch(entry, loader) == (["db"], "BYPASS")
-        assert redis.calls == calls_before, "no Redis call while the breaker is open"
-
-        clock.now += 1.0  # half-open: one probe, which fails: twice as long
-        assert fetch(entry, loader)[1] == "BYPASS"
-        assert cache.breaker.state == "open" and cache.breaker.interval == 2.0
-        clock.now += 1.0
-        assert fetch(entry, loader)[1] == "BYPASS" and cache.breaker.interval == 2.0  # still open
-
-    def test_the_interval_is_capped(self, redis, clock):
-        redis.down = httpx.ReadTimeout("slow")
-        for _ in range(10):
-            fetch(keys.properties_all(), Loader(1))
-            clock.now += cache.breaker.interval
-        assert cache.breaker.interval == cache.breaker.cap == 30.0
-
-    def test_it_closes_by_itself_when_redis_answers_again(self, redis, clock):
-        redis.down = httpx.ConnectError("refused")
-        entry = keys.properties_all()
-        fetch(entry, Loader(["db"]))
-        redis.down = None
-        clock.now += 1.0
-        assert fetch(entry, Loader(["db"]))[1] == "MISS"
-        assert cache.breaker.state == "closed"
-        assert fetch(entry, Loader(["db"]))[1] == "HIT"
-
-    def test_only_one_caller_probes_while_half_open(self, redis, clock):
-        cache.breaker.failure()
-        clock.now += 1.0
-        assert cache.breaker.allow() is True
-        assert cache.breaker.allow() is False
-        assert cache.breaker.state == "half-open"
+    assert redis.calls == calls_before, "no Redis call while the breaker is open"
+    redis.down = None
+    clock.now += 1.0
+    assert fetch(entry, loader)[1] == "MISS"
+    assert upstash.breaker.state == "closed"
+    assert fetch(entry, loader)[1] == "HIT"
 
 
 def test_an_invalidation_that_cannot_reach_redis_leaves_nothing_in_this_instance(redis, clock):
@@ -315,16 +434,27 @@ def test_the_read_that_probes_redis_after_an_outage_runs_the_recovery_hooks_befo
     redis.down = None
     clock.now += 1.0
     ran = []
-    cache.on_recovery(lambda: ran.append("drain") or cache.invalidate(["property:11"]))  # what lib/outbox does
+    # What lib/outbox's drain does: the breaker is half-open, so it sends with force=True.
+    cache.on_recovery(lambda: ran.append("drain") or cache.invalidate(["property:11"], force=True))
     assert fetch(entry, Loader("new")) == ("new", "MISS"), "the entry from before the outage was served"
-    assert ran == ["drain"] and cache.breaker.state == "closed"
+    assert ran == ["drain"] and upstash.breaker.state == "closed"
     assert fetch(entry, Loader("unused")) == ("new", "HIT") and ran == ["drain"], "once per recovery"
+
+
+def test_a_probe_with_nothing_to_drain_still_closes_the_breaker(redis, clock):
+    entry = keys.property_detail(13)
+    fetch(entry, Loader("cached"))
+    upstash.breaker.failure()
+    clock.now += 1.0
+    cache.on_recovery(lambda: True)  # an empty outbox: no Redis call made
+    assert fetch(entry, Loader("unused")) == ("cached", "HIT")
+    assert upstash.breaker.state == "closed"
 
 
 def test_a_recovery_hook_that_finds_redis_down_again_leaves_the_read_to_the_database(redis, clock):
     entry = keys.property_detail(11)
     fetch(entry, Loader("old"))
-    cache.breaker.failure()
+    upstash.breaker.failure()
     clock.now += 1.0
     cache.on_recovery(lambda: False)
     assert fetch(entry, Loader("db")) == ("db", "BYPASS")
@@ -337,3 +467,54 @@ def test_a_hook_is_registered_once(redis):
     cache.on_recovery(hook)
     cache.on_recovery(hook)
     assert cache._recovery_hooks == [hook]
+
+
+# -- a full database (Upstash's default: no eviction) -------------------------------------------
+
+
+def fill_up(redis) -> None:
+    """Lower maxmemory under what Valkey uses: every write is refused now, reads still work."""
+    used = redis.redis.info("memory")["used_memory"]
+    redis.redis.config_set("maxmemory", used // 2)
+
+
+def test_a_full_database_still_serves_hits_and_answers_misses_from_the_database_unstored(redis):
+    cached, new = keys.property_detail(1), keys.property_detail(2)
+    fetch(cached, Loader("kept"))
+    fill_up(redis)
+    state = metrics.begin_request("/api/properties/2")
+    try:
+        assert fetch(cached, Loader("unused")) == ("kept", "HIT")
+        loader = Loader("fresh")
+        assert fetch(new, loader) == ("fresh", "MISS")
+        assert fetch(new, loader) == ("fresh", "MISS")
+        counted = {name: n for (_, name), n in metrics.pending.snapshot().items()}
+    finally:
+        metrics._recording.reset(state.token)
+        upstash.stop_tally(state.tally_token)
+    assert loader.calls == 2 and redis.redis.exists(new.key) == 0
+    assert counted["redis:refused_writes"] == 2
+    assert redis.stats.capacity_refusals == 2
+    assert upstash.breaker.state == "closed", "a full database is not an outage"
+
+
+def test_a_fill_refused_at_capacity_answers_the_loaded_value_and_keeps_the_breaker_closed(redis, monkeypatch):
+    entry = keys.property_detail(4)
+
+    def loads_then_the_database_fills():
+        fill_up(redis)  # the claim went through; the fill comes too late
+        return {"id": 4}
+
+    assert fetch(entry, loads_then_the_database_fills) == ({"id": 4}, "MISS")
+    assert redis.redis.exists(entry.key) == 0
+    assert upstash.breaker.state == "closed"
+
+
+def test_an_invalidation_still_works_at_capacity(redis):
+    entry = keys.property_detail(6)
+    fetch(entry, Loader("old"))
+    fill_up(redis)
+    assert cache.invalidate(["property:6"], delete=[entry.key], changes=["cd" * 16]) is True
+    assert fetch(entry, Loader("new")) == ("new", "MISS"), "no stale value served after the write"
+    assert upstash.breaker.state == "closed"
+    assert redis.redis.exists(keys.applied_change("cd" * 16)) == 0, "a marker for a bump that did not happen"

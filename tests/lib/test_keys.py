@@ -87,7 +87,7 @@ def test_one_search_is_one_key_however_its_filters_are_ordered():
 def test_the_helper_keys_live_under_meta():
     assert keys.lease_parties(123).key == "dousell:meta:lease:123"
     assert keys.applied_change("0a" * 16) == "dousell:meta:applied:" + "0a" * 16
-    assert keys.idempotency_key("u:1", "k").startswith("dousell:meta:idem:u%3A1:")
+    assert keys.idempotency("u:1", "k").startswith("dousell:meta:idem:u%3A1:")
     assert keys.user_visits("u1").key == "dousell:visits:user:u1"
 
 

@@ -1,27 +1,19 @@
-"""lib/locks: acquire/release/extend by token, the retry schedule, timed-out acquires, with_lock.
+"""lib/locks: acquire and release by token, the retry schedule, timed-out acquires, the one compare-and-delete.
 
-Upstash is faked at the network boundary (respx) by a fakeredis that runs the real Lua.
+Upstash is the real stand-in's engine over a real Valkey (tests/fakes.py), reached through respx.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import random
 
 import httpx
 import pytest
 import respx
 
-from lib import locks, upstash
-from lib.locks import (
-    Lock,
-    LockBusy,
-    LockError,
-    LockNotOwned,
-    LockUnavailable,
-    with_lock,
-)
+from lib import locks, metrics, upstash
+from lib.locks import Lock, LockBusy, LockError, LockNotOwned, LockUnavailable
 from tests.fakes import FakeUpstash
 
 URL = "https://upstash.test"
@@ -57,8 +49,9 @@ def clock(monkeypatch):
 
 @pytest.fixture
 def events(monkeypatch):
+    """What lib/metrics is told about each lock (acquired, blocked, expired, unavailable)."""
     seen: list[tuple[str, str]] = []
-    monkeypatch.setattr(locks, "on_event", lambda name, event: seen.append((name, event)))
+    monkeypatch.setattr(metrics, "lock_event", lambda name, event: seen.append((name, event)))
     return seen
 
 
@@ -67,9 +60,11 @@ def router(monkeypatch, clock):
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
     monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "t")
     upstash.set_client(None)
+    upstash.breaker.reset()
     with respx.mock(assert_all_called=False) as mock:
         yield mock
     upstash.set_client(None)
+    upstash.breaker.reset()
 
 
 @pytest.fixture
@@ -87,12 +82,10 @@ def held_by(fake: FakeUpstash, name: str = NAME) -> str | None:
 
 
 def warm_scripts() -> None:
-    """Load the Lua scripts once, as any earlier request on this Redis would have."""
-    for name in ("warm:release", "warm:extend"):
-        lock = Lock(name)
-        lock.acquire()
-        lock.extend(1)
-        lock.release()
+    """Load the compare-and-delete once, as any earlier request on this Redis would have."""
+    lock = Lock("warm:release")
+    lock.acquire()
+    lock.release()
 
 
 # Per REST call, what the network does with it (the commands after the plan are answered normally).
@@ -126,13 +119,11 @@ def plan(router: respx.Router, fake: FakeUpstash, *steps: str) -> None:
 
 def test_a_free_lock_is_taken_with_a_random_token_and_the_ttl_then_released(redis, events):
     lock = Lock(NAME, ttl=30)
-    assert lock.acquire() is True
+    lock.acquire()
     assert lock.token is not None and len(lock.token) == 32 and held_by(redis) == lock.token
     assert 29_000 < redis.redis.pttl(NAME) <= 30_000
-    assert lock.owned() is True
     lock.release()
-    assert held_by(redis) is None
-    assert lock.owned() is False and lock.token is None
+    assert held_by(redis) is None and lock.token is None
     assert events == [(NAME, "acquired")]
 
 
@@ -151,14 +142,16 @@ def test_each_acquire_draws_a_new_token(redis):
     assert lock.token != first
 
 
-def test_a_free_lock_costs_one_rest_call_to_acquire_and_one_to_release(redis):
+def test_a_free_lock_costs_one_command_to_acquire_and_one_key_locked_script_to_release(redis):
     warm_scripts()
     redis.calls.clear()
+    redis.engine.reset_stats()
     lock = Lock(NAME)
     lock.acquire()
     assert commands(redis) == ["SET"]
     lock.release()
     assert commands(redis) == ["SET", "EVALSHA"]
+    assert (redis.stats.billed, redis.stats.scripts_key_locked, redis.stats.scripts_global_lock) == (2, 1, 0)
 
 
 def test_the_first_release_after_a_redis_restart_costs_one_extra_call_to_load_the_script(redis):
@@ -177,13 +170,12 @@ def test_acquiring_a_lock_this_object_already_holds_is_a_programming_error(redis
         lock.acquire()
 
 
-@pytest.mark.parametrize("action", ["release", "extend"])
-def test_releasing_or_extending_a_lock_never_acquired_is_an_error_without_a_call(redis, action):
+def test_releasing_a_lock_never_acquired_is_an_error_without_a_call(redis):
     lock = Lock(NAME)
-    with pytest.raises(LockError, match=f"Cannot {action} an unlocked lock") as caught:
-        lock.release() if action == "release" else lock.extend(1)
+    with pytest.raises(LockError, match="Cannot release an unlocked lock") as caught:
+        lock.release()
     assert not isinstance(caught.value, LockNotOwned)
-    assert redis.calls == [] and lock.owned() is False
+    assert redis.calls == []
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -253,7 +245,7 @@ def test_a_lock_freed_during_the_pause_is_taken_by_the_retry(redis, clock):
     redis.redis.set(NAME, "other-holder", px=30_000)
     clock.during_sleep.append(lambda: redis.redis.delete(NAME))
     lock = Lock(NAME)
-    assert lock.acquire() is True
+    lock.acquire()
     assert held_by(redis) == lock.token
     assert commands(redis) == ["SET", "SET"]
 
@@ -281,103 +273,21 @@ def test_releasing_a_lock_no_longer_ours_raises_and_never_deletes_the_other_hold
     assert events == [(NAME, "acquired"), (NAME, "expired")]
 
 
-def test_extending_an_owned_lock_adds_to_its_remaining_lifetime(redis):
-    lock = Lock(NAME, ttl=10)
-    lock.acquire()
-    remaining = lock.extend(20)
-    assert 29.0 < remaining <= 30.0
-    assert 29_000 < redis.redis.pttl(NAME) <= 30_000
-    assert held_by(redis) == lock.token
-    lock.release()
-    assert held_by(redis) is None
+def test_the_compare_and_delete_is_one_script_shared_by_every_token_checked_key(redis):
+    redis.redis.set("dousell:meta:idem:u:abc", "marker-1", px=60_000)
+    assert locks.release_if_held("dousell:meta:idem:u:abc", "marker-2") is False
+    assert redis.redis.get("dousell:meta:idem:u:abc") == b"marker-1"
+    assert locks.release_if_held("dousell:meta:idem:u:abc", "marker-1") is True
+    assert redis.redis.exists("dousell:meta:idem:u:abc") == 0
 
 
-@pytest.mark.parametrize("after_expiry", [
-    None,  # expired: extending must not resurrect it
-    "next-holder",  # taken over: extending must not lengthen the other's lock
-])
-def test_extending_a_lock_no_longer_ours_raises_and_leaves_the_key_alone(redis, events, after_expiry):
-    lock = Lock(NAME, ttl=10)
-    lock.acquire()
-    redis.redis.delete(NAME)
-    if after_expiry:
-        redis.redis.set(NAME, after_expiry, px=5_000)
-    with pytest.raises(LockNotOwned, match="Cannot extend a lock that's no longer owned"):
-        lock.extend(20)
-    assert held_by(redis) == after_expiry
-    if after_expiry:
-        assert redis.redis.pttl(NAME) <= 5_000
-    assert lock.token is None and (NAME, "expired") in events
-
-
-def test_owned_says_false_once_another_holder_took_the_key(redis):
-    lock = Lock(NAME)
-    lock.acquire()
-    redis.redis.set(NAME, "next-holder")
-    assert lock.owned() is False
-
-
-# -- with_lock ---------------------------------------------------------------------------------
-
-
-def test_with_lock_holds_the_lock_inside_the_block_and_releases_it_after(redis):
-    with with_lock(NAME, ttl=5) as lock:
-        assert held_by(redis) == lock.token
-        assert 4_000 < redis.redis.pttl(NAME) <= 5_000
-    assert held_by(redis) is None
-
-
-def test_with_lock_releases_when_the_block_raises(redis):
-    with pytest.raises(RuntimeError, match="PayDunya exploded"), with_lock(NAME):
-        raise RuntimeError("PayDunya exploded")
-    assert held_by(redis) is None
-
-
-def test_with_lock_does_not_run_the_block_when_the_lock_is_busy(redis, clock):
-    redis.redis.set(NAME, "first-click", px=30_000)
-    ran = []
-    with pytest.raises(LockBusy), with_lock(NAME, retries=0):
-        ran.append(True)
-    assert ran == [] and held_by(redis) == "first-click"
-
-
-def test_with_lock_reports_a_lock_that_expired_while_the_block_worked(redis, caplog):
-    with pytest.raises(LockNotOwned), with_lock(NAME, ttl=30):
-        redis.redis.delete(NAME)
-        redis.redis.set(NAME, "next-holder")
-    assert held_by(redis) == "next-holder"
-    assert "expired while its holder worked" in caplog.text
-
-
-def test_with_lock_lets_the_blocks_own_error_win_over_an_expired_lock(redis, caplog):
-    with pytest.raises(RuntimeError, match="database down"), with_lock(NAME):
-        redis.redis.delete(NAME)
-        raise RuntimeError("database down")
-    assert "no longer owned" in caplog.text
-
-
-def test_with_lock_passes_the_retry_policy_on(redis, clock):
-    redis.redis.set(NAME, "first-click", px=30_000)
-    with pytest.raises(LockBusy), with_lock(NAME, retries=2, retry_delay=0.01, jitter=0):
-        pass
-    assert clock.sleeps == [0.01, 0.01]
-
-
-def test_with_lock_only_logs_when_redis_fails_at_release(redis, router, caplog, events):
-    with caplog.at_level(logging.WARNING, logger="lib.locks"):
-        with with_lock(NAME) as lock:
-            redis.down = httpx.ConnectError("refused")
-        assert lock.token is None
-    assert "it expires by itself" in caplog.text
-    assert events == [(NAME, "acquired"), (NAME, "unavailable")]
-
-
-def test_a_release_that_cannot_reach_redis_raises_lock_unavailable(redis):
+def test_a_release_that_cannot_reach_redis_raises_lock_unavailable(redis, events):
     lock = Lock(NAME)
     lock.acquire()
     redis.down = httpx.ReadTimeout("slow")
     with pytest.raises(LockUnavailable, match="Cannot release lock"):
         lock.release()
+    assert events == [(NAME, "acquired"), (NAME, "unavailable")]
 
 
 # -- a timed-out acquire checks what it holds --------------------------------------------------
@@ -405,7 +315,7 @@ def test_a_timed_out_acquire_asks_redis_whether_it_holds_the_lock_instead_of_res
     plan(router, redis, *steps)
     lock = Lock(NAME, retries=retries)
     if outcome == "acquired":
-        assert lock.acquire() is True
+        lock.acquire()
         assert held_by(redis) == lock.token
     else:
         with pytest.raises(outcome) as caught:
@@ -419,17 +329,27 @@ def test_a_set_that_lands_after_its_timeout_is_recognised_as_ours_by_the_retry(r
     plan(router, redis, TIMES_OUT)
     clock.during_sleep.append(lambda: redis.redis.set(NAME, redis.calls[0][2], px=30_000))  # our token
     lock = Lock(NAME)
-    assert lock.acquire() is True
+    lock.acquire()
     assert held_by(redis) == lock.token == redis.calls[0][2]
     assert commands(redis) == ["SET", "GET", "SET", "GET"]
 
 
-def test_redis_down_makes_acquire_raise_lock_unavailable_after_two_calls(redis, clock, events):
-    redis.down = httpx.ConnectError("refused")
+def test_redis_down_makes_acquire_raise_lock_unavailable_after_two_calls(redis, router, clock, events):
+    route = router.post(URL).mock(side_effect=httpx.ConnectError("refused"))
     with pytest.raises(LockUnavailable, match="Redis did not answer") as caught:
         Lock(NAME).acquire()
     assert isinstance(caught.value.__cause__, upstash.RedisUnavailable)
+    assert route.call_count == 2, "the SET, then the GET that asks whether it landed"
     assert clock.sleeps == []
+    assert events == [(NAME, "unavailable")]
+
+
+def test_while_the_breaker_is_open_acquire_makes_no_call_at_all(redis, events):
+    upstash.breaker.failure()
+    with pytest.raises(LockUnavailable) as caught:
+        Lock(NAME).acquire()
+    assert isinstance(caught.value.__cause__, upstash.RedisSkipped)
+    assert redis.calls == []
     assert events == [(NAME, "unavailable")]
 
 
@@ -438,20 +358,3 @@ def test_a_refused_set_is_unavailable_at_once_without_a_follow_up_get(redis, rou
     with pytest.raises(LockUnavailable):
         Lock(NAME).acquire()
     assert route.call_count == 1
-
-
-# -- the monitoring hook -----------------------------------------------------------------------
-
-
-def test_a_failing_event_hook_never_fails_the_lock(redis, monkeypatch, caplog):
-    def broken(name, event):
-        raise RuntimeError("metrics down")
-
-    monkeypatch.setattr(locks, "on_event", broken)
-    with with_lock(NAME) as lock:
-        assert held_by(redis) == lock.token
-    assert "lock event hook failed" in caplog.text
-
-
-def test_the_default_event_hook_does_nothing():
-    assert locks.on_event(NAME, "acquired") is None

@@ -16,6 +16,7 @@ from devstack.supabase import serve_in_thread as supabase_in_thread
 from devstack.supabase_net import configure_webhook
 from devstack.upstash import serve_in_thread as upstash_in_thread
 from lib import auth, cache, context, db, keys, outbox, properties, upstash
+from lib import breaker as breaker_module
 from lib.errors import DatabaseUnavailable
 from tests.sql.demo import AWA, MOUSSA, PROPERTY_123
 from tests.support import serve, wait_for
@@ -60,11 +61,11 @@ def world(seeded_db, pg_connect, valkey, upstash_standin, monkeypatch):
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
     clock = Clock()
-    monkeypatch.setattr(cache, "clock", clock)
+    monkeypatch.setattr(breaker_module, "clock", clock)
     monkeypatch.setattr(cache, "_recovery_hooks", [outbox.drain_after_outage])
     db.set_http_client(None)
     upstash.set_client(None)
-    cache.breaker.reset()
+    upstash.breaker.reset()
     direct = redis_py.Redis(host=valkey.host, port=valkey.port, decode_responses=True)
     direct.flushdb()
     sql = pg_connect(seeded_db.dsn())
@@ -82,7 +83,7 @@ def world(seeded_db, pg_connect, valkey, upstash_standin, monkeypatch):
     direct.close()
     db.set_http_client(None)
     upstash.set_client(None)
-    cache.breaker.reset()
+    upstash.breaker.reset()
 
 
 def detail(property_id=PROPERTY_123):
@@ -107,7 +108,7 @@ def redis_away(monkeypatch):
 def redis_back(monkeypatch, w, url):
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", url)
     upstash.set_client(None)
-    w.clock.now += cache.breaker.interval  # the breaker's interval passes: the next read probes
+    w.clock.now += upstash.breaker.interval  # the breaker's interval passes: the next read probes
 
 
 def owner(w, user_id=AWA) -> auth.User:
@@ -228,7 +229,7 @@ def test_the_read_that_probes_redis_after_an_outage_drains_before_it_trusts_an_e
     redis_back(monkeypatch, world, upstash_standin.url)
     value, status = detail()
     assert (value["price"], status) == (60000, "MISS"), "the entry from before the change was served"
-    assert outbox_rows(world) == [] and cache.breaker.state == "closed"
+    assert outbox_rows(world) == [] and upstash.breaker.state == "closed"
 
 
 def test_applying_a_row_twice_is_harmless(world):

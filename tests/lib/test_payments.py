@@ -2,7 +2,7 @@
 
 Everything is faked at the network boundary with respx: PostgREST by `FakeSupabase` (an
 in-memory model of the tables, RLS and the RPCs of supabase/migrations), PayDunya by
-`FakePayDunya`, Upstash by tests.fakes.FakeUpstash (fakeredis running the real Lua).
+`FakePayDunya`, Upstash by tests.fakes.FakeUpstash (the stand-in's engine over a real Valkey).
 The fakes live in tests/world.py.
 """
 
@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from lib import cache, context, keys, locks, payments, writes
+from lib import context, keys, locks, payments, upstash, writes
 from lib.db import DatabaseError
 from lib.errors import (
     AlreadyPaid,
@@ -295,7 +295,7 @@ def test_redis_down_the_database_fence_still_gives_one_invoice(world):
 def test_redis_down_the_breaker_skips_the_lock_after_the_first_failure(world):
     world.redis.down = httpx.ConnectError("redis down")
     start()
-    assert not cache.breaker.allow()
+    assert not upstash.breaker.allow()
     calls = len(world.router.calls)
     start(period="2027-01")
     upstash_calls = [c for c in world.router.calls[calls:] if c.request.url.host == "upstash.test"]
@@ -340,7 +340,7 @@ def test_a_retried_request_with_the_same_key_gets_the_first_answer(world):
 def test_the_record_is_kept_24_hours_under_a_hash_of_the_key(world):
     idem("my key:*", Runs(Reply({"ok": True}, 201)))
     name = f"dousell:meta:idem:{MOUSSA}:{hashlib.sha256(b'my key:*').hexdigest()}"
-    assert keys.idempotency_key(MOUSSA, "my key:*") == name
+    assert keys.idempotency(MOUSSA, "my key:*") == name
     assert 86_000 < world.redis.redis.ttl(name) <= 86_400
     assert b"my key" not in b"".join(world.redis.redis.keys())
 

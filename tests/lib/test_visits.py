@@ -9,7 +9,7 @@ import httpx
 import pytest
 import respx
 
-from lib import cache, context, keys, locks, visits
+from lib import context, keys, locks, upstash, visits
 from lib.errors import BookingInProgress, NotFound, SlotTaken
 from tests.fakes import FakeUpstash
 from tests.world import (
@@ -157,7 +157,7 @@ def test_redis_down_the_visit_is_booked_and_nothing_waits_in_memory(world):
     redis.down = httpx.ConnectError("redis down")
     assert book(db)["status"] == "booked"
     redis.down = None
-    cache.breaker.reset()
+    upstash.breaker.reset()
     redis.calls.clear()
     visits.free_slots(789)
     assert "slots:789" not in str([c for c in redis.calls if "SET" in str(c)]), "replayed from memory"

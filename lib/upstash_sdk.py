@@ -1,0 +1,56 @@
+"""upstash-redis for the libraries built on it (upstash-ratelimit): one client, bounded in time, never retrying.
+
+upstash-redis 1.8 builds its own `httpx.Client(timeout=None)` and has no option to bound it or to
+pass one in; `rest_retries=0` is public, the time bound is not. The one reach into its private
+members is here: `Redis._http._client` is replaced by lib/upstash's bounded httpx client (same
+connections, same 0.5 s). `adapt` checks that shape first and raises if a new version of the
+library stopped matching it, and tests/lib/test_upstash_sdk.py runs the check against the pinned
+version: an upgrade that moves the client fails the tests instead of leaving requests unbounded.
+Never call `close()` on the shared client: it would close lib/upstash's connections too.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from lib import config
+
+
+class IncompatibleUpstashRedis(RuntimeError):
+    """The installed upstash-redis no longer keeps its HTTP client where this adapter replaces it."""
+
+
+_lock = threading.Lock()
+_shared: tuple[tuple[str, str, int], Any] | None = None
+
+
+def adapt(sdk: Any, http: Any) -> Any:
+    """Make `sdk` (an `upstash_redis.Redis`) send through `http` (a bounded httpx.Client)."""
+    import httpx
+    from upstash_redis.http import SyncHttpClient
+
+    transport = getattr(sdk, "_http", None)
+    if not isinstance(transport, SyncHttpClient) or not isinstance(getattr(transport, "_client", None),
+                                                                    httpx.Client):
+        raise IncompatibleUpstashRedis(
+            "upstash_redis.Redis no longer keeps an httpx.Client at ._http._client: "
+            "lib/upstash_sdk.py must be updated before this version can be used")
+    if getattr(transport, "_retries", None) != 0:
+        raise IncompatibleUpstashRedis("upstash_redis.Redis ignored rest_retries=0: it would resend writes")
+    transport._client.close()
+    transport._client = http
+    return sdk
+
+
+def shared(settings: config.Upstash, http: Any) -> Any:
+    """The one `upstash_redis.Redis` for `settings`, over `http`; built at first use."""
+    global _shared
+    identity = (settings.url, settings.token, id(http))
+    with _lock:
+        if _shared is None or _shared[0] != identity:
+            from upstash_redis import Redis
+
+            sdk = Redis(settings.url, settings.token, rest_retries=0, allow_telemetry=False)
+            _shared = (identity, adapt(sdk, http))
+        return _shared[1]

@@ -1,0 +1,59 @@
+"""lib's import graph: no cycle (imports inside functions count), and Redis reached only through the edge."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+LIB = Path(__file__).resolve().parents[2] / "lib"
+
+
+def imports_of(path: Path) -> set[str]:
+    """The lib modules `path` imports, at module level or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module == "lib":
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lib."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("lib.")}
+    return found - {path.stem}
+
+
+def graph() -> dict[str, set[str]]:
+    return {path.stem: imports_of(path) for path in LIB.glob("*.py") if path.stem != "__init__"}
+
+
+def test_lib_has_no_import_cycle():
+    edges = graph()
+    cycles = []
+
+    def visit(module: str, path: list[str], done: set[str]) -> None:
+        for target in sorted(edges.get(module, ())):
+            if target in path:
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in done:
+                done.add(target)
+                visit(target, [*path, target], done)
+
+    for module in sorted(edges):
+        visit(module, [module], {module})
+    assert cycles == []
+
+
+def test_only_the_edge_and_its_adapter_talk_to_upstash_redis_or_httpx_for_redis():
+    for path in LIB.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                 for alias in node.names} | {node.module for node in ast.walk(tree)
+                                             if isinstance(node, ast.ImportFrom) and node.module}
+        if any(name and name.startswith("upstash_redis") for name in names):
+            assert path.stem == "upstash_sdk", path.name
+
+
+def test_cache_locks_writes_and_metrics_reach_redis_through_the_edge_not_through_each_other():
+    edges = graph()
+    for module in ("locks", "writes", "metrics", "metrics_report", "health"):
+        assert "cache" not in edges[module], f"lib/{module} imports cache"
+    assert edges["upstash"] <= {"config", "breaker", "errors", "upstash_sdk"}
