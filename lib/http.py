@@ -8,6 +8,7 @@ unhappy paths; this module turns them into the contract's error shape in one pla
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 import traceback
@@ -113,13 +114,19 @@ class Request:
         return int(raw)
 
     def json(self) -> Any:
-        """The body as JSON (400 `malformed_json` otherwise)."""
+        """The body as JSON (400 `malformed_json` otherwise, also for what Python reads but JSON is not)."""
         if not self.body.strip():
             raise MalformedJSON("Le corps de la requête est vide : un objet JSON est attendu.")
         try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = json.loads(self.body, parse_constant=_refuse_number, parse_float=_finite_float)
+            # A lone surrogate (`"\ud800"`) parses, then fails whoever encodes it (httpx, Redis, the
+            # log): refused here, where the client can be told.
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except RecursionError as exc:  # `[[[[...`: C's json recursion guard, not a bug of ours
+            raise MalformedJSON("Le corps de la requête est trop imbriqué.") from exc
+        except ValueError as exc:  # JSONDecodeError, UnicodeError, too many digits for int()
             raise MalformedJSON() from exc
+        return data
 
     def body_as(self, model: Callable[..., M]) -> M:
         """The JSON body validated by a pydantic model (422 with each bad field otherwise)."""
@@ -169,12 +176,31 @@ class Request:
         return authenticate(self.header("Authorization"))
 
 
+def _refuse_number(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity: Python's extension, not the RFC's
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999
+        raise ValueError("number out of range")
+    return number
+
+
 def _log(record: dict[str, Any]) -> None:
     try:
         sys.stderr.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass  # a closed stderr must never fail a request
+
+
+def _path_of(target: str) -> str | None:
+    """The path of a request target; None when urlsplit refuses it (`http://[::1/`, an absolute form)."""
+    try:
+        return urlsplit(target).path
+    except ValueError:
+        return None
 
 
 def _encode(body: Any) -> bytes:
@@ -247,11 +273,12 @@ class Endpoint(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         ctx = context.begin()
-        path = urlsplit(self.path).path
+        target = _path_of(self.path)
+        path = "-" if target is None else target  # an unreadable target is answered 400 below
         recording = metrics.begin_request(path)
         status, code, reason = 500, None, None
         try:
-            reply = self._handle(method)
+            reply = self._handle(method, readable=target is not None)
         except DousellError as exc:
             reply = Reply(exc.to_body(), exc.status, dict(exc.headers))
             code = exc.code
@@ -289,12 +316,14 @@ class Endpoint(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client left; nothing to answer
 
-    def _handle(self, method: str) -> Reply:
+    def _handle(self, method: str, *, readable: bool) -> Reply:
         allowed = self.allowed_methods()
         if method == "OPTIONS":
             return Reply(None, 204, {"Allow": ", ".join(allowed)})
         if method not in allowed:
             raise MethodNotAllowed(allowed)
+        if not readable:
+            raise BadRequest("Adresse de la requête illisible.")
         req = self._parse(method)
         func = getattr(self, "get" if method == "HEAD" else method.lower())
         result = func(req)
@@ -327,15 +356,19 @@ class Endpoint(BaseHTTPRequestHandler):
             return b""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             raise BadRequest("Envoyez le corps avec un en-tête Content-Length.")
-        raw = self.headers.get("Content-Length")
-        if raw is None:
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
             return b""
-        if not raw.strip().isdigit():
+        raw = values[0].strip()
+        # ASCII digits only: `²` passes str.isdigit() and int() then raises. Two headers: which
+        # one a proxy believed is unknown, so neither is.
+        if len(values) > 1 or not (raw.isascii() and raw.isdigit()):
             raise BadRequest("En-tête Content-Length invalide.")
-        length = int(raw)
-        if length > MAX_BODY_BYTES:
+        digits = raw.lstrip("0") or "0"
+        if len(digits) > len(str(MAX_BODY_BYTES)) or int(digits) > MAX_BODY_BYTES:  # int() of 5,000 digits raises
             self.close_connection = True  # the unread body must not be taken for the next request
             raise PayloadTooLarge()
+        length = int(digits)
         return self.rfile.read(length) if length else b""
 
     def _send(self, method: str, reply: Reply, ctx: context.RequestContext) -> None:

@@ -151,15 +151,76 @@ def test_a_body_over_64_kib_is_413_and_one_at_the_limit_is_read(things):
     assert error_of(response)["code"] == "payload_too_large"
 
 
-def test_a_bad_content_length_is_400():
-    with serve(Things) as base:
+def raw_exchange(handler_cls: type, request: bytes) -> tuple[int, dict]:
+    """Send bytes no HTTP client would send; the status and the JSON body of the answer."""
+    with serve(handler_cls) as base:
         host, port = base.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=5) as sock:
-            sock.sendall(b"PATCH /api/things/5 HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}")
-            raw = b"".join(iter(lambda: sock.recv(65536), b"")).decode()  # HTTP/1.0: read to close
-    head, _, body = raw.partition("\r\n\r\n")
-    assert head.startswith("HTTP/1.0 400")
-    assert json.loads(body)["error"]["code"] == "bad_request"
+            sock.sendall(request)
+            raw = b"".join(iter(lambda: sock.recv(65536), b""))  # the server closes after an error
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("value, status", [
+    (b"abc", 400),
+    (b"\xb2", 400),  # `²` (headers are read as Latin-1): str.isdigit() says yes, int() refuses it
+    (b"1\xb9", 400),  # `1¹`
+    (b"\xd9\xa3", 400),  # an Arabic-Indic three in UTF-8
+    (b"-1", 400),
+    (b"1e3", 400),
+    (b"0x10", 400),
+    (b"2, 2", 400),  # a list, as a proxy might fold two headers
+    (b"9" * 5000, 413),  # more digits than int() converts: too large, not a crash
+    (b"99999999999999999999", 413),
+])
+def test_a_content_length_that_is_not_ascii_digits_is_400_and_a_huge_one_413(value, status):
+    request = b"PATCH /api/things/5 HTTP/1.1\r\nHost: x\r\nContent-Length: " + value + b"\r\n\r\n{}"
+    answered, body = raw_exchange(Things, request)
+    assert answered == status
+    assert body["error"]["code"] == ("bad_request" if status == 400 else "payload_too_large")
+
+
+def test_two_content_lengths_are_a_400():
+    request = b"PATCH /api/things/5 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}"
+    status, body = raw_exchange(Things, request)
+    assert status == 400 and body["error"]["code"] == "bad_request"
+
+
+def test_a_request_target_urlsplit_refuses_is_a_400_not_a_dropped_connection():
+    status, body = raw_exchange(Things, b"GET http://[::1/api/things/5 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 400 and body["error"]["code"] == "bad_request"
+
+
+@pytest.mark.parametrize("content", [
+    b"[" * 60_000,  # RecursionError inside json.loads
+    b'{"lease_id": ' * 4_000 + b"1" + b"}" * 4_000,  # within the 64 KiB cap
+    b'{"note": ' + b"[" * 5_000 + b"]" * 5_000 + b', "lease_id": 1}',  # deep, and complete
+])
+def test_a_deeply_nested_body_is_a_400_not_a_crash(things, content):
+    response = things.patch("/api/things/5", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "malformed_json"
+
+
+@pytest.mark.parametrize("content", [
+    b'{"lease_id": NaN}',  # Python reads these; JSON has no such numbers
+    b'{"lease_id": Infinity}',
+    b'{"lease_id": -Infinity}',
+    b'{"lease_id": 1e999}',  # a float that overflows to inf
+    b'{"lease_id": ' + b"7" * 5_000 + b"}",  # more digits than int() converts
+    b'{"lease_id": 1, "note": "\\ud800"}',  # a lone surrogate: cannot be encoded, stored or sent on
+    b'{"lease_id": 1, "\\udfff": "x"}',  # the same in a key
+])
+def test_json_that_python_reads_but_cannot_store_is_a_400(things, content):
+    response = things.patch("/api/things/5", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert error_of(response)["code"] == "malformed_json"
+
+
+def test_a_surrogate_pair_is_one_character_and_is_accepted(things):
+    response = things.patch("/api/things/5", content=b'{"lease_id": 1, "note": "\\ud83c\\udfe0"}')
+    assert response.status_code == 201
 
 
 def test_lib_errors_are_mapped_to_their_status_and_code(search):
@@ -218,11 +279,7 @@ def test_a_method_http_server_does_not_know_is_a_405_in_the_contract_shape(thing
 
 
 def test_a_request_line_too_long_is_a_4xx_in_the_contract_shape():
-    with serve(Things) as base:
-        host, port = base.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=5) as sock:
-            sock.sendall(b"GET /api/things/1?q=" + b"x" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-            raw = b"".join(iter(lambda: sock.recv(65536), b"")).decode()
-    head, _, body = raw.partition("\r\n\r\n")
-    assert head.split()[1] == "414"
-    assert json.loads(body)["error"]["code"] == "bad_request"
+    status, body = raw_exchange(Things, b"GET /api/things/1?q=" + b"x" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 414
+    assert body["error"]["code"] == "bad_request"
+
