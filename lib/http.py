@@ -247,6 +247,13 @@ class Endpoint(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Silenced: the default line carries the query string; we log our own JSON line."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Vercel's Fluid launcher serves `class Handler(BaseHandler, handler)`: its BaseHandler comes
+        # first in the MRO, so its log_message (the request line, query string included, to stdout)
+        # would shadow ours. This hook runs for that class too, after its body: ours is pinned back.
+        super().__init_subclass__(**kwargs)
+        cls.log_message = Endpoint.log_message  # type: ignore[method-assign]
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """What http.server answers by itself (an unknown method, a bad request line, headers too
         large), in the contract's shape too: an unknown method is a 405 like any other."""

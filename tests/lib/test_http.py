@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
@@ -283,3 +286,40 @@ def test_a_request_line_too_long_is_a_4xx_in_the_contract_shape():
     assert status == 414
     assert body["error"]["code"] == "bad_request"
 
+
+# -- under Vercel's Fluid launcher ----------------------------------------------------------------
+
+
+def fluid_handler(app: type) -> type:
+    """The class Vercel's Fluid launcher serves for `handler = app`, made from the launcher's own source
+    (vercel_runtime/vc_init.py, the version the pinned CLI installs, see tests/test_vercel_build.py):
+    its module-level imports, its `storage`, its `BaseHandler`, then `class Handler(BaseHandler, app_obj)`
+    exactly as written there. Only its IPC socket is replaced: `send_message` keeps the messages."""
+    source = Path(importlib.util.find_spec("vercel_runtime").origin).with_name("vc_init.py").read_text()
+    tree = ast.parse(source)
+    wanted = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    wanted += [node for node in tree.body if isinstance(node, ast.AnnAssign) and ast.unparse(node.target) == "storage"]
+    classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+    base = next((node for node in classes if node.name == "BaseHandler"), None)
+    handler = next((node for node in classes if node.name == "Handler"
+                    and [ast.unparse(b) for b in node.bases] == ["BaseHandler", "app_obj"]), None)
+    assert base and handler, "vc_init.py no longer builds Handler(BaseHandler, app_obj): compose it as it now does"
+    namespace: dict = {"__name__": "vc_init_under_test", "app_obj": app, "send_message": lambda message: None}
+    exec(compile(ast.Module(body=[*wanted, base, handler], type_ignores=[]), "vc_init.py", "exec"), namespace)
+    return namespace["Handler"]
+
+
+def test_under_vercels_fluid_launcher_the_json_line_is_still_the_only_log_line(capfd):
+    launched = fluid_handler(Things)
+    assert launched.__mro__[1].__name__ == "BaseHandler"  # the launcher's class comes before ours
+    with serve(launched) as base, httpx.Client(base_url=base, timeout=5) as client:
+        capfd.readouterr()
+        response = client.get("/api/things/5?id=5&q=secret-query")
+        assert response.status_code == 200 and response.json() == {"id": 5}
+        refused = client.request("BREW", "/api/things/5?q=secret-query")  # http.server's own error path
+        assert refused.status_code == 405
+        out, err = capfd.readouterr()
+    assert out == ""  # the launcher writes its request line to stdout: nothing there
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert [(line["method"], line["status"]) for line in lines] == [("GET", 200), ("BREW", 405)]
+    assert "secret-query" not in err
