@@ -56,6 +56,7 @@ _FIELD_MESSAGES = {
     "datetime_parsing": "Date et heure invalides (format ISO 8601 attendu).",
     "datetime_type": "Date et heure invalides (format ISO 8601 attendu).",
     "timezone_aware": "La date doit préciser son fuseau horaire.",
+    "datetime_out_of_range": "Date hors des limites acceptées.",
     "model_type": "Doit être un objet JSON.",
     "dict_type": "Doit être un objet JSON.",
     "not_nullable": "Ce champ ne peut pas être vide.",
