@@ -257,8 +257,8 @@ def test_an_offset_past_the_counted_rows_is_416_pgrst103(rest: Callable[..., Syn
     assert caught.value.code == "PGRST103"
 
 
-WHOLE_416 = ('{"code":"PGRST103","details":"An offset of %d was requested, but there are only %d rows.",'
-             '"hint":null,"message":"Requested range not satisfiable"}' % (PUBLISHED + 1, PUBLISHED)).encode()
+WHOLE_416 = (f'{{"code":"PGRST103","details":"An offset of {PUBLISHED + 1} was requested, but there are only '
+             f'{PUBLISHED} rows.","hint":null,"message":"Requested range not satisfiable"}}').encode()
 
 
 @pytest.mark.parametrize("mode, body, code", [
