@@ -180,3 +180,12 @@ def test_a_search_page_within_the_results_is_served(standin):
     standin.rest.past_the_end = "truncated"
     found = properties.search({"page": 1, "per_page": 5})
     assert len(found["results"]) == 5 and found["total"] == PUBLISHED
+
+
+def test_the_owner_patches_every_field_the_api_accepts_through_the_column_grants(admin, awa):
+    changes = {"title": "Villa rénovée aux Almadies", "description": "Piscine refaite.", "city": "saly",
+               "district": "Ngaparou", "type": "house", "price": 1_300_000, "bedrooms": 5, "status": "draft"}
+    after = properties.update(awa, 789, dict(changes))
+    assert {name: after[name] for name in changes} == {**changes, "city": "Saly"}
+    after = properties.update(awa, 789, {"district": None})  # the only field that may be emptied
+    assert after["district"] is None

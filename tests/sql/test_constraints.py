@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
 import psycopg
 import pytest
 from psycopg import errors
@@ -9,6 +14,7 @@ from psycopg import errors
 from tests.sql.demo import AWA, FATOU, LEASE_123, MERMOZ_102, MOUSSA, VILLA_789
 from tests.sql.helpers import race
 
+ROOT = Path(__file__).resolve().parents[2]
 INSERT_PAYMENT = "insert into rental_payments (lease_id, period, amount, status, paid_at) values (%s, %s, 50000, %s, %s)"
 
 
@@ -228,6 +234,113 @@ def test_the_visit_fences_hold_between_racing_transactions(seeded_db, pg_connect
     losers = [r for r in results if r != "booked"]
     assert len(losers) == 1 and isinstance(losers[0], error), losers
     assert admin.execute("select count(*) from visits where status = 'booked' and property_id = 789").fetchone()[0] == 1
+
+
+# -- the API's limits, held by the database too (20261202000010_hardening.sql) -------------------
+
+
+def request_model(relative: str, name: str) -> Any:
+    """A request model of an api/ file (file routing names like `[id].py` are not importable)."""
+    spec = importlib.util.spec_from_file_location(f"limits_{abs(hash(relative))}", ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def limits(model: Any) -> dict[str, dict[str, Any]]:
+    """`{"title": {"min_length": 3, "max_length": 200}, "price": {"gt": 0, "le": 1000000000}, ...}`."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, info in model.model_fields.items():
+        for item in info.metadata:
+            for bound in ("min_length", "max_length", "gt", "ge", "le", "pattern"):
+                if getattr(item, bound, None) is not None:
+                    found.setdefault(name, {})[bound] = getattr(item, bound)
+    return found
+
+
+PROPERTY_LIMITS = limits(request_model("api/properties/[id].py", "PropertyChanges"))
+PROFILE_LIMITS = limits(request_model("api/profile.py", "ProfileChanges"))
+
+
+def edges(limited: dict[str, dict[str, Any]]) -> list[Any]:
+    """For each column, a value at each bound the API allows (True) and one just past it (False)."""
+    cases = []
+    for column, bounds in sorted(limited.items()):
+        if "max_length" in bounds:
+            cases += [(column, "é" * bounds["max_length"], True, "max"), (column, "é" * (bounds["max_length"] + 1), False, "max+1")]
+        if bounds.get("min_length", 0) > 1:
+            cases += [(column, "é" * bounds["min_length"], True, "min"), (column, "é" * (bounds["min_length"] - 1), False, "min-1")]
+        if "le" in bounds:
+            cases += [(column, bounds["le"], True, "max"), (column, bounds["le"] + 1, False, "max+1")]
+    return [pytest.param(column, value, allowed, id=f"{column}-{label}") for column, value, allowed, label in cases]
+
+
+@pytest.mark.parametrize("column, value, allowed", edges(PROPERTY_LIMITS))
+def test_a_property_column_takes_exactly_what_the_api_accepts(as_user, admin, column, value, allowed):
+    if allowed:
+        with as_user(AWA) as conn:
+            assert conn.execute(f"update properties set {column} = %s where id = %s", (value, VILLA_789)).rowcount == 1
+        assert admin.execute(f"select {column} from properties where id = %s", (VILLA_789,)).fetchone()[0] == value
+    else:
+        with pytest.raises(errors.CheckViolation), as_user(AWA) as conn:
+            conn.execute(f"update properties set {column} = %s where id = %s", (value, VILLA_789))
+
+
+def test_every_limited_property_field_is_covered():
+    assert {"title", "description", "city", "district", "price", "bedrooms"} <= set(PROPERTY_LIMITS)
+
+
+@pytest.mark.parametrize("column, value, allowed", edges(PROFILE_LIMITS) + [
+    ("phone", "+221 77 123 45 67", True),
+    ("phone", "221771234567", True),  # as GoTrue stores a phone sign-up's number
+    ("phone", "appelez-moi", False),
+    ("phone", "+" + "7" * 21, False),
+    ("phone", "77 12", False),
+])
+def test_a_profile_column_takes_exactly_what_the_api_accepts(as_user, admin, column, value, allowed):
+    if allowed:
+        with as_user(FATOU) as conn:
+            assert conn.execute(f"update profiles set {column} = %s where id = %s", (value, FATOU)).rowcount == 1
+    else:
+        with pytest.raises(errors.CheckViolation), as_user(FATOU) as conn:
+            conn.execute(f"update profiles set {column} = %s where id = %s", (value, FATOU))
+
+
+def test_the_database_phone_pattern_is_the_apis():
+    migration = (ROOT / "supabase" / "migrations" / "20261202000010_hardening.sql").read_text()
+    assert f"phone ~ '{PROFILE_LIMITS['phone']['pattern']}'" in migration
+
+
+@pytest.mark.parametrize("column, value", [("title", "é" * 201), ("body", "é" * 1001), ("kind", ""), ("kind", "k" * 41)])
+def test_notification_texts_are_bounded_whoever_writes_them(admin, column, value):
+    with pytest.raises(errors.CheckViolation):
+        admin.execute(f"update notifications set {column} = %s where user_id = %s", (value, MOUSSA))
+
+
+@pytest.mark.parametrize("metadata, name, phone", [
+    ({"full_name": "é" * 2040, "phone": "+221 77 000 00 00"}, "é" * 120, "+221 77 000 00 00"),  # cut, not refused
+    ({"full_name": "A", "phone": "appelez-moi"}, None, None),  # too short, not a number: left empty
+    ({"full_name": "  Aminata Ba  "}, "Aminata Ba", None),
+])
+def test_signing_up_keeps_the_profile_within_the_limits_rather_than_failing(admin, metadata, name, phone):
+    user_id = admin.execute(
+        "insert into auth.users (email, raw_user_meta_data) values ('aminata@example.sn', %s) returning id",
+        (json.dumps(metadata),),
+    ).fetchone()[0]
+    assert admin.execute("select full_name, phone from profiles where id = %s", (user_id,)).fetchone() == (name, phone)
+
+
+def test_a_confirmed_payment_notifies_within_the_limits_with_the_longest_names(admin, as_service, periods):
+    # The longest name and title the API accepts, copied into both notifications by confirm_payment.
+    admin.execute("update profiles set full_name = %s where id = %s", ("é" * 120, MOUSSA))
+    admin.execute("update properties set title = %s where id = 123", ("é" * 200,))
+    admin.execute("insert into rental_payments (lease_id, period, amount, provider_token) values (123, %s, 50000, 'tok-long')",
+                  (periods.current,))
+    with as_service() as conn:
+        result = conn.execute("select confirm_payment('tok-long', 'completed', 50000)").fetchone()[0]
+    assert result["changed"] is True
+    bodies = admin.execute("select body from notifications where data ->> 'period' = %s", (periods.current,)).fetchall()
+    assert len(bodies) == 2 and all(len(body) <= 1000 for (body,) in bodies)
 
 
 # -- triggers -------------------------------------------------------------------------------
