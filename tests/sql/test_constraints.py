@@ -74,6 +74,8 @@ def test_the_payment_fence_is_per_lease_and_per_month(admin):
     insert_payment(admin, "2030-01", "pending")
     insert_payment(admin, "2030-02", "pending")  # another month
     insert_payment(admin, "2030-01", "pending", lease_id=900)  # another lease
+    pending = admin.execute("select lease_id, period from rental_payments where status = 'pending' order by 1, 2").fetchall()
+    assert pending == [(LEASE_123, "2030-01"), (LEASE_123, "2030-02"), (900, "2030-01")]
 
 
 @pytest.mark.parametrize("period", ["2030-13", "2030-00", "30-01", "2030-1", "2030-01-01", "2030/01", ""])
@@ -150,7 +152,9 @@ def test_a_cancelled_visit_frees_its_slot(admin):
     slot = new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
     first = insert_visit(admin, slot, FATOU)
     admin.execute("update visits set status = 'cancelled' where id = %s", (first,))
-    insert_visit(admin, slot, MOUSSA)
+    second = insert_visit(admin, slot, MOUSSA)
+    rows = admin.execute("select id, visitor_id::text, status from visits where slot_id = %s order by id", (slot,)).fetchall()
+    assert rows == [(first, FATOU, "cancelled"), (second, MOUSSA, "booked")]  # the history stays
 
 
 @pytest.mark.parametrize(
@@ -169,6 +173,8 @@ def test_booked_visits_of_one_property_may_not_overlap(admin, other_slot, allowe
     insert_visit(admin, booked, FATOU)
     if allowed:
         insert_visit(admin, other, MOUSSA)
+        both = admin.execute("select count(*) from visits where status = 'booked' and slot_id in (%s, %s)", (booked, other))
+        assert both.fetchone()[0] == 2
     else:
         with pytest.raises(errors.ExclusionViolation):
             insert_visit(admin, other, MOUSSA)
@@ -177,15 +183,18 @@ def test_booked_visits_of_one_property_may_not_overlap(admin, other_slot, allowe
 def test_overlapping_visits_of_different_properties_are_fine(admin):
     here = new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
     there = new_slot(admin, MERMOZ_102, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
-    insert_visit(admin, here, FATOU)
-    insert_visit(admin, there, FATOU)
+    visits = [insert_visit(admin, here, FATOU), insert_visit(admin, there, FATOU)]
+    rows = admin.execute("select property_id, status from visits where id = any(%s) order by property_id", (visits,)).fetchall()
+    assert rows == [(MERMOZ_102, "booked"), (VILLA_789, "booked")]
 
 
 def test_an_overlapping_cancelled_visit_does_not_count(admin):
     booked = new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
     other = new_slot(admin, VILLA_789, "2030-01-01 10:30Z", "2030-01-01 11:30Z")
-    insert_visit(admin, booked, FATOU, status="cancelled")
-    insert_visit(admin, other, MOUSSA)
+    cancelled = insert_visit(admin, booked, FATOU, status="cancelled")
+    taken = insert_visit(admin, other, MOUSSA)
+    rows = admin.execute("select id, status from visits where id in (%s, %s) order by id", (cancelled, taken)).fetchall()
+    assert rows == [(cancelled, "cancelled"), (taken, "booked")]
 
 
 def test_a_visit_belongs_to_its_slots_property(admin):
