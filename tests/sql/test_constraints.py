@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from devstack.postgres import apply_schema, schema_files
 from tests.sql.demo import AWA, FATOU, LEASE_123, MERMOZ_102, MOUSSA, VILLA_789
 from tests.sql.helpers import race
 
@@ -313,6 +315,31 @@ def test_a_profile_column_takes_exactly_what_the_api_accepts(as_user, admin, col
     else:
         with pytest.raises(errors.CheckViolation), as_user(FATOU) as conn:
             conn.execute(f"update profiles set {column} = %s where id = %s", (value, FATOU))
+
+
+def test_the_migration_applies_over_rows_that_break_a_limit_and_still_checks_new_writes(pg_cluster, pg_connect):
+    # A deployed database where the web app already wrote past the API's limits.
+    hardening = ROOT / "supabase" / "migrations" / "20261202000010_hardening.sql"
+    name = f"test_legacy_{uuid.uuid4().hex[:8]}"
+    dsn = pg_cluster.create_database(name)
+    try:
+        apply_schema(dsn, files=[path for path in schema_files() if path != hardening])
+        admin = pg_connect(dsn)
+        admin.execute("update profiles set full_name = %s where id = %s", ("é" * 2040, MOUSSA))
+        admin.execute("update properties set price = 2000000000 where id = 789")  # 2 billion XOF
+
+        apply_schema(dsn, files=[hardening])
+
+        validated = dict(admin.execute("select conname, convalidated from pg_constraint where conname in"
+                                       " ('profiles_full_name_length', 'properties_price_range', 'properties_title_length')"))
+        assert validated == {"profiles_full_name_length": False, "properties_price_range": False,
+                             "properties_title_length": True}
+        with pytest.raises(errors.CheckViolation):
+            admin.execute("update profiles set full_name = %s where id = %s", ("é" * 121, FATOU))
+        admin.execute("update profiles set full_name = 'Moussa Diop' where id = %s", (MOUSSA,))  # the fix an operator runs
+        admin.execute("alter table profiles validate constraint profiles_full_name_length")
+    finally:
+        pg_cluster.drop_database(name)
 
 
 def test_the_database_phone_pattern_is_the_apis():
