@@ -33,6 +33,7 @@ from schemathesis.specs.openapi.checks import (
 
 from devstack.__main__ import METRICS_TOKEN
 from tests.integration.test_contract import AWA, MOUSSA, SPEC, Database, conform, undo
+from tests.support import show
 
 EXAMPLES = 25  # random examples per operation and identity, beside the explicit and coverage cases
 SEED = 20261126
@@ -43,8 +44,17 @@ WRITES = ("POST", "PATCH")
 # vercel dev bundles into every function.
 set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "dousell-hypothesis"))
 
-# Filled as the fuzzer runs; printed at the end (pytest -s): requests per operation and status.
+# Filled as the fuzzer runs; printed after the module by `tally`: requests per operation and status.
 TALLY: Counter = Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tally(request) -> Iterator[None]:
+    """What the fuzzer sent, whatever order the tests ran in (nothing when none ran)."""
+    TALLY.clear()
+    yield
+    if TALLY:
+        show(request, tally_table(TALLY))
 
 
 @pytest.fixture(scope="module")
@@ -168,16 +178,15 @@ def fuzz(case, identity: str, stack, database: Database) -> None:
     assert database.digests() == after, f"a request sent by schemathesis' checks wrote:{repro}"
 
 
-def test_zz_print_the_tally():
-    """What the fuzzer sent (pytest -s shows it)."""
-    if not TALLY:
-        pytest.skip("the fuzzer did not run")
+def tally_table(tally: Counter) -> list[str]:
+    """Requests per operation and status, as printed after the module."""
     by_operation: dict[tuple[str, str], Counter] = {}
-    for (method, path, _identity, status), n in TALLY.items():
+    for (method, path, _identity, status), n in tally.items():
         by_operation.setdefault((method, path), Counter())[status] += n
     lines = [f"{'operation':<32} {'requests':>8}  statuses"]
     for (method, path), statuses in sorted(by_operation.items(), key=lambda item: item[0][1]):
         spread = " ".join(f"{status}×{n}" for status, n in sorted(statuses.items()))
         lines.append(f"{method + ' ' + path:<32} {sum(statuses.values()):>8}  {spread}")
-    lines.append(f"{'total':<32} {sum(TALLY.values()):>8}")
-    print("\n" + "\n".join(lines))
+    lines.append(f"{'total':<32} {sum(tally.values()):>8}")
+    return lines
+
