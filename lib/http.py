@@ -110,6 +110,8 @@ class Endpoint(BaseHTTPRequestHandler):
             err.status = code if 400 <= code < 500 else 400
         payload = _encode(err.to_body())
         self.close_connection = True
+        # Logged before sending, as in _dispatch: the line exists once the client has its answer.
+        _log({"level": "info", "method": self.command, "status": err.status, "code": err.code})
         try:
             self.send_response(err.status)
             for name, value in {**err.headers, "Content-Type": "application/json; charset=utf-8",
@@ -122,7 +124,6 @@ class Endpoint(BaseHTTPRequestHandler):
                 self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        _log({"level": "info", "method": self.command, "status": err.status, "code": err.code})
 
     def _dispatch(self, method: str) -> None:
         ctx = context.begin()
