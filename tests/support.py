@@ -44,8 +44,10 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
 def show(request: pytest.FixtureRequest, lines: list[str]) -> None:
     """Print `lines` on the terminal past pytest's capture (a fixture's teardown: a table of what ran)."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or not lines:
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not lines:
         return
-    reporter.ensure_newline()
-    for line in lines:
-        reporter.write_line(line)
+    with capture.global_and_fixture_disabled():  # fd 1 is redirected while a fixture runs
+        reporter.write("\n")  # off the line of progress dots
+        for line in lines:
+            reporter.write_line(line)
