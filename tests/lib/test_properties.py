@@ -64,7 +64,7 @@ def configured(monkeypatch, standin: supabase.SupabaseStandIn, upstash_url: str,
 def reset() -> None:
     db.set_http_client(None)
     upstash.set_client(None)
-    cache.breaker.reset()
+    upstash.breaker.reset()
     cache._pending_tags.clear()
 
 
