@@ -1,7 +1,7 @@
 """The invalidation outbox: the API's writes carry a change id, and the drain claims, applies and deletes.
 
 The database records every change to a row the API shows in `private.invalidation_outbox`,
-in the change's own transaction (supabase/migrations/20261128000001). Draining it:
+in the change's own transaction (supabase/migrations/20261202000020). Draining it:
 
     claim_invalidations RPC       the oldest unclaimed rows, held 30 s (service role)
     tags of each row              keys.change_tags(table, old_record, record, owner_ids)

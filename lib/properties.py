@@ -11,7 +11,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-from lib import cache, db, keys, outbox
+from lib import cache, config, db, keys, outbox
 from lib.errors import Forbidden, InvalidFilter, NotFound, ValidationFailed
 
 COLUMNS = "id,owner_id,title,description,city,district,type,price,currency,bedrooms,status,created_at,updated_at"
@@ -51,6 +51,16 @@ def canonical_city(city: str, *, field: str = "city", error: type[ValidationFail
     if known:
         return known
     return "-".join(" ".join(w[:1].upper() + w[1:].lower() for w in part.split(" ")) for part in text.split("-"))
+
+
+def listed_under(stored: str | None) -> str | None:
+    """The city whose list (`?city=`) can show a row stored with this city, or None for a spelling no
+    query can name. Never raises: rows come from anyone (the web app writes `St. Louis`; `?city=`
+    refuses the dot, so no list matches it), and invalidating must not depend on them being tidy."""
+    try:
+        return canonical_city(stored) if stored else None
+    except InvalidFilter:
+        return None
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -110,9 +120,7 @@ def search(filters: dict[str, Any]) -> dict[str, Any]:
         query = matching(COLUMNS).order("created_at", desc=True).order("id", desc=True)
         try:
             response = db.run(query.range(start, start + per_page - 1).execute)
-        except db.DatabaseError as exc:
-            if exc.code != "PGRST103":  # PostgREST answers 416 for a page past the end
-                raise
+        except db.PageOutOfRange:  # past the end: an empty page, with the count asked for separately
             return {"results": [], "total": db.run(matching("id").limit(1).execute).count or 0}
         return {"results": response.data, "total": response.count or 0}
 
@@ -124,7 +132,12 @@ def search(filters: dict[str, Any]) -> dict[str, Any]:
 
 
 def update(user: Any, property_id: int, changes: dict[str, Any]) -> dict[str, Any]:
-    """Apply `changes` as the owner, then invalidate every key that can show the property."""
+    """Apply `changes` as the owner, then invalidate every key that can show the property.
+
+    Whatever can refuse the request does so before the write: once the row is changed the answer
+    is the changed row, never an error (the owner would retry a change that was made).
+    """
+    config.upstash()  # no cache configured is a 500 before the write, not after it
     client = db.as_user(user.token)
     rows = db.run(lambda: client.from_("properties").select(COLUMNS).eq("id", property_id).limit(1).execute()).data
     if not rows:

@@ -1,4 +1,4 @@
-"""The invalidation outbox and the database webhook (supabase/migrations/2026112800000{1,2}): every change to a
+"""The invalidation outbox and the database webhook (supabase/migrations/202612020000{20,21}): every change to a
 row the API shows is recorded in its own transaction, whoever made it; clients cannot reach it; the drain's
 RPCs claim, release and delete; the webhook is queued through net.http_post with Supabase's payload."""
 
