@@ -12,9 +12,13 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from email.message import Message
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lib.errors import MalformedJSON, NotFound, ValidationFailed
+
+if TYPE_CHECKING:
+    from lib.auth import User
 
 M = TypeVar("M")
 
@@ -73,7 +77,7 @@ class Request:
     method: str
     path: str
     query: dict[str, str]
-    headers: Any  # email.message.Message: case-insensitive get()
+    headers: Message  # http.server's headers: case-insensitive get()
     path_param: str | None
     body: bytes
     repeated: list[str] = field(default_factory=list)
@@ -145,7 +149,7 @@ class Request:
                 raise error(details=field_errors(exc)) from exc
             raise
 
-    def user(self):
+    def user(self) -> User:
         """The signed-in user (401 without a valid Supabase token)."""
         from lib.auth import authenticate  # only signed-in endpoints pay for JWT imports
 

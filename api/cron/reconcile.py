@@ -1,6 +1,6 @@
 """GET /api/cron/reconcile: Vercel Cron, every minute (`crons` in vercel.json); each job catches up on what was missed."""
 
-from lib import outbox, platform
+from lib import bearer, outbox, platform
 from lib.http import Endpoint
 
 JOBS: list[platform.Job] = [
@@ -10,6 +10,6 @@ JOBS: list[platform.Job] = [
 
 class handler(Endpoint):
     def get(self, req):
-        platform.require_secret(req.header("Authorization"), "CRON_SECRET", "cron")
+        bearer.require_secret(req.header("Authorization"), "CRON_SECRET", "cron")
         req.refuse_unknown_query(set())
         return platform.run_jobs(JOBS)
