@@ -32,10 +32,6 @@ def begin() -> RequestContext:
     return ctx
 
 
-def current() -> RequestContext | None:
-    return _current.get()
-
-
 def set_cache_status(status: str) -> None:
     """Record HIT | MISS | STALE | BYPASS for the `X-Cache` header and the request log."""
     ctx = _current.get()
