@@ -13,14 +13,14 @@ class Changes(BaseModel):
 
     @field_validator("*", mode="after")
     @classmethod
-    def printable(cls, value):
+    def printable(cls, value: object) -> object:
         # Postgres refuses NUL in text (22P05); other control characters have no place in a name.
         if isinstance(value, str) and any(ord(c) < 32 and c not in "\n\t" for c in value):
             raise PydanticCustomError("control_characters", "control characters are not allowed")
         return value
 
     @model_validator(mode="after")
-    def something_to_change(self):
+    def something_to_change(self) -> Changes:
         if not self.model_fields_set:
             raise PydanticCustomError("nothing_to_change", "nothing to change")
         return self

@@ -7,6 +7,7 @@ from pydantic_core import PydanticCustomError
 
 from lib import bearer, keys, outbox
 from lib.http import Endpoint
+from lib.request import Request
 
 Table = Literal[keys.TABLES]  # type: ignore[valid-type]
 
@@ -32,7 +33,7 @@ class DatabaseChange(BaseModel):
 
 
 class handler(Endpoint):
-    def post(self, req):
+    def post(self, req: Request) -> dict[str, Any]:
         bearer.require_secret(req.header("Authorization"), "DATABASE_WEBHOOK_SECRET", "database-webhook")
         change = req.body_as(DatabaseChange)
         return outbox.on_database_change(change.model_dump(by_alias=True))
