@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from lib.request import MAX_ID
+
+# An id in a JSON body: a JSON integer (strict: not "5", not 5.0) that PostgreSQL's bigint holds.
+Id = Annotated[int, Field(gt=0, le=MAX_ID, strict=True)]
 
 
 class Changes(BaseModel):

@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 
 M = TypeVar("M")
 
+# An id in a path or a query string: a positive integer of at most 18 digits (openapi.json), so
+# always within PostgreSQL's bigint. An id in a JSON body may be any positive bigint: MAX_ID
+# (lib/models.Id).
+ID_DIGITS = 18
+MAX_ID = 2**63 - 1
+
 # French messages for pydantic's error types; the type itself is kept as the detail's code.
 _FIELD_MESSAGES = {
     "missing": "Champ obligatoire.",
@@ -88,10 +94,10 @@ class Request:
 
     def path_id(self) -> int:
         """The `[id]` segment as a positive integer; anything else is a 404, not a crash."""
-        raw = self.path_param or ""
-        if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) <= 0:
+        found = _positive_id(self.path_param or "")
+        if found is None:
             raise NotFound()
-        return int(raw)
+        return found
 
     def json(self) -> Any:
         """The body as JSON (400 `malformed_json` otherwise, also for what Python reads but JSON is not)."""
@@ -126,11 +132,11 @@ class Request:
 
     def query_id(self, name: str, error: type[ValidationFailed] = ValidationFailed) -> int:
         """A required query parameter holding an id (a positive integer), or a 422 naming it."""
-        raw = self.query.get(name, "")
-        if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= 18 and int(raw) > 0):
+        found = _positive_id(self.query.get(name, ""))
+        if found is None:
             raise error(details=[{"field": name, "code": "int_parsing",
                                   "message": "Identifiant attendu (nombre entier positif)."}])
-        return int(raw)
+        return found
 
     def query_as(self, model: Callable[..., M], error: type[ValidationFailed] = ValidationFailed) -> M:
         """The query string validated by a pydantic model; a repeated parameter is refused."""
@@ -154,6 +160,13 @@ class Request:
         from lib.auth import authenticate  # only signed-in endpoints pay for JWT imports
 
         return authenticate(self.header("Authorization"))
+
+
+def _positive_id(raw: str) -> int | None:
+    """`raw` as an id of a path or query (ASCII digits only: `²` passes str.isdigit()), or None."""
+    if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= ID_DIGITS):
+        return None
+    return int(raw) or None
 
 
 def _refuse_number(name: str) -> Any:
