@@ -32,6 +32,11 @@ def begin() -> RequestContext:
     return ctx
 
 
+def current() -> RequestContext | None:
+    """This request's context (None outside a request); bench/ reads the cache status from it."""
+    return _current.get()
+
+
 def set_cache_status(status: str) -> None:
     """Record HIT | MISS | STALE | BYPASS for the `X-Cache` header and the request log."""
     ctx = _current.get()
