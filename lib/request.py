@@ -10,17 +10,19 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 from lib.errors import MalformedJSON, NotFound, ValidationFailed
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pydantic is imported by the endpoints that take a body, never on the hot path
+    from pydantic import BaseModel
+    from pydantic_core import ValidationError
+
     from lib.auth import User
 
-M = TypeVar("M")
+M = TypeVar("M", bound="BaseModel")
 
 # An id in a path or a query string: a positive integer of at most 18 digits (openapi.json), so
 # always within PostgreSQL's bigint. An id in a JSON body may be any positive bigint: MAX_ID
@@ -60,17 +62,17 @@ _FIELD_MESSAGES = {
 }
 
 
-def field_errors(exc: Exception) -> list[dict[str, Any]]:
+def field_errors(exc: ValidationError) -> list[dict[str, Any]]:
     """One `{"field", "code", "message"}` per problem of a pydantic ValidationError."""
     details = []
-    for err in exc.errors(include_url=False, include_input=False):  # type: ignore[attr-defined]
+    for err in exc.errors(include_url=False, include_input=False):
         loc = ".".join(str(part) for part in err.get("loc", ()) if part != "__root__") or "body"
         kind = err.get("type", "value_error")
         details.append({"field": loc, "code": kind, "message": _FIELD_MESSAGES.get(kind, "Valeur invalide.")})
     return details
 
 
-def is_validation_error(exc: BaseException) -> bool:
+def is_validation_error(exc: BaseException) -> TypeGuard[ValidationError]:
     # Checked by module so the hot path never imports pydantic just to catch its error.
     pydantic_core = sys.modules.get("pydantic_core")
     return pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError)
@@ -114,7 +116,7 @@ class Request:
             raise MalformedJSON() from exc
         return data
 
-    def body_as(self, model: Callable[..., M]) -> M:
+    def body_as(self, model: type[M]) -> M:
         """The JSON body validated by a pydantic model (422 with each bad field otherwise)."""
         data = self.json()
         if not isinstance(data, dict):
@@ -138,7 +140,7 @@ class Request:
                                   "message": "Identifiant attendu (nombre entier positif)."}])
         return found
 
-    def query_as(self, model: Callable[..., M], error: type[ValidationFailed] = ValidationFailed) -> M:
+    def query_as(self, model: type[M], error: type[ValidationFailed] = ValidationFailed) -> M:
         """The query string validated by a pydantic model; a repeated parameter is refused."""
         if self.repeated:
             raise error(details=[
@@ -147,9 +149,9 @@ class Request:
         return self._validate(model, self.query, error)
 
     @staticmethod
-    def _validate(model: Callable[..., M], data: dict, error: type[ValidationFailed]) -> M:
+    def _validate(model: type[M], data: dict[str, Any], error: type[ValidationFailed]) -> M:
         try:
-            return model.model_validate(data)  # type: ignore[attr-defined]
+            return model.model_validate(data)
         except Exception as exc:
             if is_validation_error(exc):
                 raise error(details=field_errors(exc)) from exc
