@@ -267,6 +267,14 @@ def test_no_key_name_or_tag_is_built_outside_lib_keys(path: str) -> None:
     assert hand_made_keys(path, tree(path), key_heads()) == [], f"{path}: add the name to lib/keys.py and call it"
 
 
+# == tests mirror modules ======================================================================
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_lib_module_has_its_own_test_module(module: str) -> None:
+    assert (ROOT / "tests" / "lib" / f"test_{module}.py").exists(), f"tests/lib/test_{module}.py is missing"
+
+
 # == the docs name what exists =================================================================
 
 
