@@ -15,16 +15,17 @@ from lib.errors import AuthenticationRequired, InvalidToken
 
 
 def token(authorization: str | None) -> str:
-    """The token of `Bearer <token>`, as RFC 6750 §2.1 spells it (`"Bearer" 1*SP b64token`): the scheme
-    in any case, one or more spaces, one token; spaces around the whole value are ignored.
+    """The token of exactly `Bearer <token>`: one space, one token, as Supabase's own auth server reads
+    it (GoTrue: `^(?:B|b)earer (\\S+$)`); the scheme's case is free (RFC 7235 §2.1), and spaces around
+    the whole value are ignored.
 
     `AuthenticationRequired` without a header or with a blank one; `InvalidToken` (reason
-    `malformed_header`) for another scheme, no token, or a second word smuggled behind the token.
+    `malformed_header`) for another scheme, no token, a second space before the token or a
+    second word smuggled behind it.
     """
     if authorization is None or not authorization.strip():
         raise AuthenticationRequired()
-    scheme, _, rest = authorization.strip().partition(" ")
-    value = rest.lstrip(" ")
+    scheme, _, value = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not value or any(c.isspace() for c in value):
         raise InvalidToken(reason="malformed_header")
     return value

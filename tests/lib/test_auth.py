@@ -227,7 +227,9 @@ REFUSED = [
     pytest.param(lambda: "Bearer", None, "malformed_header", id="bearer-alone"),
     # Two words where one token belongs.
     pytest.param(lambda: "Bearer a b", None, "malformed_header", id="bearer-two-words"),
-    # A token behind a tab: RFC 6750 separates scheme and token with spaces only.
+    # A valid token behind two spaces: not exactly `Bearer <token>` (GoTrue refuses it too).
+    pytest.param(lambda: f"Bearer  {mint()}", None, "malformed_header", id="bearer-double-space"),
+    # A token behind a tab.
     pytest.param(lambda: f"Bearer\t{mint()}", None, "malformed_header", id="bearer-tab"),
     # Not a JWT at all.
     pytest.param(lambda: "Bearer garbage", None, "malformed_token", id="garbage"),
