@@ -267,6 +267,46 @@ def test_no_key_name_or_tag_is_built_outside_lib_keys(path: str) -> None:
     assert hand_made_keys(path, tree(path), key_heads()) == [], f"{path}: add the name to lib/keys.py and call it"
 
 
+# == a broad except re-raises or logs, never swallows ==========================================
+
+
+BROAD = {"Exception", "BaseException"}
+LOGGED = {"exception", "error", "warning", "_log_exception"}  # log.exception(...), self._log_exception(...)
+
+
+def swallowing_handlers(module: ast.Module) -> list[str]:
+    """`except:` / `except Exception` / `except BaseException` whose body neither raises nor logs."""
+    found = []
+    for node in ast.walk(module):
+        if not isinstance(node, ast.ExceptHandler):
+            continue
+        caught = [] if node.type is None else [node.type] if not isinstance(node.type, ast.Tuple) else node.type.elts
+        if node.type is not None and not any(isinstance(c, ast.Name) and c.id in BROAD for c in caught):
+            continue
+        inner = [n for stmt in node.body for n in ast.walk(stmt)]
+        if not any(isinstance(n, ast.Raise) or isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                   and n.func.attr in LOGGED for n in inner):
+            found.append(f"line {node.lineno}")
+    return found
+
+
+def test_the_except_reader_tells_a_swallow_from_a_reraise_and_a_log() -> None:
+    source = ("try:\n    f()\nexcept Exception:\n    pass\n"
+              "try:\n    f()\nexcept (ValueError, BaseException):\n    x = 1\n"
+              "try:\n    f()\nexcept Exception:\n    cleanup()\n    raise\n"
+              "try:\n    f()\nexcept Exception:\n    log.exception('bug')\n"
+              "try:\n    f()\nexcept ValueError:\n    pass\n")
+    assert swallowing_handlers(ast.parse(source)) == ["line 3", "line 7"]
+
+
+@pytest.mark.parametrize("path", cases([lib(m) for m in MODULES] + HANDLERS, {
+    "lib/payments.py": pending("no swallowed exception", "lib/payments.py",
+                               "_dakar_tz catches every Exception where it means ZoneInfoNotFoundError; issue 13"),
+}))
+def test_a_broad_except_reraises_or_logs(path: str) -> None:
+    assert swallowing_handlers(tree(path)) == [], f"{path}: catch what you mean, or log it and re-raise"
+
+
 # == tests mirror modules ======================================================================
 
 
