@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_upstash_prefers_its_own_names_then_falls_back_to_vercel_kv(monkeypatch)
     (config.paydunya, {"PAYDUNYA_MASTER_KEY": "m", "PAYDUNYA_TOKEN": "t"}, "PAYDUNYA_PRIVATE_KEY"),
     (config.paydunya, {"PAYDUNYA_MASTER_KEY": "m", "PAYDUNYA_PRIVATE_KEY": "p"}, "PAYDUNYA_TOKEN"),
     (config.public_base_url, {}, "PUBLIC_BASE_URL"),
-    (config.metrics_token, {"METRICS_TOKEN": "   "}, "METRICS_TOKEN"),  # blank counts as unset
+    (partial(config.require, "METRICS_TOKEN"), {"METRICS_TOKEN": "   "}, "METRICS_TOKEN"),  # blank counts as unset
 ])
 def test_a_missing_variable_is_named_in_the_error(monkeypatch, accessor, env, missing):
     for name, value in env.items():
