@@ -131,14 +131,16 @@ def test_the_jwt_issuer_without_supabase_url_names_the_missing_variable():
     assert raised.value.variable == "SUPABASE_URL"
 
 
-def test_env_example_lists_every_variable_lib_reads():
+def test_env_example_lists_every_variable_lib_and_the_handlers_read():
     # Platform-set variables (VERCEL, VERCEL_ENV, VERCEL_URL...) are not the operator's to write.
+    # The shared secrets are named by their handlers: `bearer.require_secret(header, "CRON_SECRET", ...)`.
     read = set()
-    for path in (ROOT / "lib").glob("*.py"):
+    for path in [*(ROOT / "lib").glob("*.py"), *(ROOT / "api").rglob("*.py")]:
         read |= set(re.findall(r"(?:_get|require|environ\.get|ConfigurationError)\(\s*\"([A-Z][A-Z0-9_]+)\"", path.read_text()))
+        read |= set(re.findall(r"require_secret\([^,]+,\s*\"([A-Z][A-Z0-9_]+)\"", path.read_text()))
     listed = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
     operator_set = {name for name in read if not name.startswith("VERCEL")}
-    assert "SUPABASE_JWT_ISSUER" in operator_set and "METRICS_TOKEN" in operator_set
+    assert {"SUPABASE_JWT_ISSUER", "METRICS_TOKEN", "CRON_SECRET", "DATABASE_WEBHOOK_SECRET"} <= operator_set
     assert operator_set - listed == set()
 
 
