@@ -1,13 +1,16 @@
 """GET /api/metrics?window=last_hour|last_24h: the seed's KPIs, for `Authorization: Bearer $METRICS_TOKEN`."""
 
-from lib import metrics_report
+from typing import Any
+
+from lib import bearer, metrics_report
 from lib.errors import InvalidFilter
 from lib.http import Endpoint
+from lib.request import Request
 
 
 class handler(Endpoint):
-    def get(self, req):
-        metrics_report.authorize(req.header("Authorization"))
+    def get(self, req: Request) -> dict[str, Any]:
+        bearer.require_secret(req.header("Authorization"), "METRICS_TOKEN", "metrics", label="Jeton de métriques")
         req.refuse_unknown_query({"window"}, InvalidFilter)
         window = req.query.get("window", "last_hour")
         if window not in metrics_report.WINDOWS:

@@ -6,14 +6,16 @@ document is small, rarely fetched, and a deploy that changes the contract must s
 
 import json
 from pathlib import Path
+from typing import Any
 
 from lib.http import Endpoint
+from lib.request import Request
 
 DOCUMENT = Path(__file__).resolve().parent.parent / "openapi.json"
-_document = None
+_document: dict[str, Any] | None = None
 
 
-def document() -> dict:
+def document() -> dict[str, Any]:
     global _document
     if _document is None:
         _document = json.loads(DOCUMENT.read_text(encoding="utf-8"))
@@ -21,5 +23,5 @@ def document() -> dict:
 
 
 class handler(Endpoint):
-    def get(self, req):
+    def get(self, req: Request) -> dict[str, Any]:
         return document()

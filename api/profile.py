@@ -1,10 +1,13 @@
 """GET /api/profile (cached 1 h) and PATCH /api/profile: the signed-in user's own profile."""
 
+from typing import Any
+
 from pydantic import Field
 
 from lib import account
 from lib.http import Endpoint
 from lib.models import Changes
+from lib.request import Request
 
 
 class ProfileChanges(Changes):
@@ -13,10 +16,10 @@ class ProfileChanges(Changes):
 
 
 class handler(Endpoint):
-    def get(self, req):
+    def get(self, req: Request) -> dict[str, Any]:
         return {"profile": account.profile(req.user())}
 
-    def patch(self, req):
+    def patch(self, req: Request) -> dict[str, Any]:
         user = req.user()
         changes = req.body_as(ProfileChanges).model_dump(exclude_unset=True)
         return {"profile": account.update_profile(user, changes)}

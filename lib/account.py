@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from lib import cache, db, keys, outbox
+from lib.auth import User
 from lib.errors import Forbidden, NotFound
 
 PROFILE_COLUMNS = "id,email,full_name,phone,role,created_at,updated_at"
@@ -16,20 +17,20 @@ NOTIFICATION_COLUMNS = "id,kind,title,body,data,read_at,created_at"
 NOTIFICATIONS_SHOWN = 50
 
 
-def _own_profile(user: Any) -> dict[str, Any] | None:
+def _own_profile(user: User) -> dict[str, Any] | None:
     client = db.as_user(user.token)
     rows = db.run(lambda: client.from_("profiles").select(PROFILE_COLUMNS).eq("id", user.id).limit(1).execute()).data
     return rows[0] if rows else None
 
 
-def profile(user: Any) -> dict[str, Any]:
+def profile(user: User) -> dict[str, Any]:
     found = cache.fetch(keys.profile(user.id), lambda: _own_profile(user))
     if found is None:
         raise NotFound("Profil introuvable.")
     return found
 
 
-def update_profile(user: Any, changes: dict[str, Any]) -> dict[str, Any]:
+def update_profile(user: User, changes: dict[str, Any]) -> dict[str, Any]:
     client = db.as_user(user.token)
     writes = outbox.Writes()
     rows = db.run(lambda: writes.stamp(client.from_("profiles").update(changes).eq("id", user.id)).execute()).data
@@ -39,7 +40,7 @@ def update_profile(user: Any, changes: dict[str, Any]) -> dict[str, Any]:
     return {name: rows[0].get(name) for name in PROFILE_COLUMNS.split(",")}
 
 
-def notifications(user: Any) -> list[dict[str, Any]]:
+def notifications(user: User) -> list[dict[str, Any]]:
     def load() -> list[dict[str, Any]]:
         client = db.as_user(user.token)
         return db.run(lambda: client.from_("notifications").select(NOTIFICATION_COLUMNS).eq("user_id", user.id)
@@ -48,7 +49,7 @@ def notifications(user: Any) -> list[dict[str, Any]]:
     return cache.fetch(keys.notifications(user.id), load)
 
 
-def dashboard(user: Any) -> dict[str, Any]:
+def dashboard(user: User) -> dict[str, Any]:
     """The owner's figures (403 for a user who is not an owner)."""
     def load() -> dict[str, Any] | None:
         found = _own_profile(user)

@@ -8,8 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lib import config
-from lib.errors import AuthenticationRequired, InvalidToken, ServiceUnavailable
+from lib import bearer, config
+from lib.errors import InvalidToken, ServiceUnavailable
 
 if TYPE_CHECKING:
     import httpx
@@ -58,7 +58,7 @@ def authenticate(authorization: str | None) -> User:
     `reason` attribute and the PyJWT error as `__cause__`) for anything but a valid user
     token, and `ServiceUnavailable` when the JWKS is needed but cannot be had.
     """
-    token = _bearer_token(authorization)
+    token = bearer.token(authorization)
 
     import jwt
 
@@ -110,17 +110,7 @@ def set_http_client(client: httpx.Client | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Header and claims
-
-
-def _bearer_token(authorization: str | None) -> str:
-    if authorization is None or not authorization.strip():
-        raise AuthenticationRequired()
-    scheme, _, token = authorization.strip().partition(" ")
-    # Exactly `Bearer <token>`: one space, one token, no second word smuggled behind it.
-    if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
-        raise _rejected("malformed_header")
-    return token
+# Claims
 
 
 def _reason(exc: Exception) -> str:
@@ -161,15 +151,11 @@ def _user(claims: Mapping[str, Any], token: str) -> User:
 
 def _rejected(reason: str) -> InvalidToken:
     """An InvalidToken whose `reason` is for logs; the client only sees the generic message."""
-    error = InvalidToken()
-    error.reason = reason  # type: ignore[attr-defined]
-    return error
+    return InvalidToken(reason=reason)
 
 
 def _unavailable(reason: str) -> ServiceUnavailable:
-    error = ServiceUnavailable()
-    error.reason = reason  # type: ignore[attr-defined]
-    return error
+    return ServiceUnavailable(reason=reason)
 
 
 # ---------------------------------------------------------------------------------------
@@ -233,7 +219,7 @@ def _refetch(url: str, seen: _KeySet) -> _KeySet:
 
             logging.getLogger(__name__).warning(
                 "JWKS refetch failed (%s); keeping the copy fetched %.0f s ago",
-                getattr(exc, "reason", "?"), _now() - seen.fetched_at,
+                exc.reason, _now() - seen.fetched_at,
             )
             return seen
 

@@ -19,7 +19,7 @@ clock = time.monotonic
 class Breaker:
     """Skips a dependency after a failure for a growing interval; one probe per interval decides to close."""
 
-    def __init__(self, base: float = 1.0, cap: float = 30.0):
+    def __init__(self, base: float = 1.0, cap: float = 30.0) -> None:
         self.base, self.cap = base, cap
         self._lock = threading.Lock()
         self.reset()

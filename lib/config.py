@@ -119,7 +119,3 @@ def public_base_url() -> str:
     if host:
         return f"https://{host}"
     raise ConfigurationError("PUBLIC_BASE_URL", "or VERCEL_URL on Vercel")
-
-
-def metrics_token() -> str:
-    return require("METRICS_TOKEN")

@@ -33,6 +33,7 @@ def begin() -> RequestContext:
 
 
 def current() -> RequestContext | None:
+    """This request's context (None outside a request); bench/ reads the cache status from it."""
     return _current.get()
 
 

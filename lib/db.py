@@ -29,7 +29,7 @@ _service: Any = None
 class DatabaseError(Exception):
     """PostgREST refused a query (constraint, RLS, an RPC's raised code); callers map `code`/`message`."""
 
-    def __init__(self, code: str | None, message: str | None, details: Any = None):
+    def __init__(self, code: str | None, message: str | None, details: Any = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code or ""
         self.message = message or ""

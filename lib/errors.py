@@ -45,12 +45,18 @@ class DousellError(Exception):
     code = "internal_error"
     status = 500
     message = "Une erreur interne est survenue. Veuillez réessayer plus tard."
+    # Why, in a fixed word safe for logs (`expired`, `jwks_unreachable`): lib.http logs it beside
+    # the code; the client never sees it.
+    reason: str | None = None
 
-    def __init__(self, message: str | None = None, *, details: Any = None, headers: dict[str, str] | None = None):
+    def __init__(self, message: str | None = None, *, details: Any = None, headers: dict[str, str] | None = None,
+                 reason: str | None = None) -> None:
         if message is not None:
             self.message = message
         self.details = details
         self.headers = headers or {}
+        if reason is not None:
+            self.reason = reason
         super().__init__(self.message)
 
     def to_body(self) -> dict[str, Any]:
@@ -123,7 +129,7 @@ class MethodNotAllowed(DousellError):
     code, status = "method_not_allowed", 405
     message = "Méthode non autorisée pour cette adresse."
 
-    def __init__(self, allowed: list[str]):
+    def __init__(self, allowed: list[str]) -> None:
         super().__init__(details={"allowed": allowed}, headers={"Allow": ", ".join(allowed)})
         self.allowed = allowed
 
@@ -239,7 +245,7 @@ class ConfigurationError(DousellError):
     code, status = "configuration_error", 500
     message = "Le service est mal configuré. L'équipe technique a été prévenue."
 
-    def __init__(self, variable: str, hint: str | None = None):
+    def __init__(self, variable: str, hint: str | None = None) -> None:
         super().__init__(details={"variable": variable})
         self.variable = variable
         self.hint = hint

@@ -136,7 +136,7 @@ class Endpoint(BaseHTTPRequestHandler):
         except DousellError as exc:
             reply = Reply(exc.to_body(), exc.status, dict(exc.headers))
             code = exc.code
-            reason = getattr(exc, "reason", None)  # e.g. why a token was refused; never the token
+            reason = exc.reason  # e.g. why a token was refused; never the token
             if exc.status >= 500:
                 self._log_exception(exc, path)
         except Exception as exc:  # the last net: a bug answers 500 in the contract's shape, logged

@@ -53,7 +53,7 @@ def release_if_held(name: str, token: str) -> bool:
 class LockError(Exception):
     """Base of the lock failures; never shown to a user as such (callers map them to errors.*)."""
 
-    def __init__(self, message: str, *, name: str):
+    def __init__(self, message: str, *, name: str) -> None:
         super().__init__(message)
         self.name = name
 
@@ -76,7 +76,8 @@ def _run(command: list[Any], *, force: bool = False) -> Any:
 
 
 class Lock:
-    """A lock on the Redis key `name` for `ttl` seconds, like redis-py's.
+    """A lock on the Redis key `name` for `ttl` seconds, like redis-py's (the writes' ttl is
+    lib/writes.LOCK_TTL: the policy, not the mechanism, says how long a write may take).
 
     `acquire()` tries `1 + retries` times, `retry_delay + jitter * U(0, 1)` seconds apart (the
     jitter keeps fifty double clicks from retrying in lockstep); the defaults are the seed's
@@ -84,8 +85,8 @@ class Lock:
     behind our back: a free lock costs one command to acquire and one to release.
     """
 
-    def __init__(self, name: str, ttl: float = 30.0, *, retries: int = 1, retry_delay: float = 0.1,
-                 jitter: float = 0.05):
+    def __init__(self, name: str, ttl: float, *, retries: int = 1, retry_delay: float = 0.1,
+                 jitter: float = 0.05) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         if retries < 0 or retry_delay < 0 or jitter < 0:

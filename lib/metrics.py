@@ -78,7 +78,7 @@ return refused
 class Pending:
     """Increments recorded by this instance, not yet in Redis: (epoch minute, field) → amount."""
 
-    def __init__(self, limit: int = MAX_PENDING):
+    def __init__(self, limit: int = MAX_PENDING) -> None:
         self.limit = limit
         self._lock = threading.Lock()
         self._counts: dict[tuple[int, str], int] = {}

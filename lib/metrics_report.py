@@ -1,14 +1,13 @@
-"""Monitoring, the reading side: GET /api/metrics's token check and the KPIs of a window, read in one call."""
+"""Monitoring, the reading side: the KPIs of a window (GET /api/metrics), read from Redis in one call."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from lib import config, keys, metrics, upstash
-from lib.errors import AuthenticationRequired, InvalidToken, MetricsUnavailable
+from lib import keys, metrics, upstash
+from lib.errors import MetricsUnavailable
 from lib.histogram import BOUNDS_MS, LABEL_INDEX, bound_label, percentile
 from lib.metrics import CACHE_STATUSES, LOADED, LOCK_EVENTS, SERVED_FROM_CACHE
 
@@ -40,18 +39,6 @@ local out = {}
 for _, f in ipairs(order) do out[#out + 1] = f; out[#out + 1] = sums[f] end
 return out
 """, writes=False)
-
-
-def authorize(header: str | None) -> None:
-    """`Authorization: Bearer $METRICS_TOKEN`, compared in constant time; 401 otherwise."""
-    expected = config.metrics_token()
-    challenge = {"WWW-Authenticate": 'Bearer realm="metrics"'}
-    if not header or not header.strip():
-        raise AuthenticationRequired("Jeton de métriques requis (en-tête Authorization: Bearer).", headers=challenge)
-    scheme, _, token = header.strip().partition(" ")
-    given = token.strip().encode("utf-8") if scheme.lower() == "bearer" else b""
-    if not hmac.compare_digest(given, expected.encode("utf-8")):
-        raise InvalidToken("Jeton de métriques invalide.", headers=challenge)
 
 
 def window_keys(window: str, now: float) -> list[str]:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from lib.request import MAX_ID
+
+# An id in a JSON body: a JSON integer (strict: not "5", not 5.0) that PostgreSQL's bigint holds.
+Id = Annotated[int, Field(gt=0, le=MAX_ID, strict=True)]
 
 
 class Changes(BaseModel):
@@ -13,14 +20,14 @@ class Changes(BaseModel):
 
     @field_validator("*", mode="after")
     @classmethod
-    def printable(cls, value):
+    def printable(cls, value: object) -> object:
         # Postgres refuses NUL in text (22P05); other control characters have no place in a name.
         if isinstance(value, str) and any(ord(c) < 32 and c not in "\n\t" for c in value):
             raise PydanticCustomError("control_characters", "control characters are not allowed")
         return value
 
     @model_validator(mode="after")
-    def something_to_change(self):
+    def something_to_change(self) -> Changes:
         if not self.model_fields_set:
             raise PydanticCustomError("nothing_to_change", "nothing to change")
         return self

@@ -10,13 +10,25 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from email.message import Message
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 from lib.errors import MalformedJSON, NotFound, ValidationFailed
 
-M = TypeVar("M")
+if TYPE_CHECKING:  # pydantic is imported by the endpoints that take a body, never on the hot path
+    from pydantic import BaseModel
+    from pydantic_core import ValidationError
+
+    from lib.auth import User
+
+M = TypeVar("M", bound="BaseModel")
+
+# An id in a path or a query string: a positive integer of at most 18 digits (openapi.json), so
+# always within PostgreSQL's bigint. An id in a JSON body may be any positive bigint: MAX_ID
+# (lib/models.Id).
+ID_DIGITS = 18
+MAX_ID = 2**63 - 1
 
 # French messages for pydantic's error types; the type itself is kept as the detail's code.
 _FIELD_MESSAGES = {
@@ -50,17 +62,17 @@ _FIELD_MESSAGES = {
 }
 
 
-def field_errors(exc: Exception) -> list[dict[str, Any]]:
+def field_errors(exc: ValidationError) -> list[dict[str, Any]]:
     """One `{"field", "code", "message"}` per problem of a pydantic ValidationError."""
     details = []
-    for err in exc.errors(include_url=False, include_input=False):  # type: ignore[attr-defined]
+    for err in exc.errors(include_url=False, include_input=False):
         loc = ".".join(str(part) for part in err.get("loc", ()) if part != "__root__") or "body"
         kind = err.get("type", "value_error")
         details.append({"field": loc, "code": kind, "message": _FIELD_MESSAGES.get(kind, "Valeur invalide.")})
     return details
 
 
-def is_validation_error(exc: BaseException) -> bool:
+def is_validation_error(exc: BaseException) -> TypeGuard[ValidationError]:
     # Checked by module so the hot path never imports pydantic just to catch its error.
     pydantic_core = sys.modules.get("pydantic_core")
     return pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError)
@@ -73,7 +85,7 @@ class Request:
     method: str
     path: str
     query: dict[str, str]
-    headers: Any  # email.message.Message: case-insensitive get()
+    headers: Message  # http.server's headers: case-insensitive get()
     path_param: str | None
     body: bytes
     repeated: list[str] = field(default_factory=list)
@@ -84,10 +96,10 @@ class Request:
 
     def path_id(self) -> int:
         """The `[id]` segment as a positive integer; anything else is a 404, not a crash."""
-        raw = self.path_param or ""
-        if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) <= 0:
+        found = _positive_id(self.path_param or "")
+        if found is None:
             raise NotFound()
-        return int(raw)
+        return found
 
     def json(self) -> Any:
         """The body as JSON (400 `malformed_json` otherwise, also for what Python reads but JSON is not)."""
@@ -104,7 +116,7 @@ class Request:
             raise MalformedJSON() from exc
         return data
 
-    def body_as(self, model: Callable[..., M]) -> M:
+    def body_as(self, model: type[M]) -> M:
         """The JSON body validated by a pydantic model (422 with each bad field otherwise)."""
         data = self.json()
         if not isinstance(data, dict):
@@ -122,13 +134,13 @@ class Request:
 
     def query_id(self, name: str, error: type[ValidationFailed] = ValidationFailed) -> int:
         """A required query parameter holding an id (a positive integer), or a 422 naming it."""
-        raw = self.query.get(name, "")
-        if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= 18 and int(raw) > 0):
+        found = _positive_id(self.query.get(name, ""))
+        if found is None:
             raise error(details=[{"field": name, "code": "int_parsing",
                                   "message": "Identifiant attendu (nombre entier positif)."}])
-        return int(raw)
+        return found
 
-    def query_as(self, model: Callable[..., M], error: type[ValidationFailed] = ValidationFailed) -> M:
+    def query_as(self, model: type[M], error: type[ValidationFailed] = ValidationFailed) -> M:
         """The query string validated by a pydantic model; a repeated parameter is refused."""
         if self.repeated:
             raise error(details=[
@@ -137,19 +149,26 @@ class Request:
         return self._validate(model, self.query, error)
 
     @staticmethod
-    def _validate(model: Callable[..., M], data: dict, error: type[ValidationFailed]) -> M:
+    def _validate(model: type[M], data: dict[str, Any], error: type[ValidationFailed]) -> M:
         try:
-            return model.model_validate(data)  # type: ignore[attr-defined]
+            return model.model_validate(data)
         except Exception as exc:
             if is_validation_error(exc):
                 raise error(details=field_errors(exc)) from exc
             raise
 
-    def user(self):
+    def user(self) -> User:
         """The signed-in user (401 without a valid Supabase token)."""
         from lib.auth import authenticate  # only signed-in endpoints pay for JWT imports
 
         return authenticate(self.header("Authorization"))
+
+
+def _positive_id(raw: str) -> int | None:
+    """`raw` as an id of a path or query (ASCII digits only: `²` passes str.isdigit()), or None."""
+    if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= ID_DIGITS):
+        return None
+    return int(raw) or None
 
 
 def _refuse_number(name: str) -> Any:

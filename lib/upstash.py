@@ -79,7 +79,7 @@ class Script:
     Upstash locks those instead of the whole database) and, when it only reads, `no-writes` (sent
     as EVALSHA_RO). The flags are the first line of the text, so they are part of its SHA."""
 
-    def __init__(self, body: str, *, writes: bool):
+    def __init__(self, body: str, *, writes: bool) -> None:
         flags = "allow-key-locking" if writes else "no-writes,allow-key-locking"
         self.text = f"#!lua flags={flags}\n{body.strip()}\n"
         self.sha = hashlib.sha1(self.text.encode("utf-8")).hexdigest()

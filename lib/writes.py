@@ -1,5 +1,8 @@
-"""What every write endpoint shares: the one lock policy (the database is the fence, the Redis lock a
-courtesy) and the `Idempotency-Key` header (a retried request gets the first answer)."""
+"""What every write endpoint shares: the one lock policy, and the `Idempotency-Key` replay.
+
+The lock policy: the database is the fence, the Redis lock a courtesy (`under_lock`). The
+`Idempotency-Key` header: a retried request gets the first answer (`idempotent`).
+"""
 
 from __future__ import annotations
 

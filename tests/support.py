@@ -1,4 +1,4 @@
-"""Test helpers: serve an `Endpoint` on a real loopback HTTP server, wait with a deadline, print a table."""
+"""Test helpers: serve an `Endpoint` on a real loopback HTTP server, wait with a deadline, a fake clock, print a table."""
 
 from __future__ import annotations
 
@@ -27,6 +27,31 @@ def serve(handler_cls: type) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class FakeClock:
+    """Stands in for a module's clock and sleep (`monkeypatch.setattr(mod, "clock", fake)`, `..."sleep", fake.sleep`).
+
+    Only the test moves it: `advance(seconds)`, or a sleep, which is recorded (so a test asserts a
+    retry schedule exactly) and runs the next of `during_sleep` (what happens meanwhile).
+    """
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+        self.during_sleep: list[Callable[[], object]] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if self.during_sleep:
+            self.during_sleep.pop(0)()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):

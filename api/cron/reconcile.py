@@ -1,7 +1,10 @@
 """GET /api/cron/reconcile: Vercel Cron, every minute (`crons` in vercel.json); each job catches up on what was missed."""
 
-from lib import outbox, platform
+from typing import Any
+
+from lib import bearer, outbox, platform
 from lib.http import Endpoint
+from lib.request import Request
 
 JOBS: list[platform.Job] = [
     ("invalidations", outbox.reconcile),  # the outbox: lost webhooks, changes made while Redis was down
@@ -9,7 +12,7 @@ JOBS: list[platform.Job] = [
 
 
 class handler(Endpoint):
-    def get(self, req):
-        platform.require_secret(req.header("Authorization"), "CRON_SECRET", "cron")
+    def get(self, req: Request) -> dict[str, Any]:
+        bearer.require_secret(req.header("Authorization"), "CRON_SECRET", "cron")
         req.refuse_unknown_query(set())
         return platform.run_jobs(JOBS)

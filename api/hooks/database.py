@@ -5,8 +5,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from lib import keys, outbox, platform
+from lib import bearer, keys, outbox
 from lib.http import Endpoint
+from lib.request import Request
 
 Table = Literal[keys.TABLES]  # type: ignore[valid-type]
 
@@ -32,7 +33,7 @@ class DatabaseChange(BaseModel):
 
 
 class handler(Endpoint):
-    def post(self, req):
-        platform.require_secret(req.header("Authorization"), "DATABASE_WEBHOOK_SECRET", "database-webhook")
+    def post(self, req: Request) -> dict[str, Any]:
+        bearer.require_secret(req.header("Authorization"), "DATABASE_WEBHOOK_SECRET", "database-webhook")
         change = req.body_as(DatabaseChange)
         return outbox.on_database_change(change.model_dump(by_alias=True))

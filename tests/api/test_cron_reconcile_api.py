@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from devstack.redis_server import free_port
-from lib import keys, platform, upstash
+from lib import keys, upstash
 from tests.api.test_hooks_database_api import AWA, CHANGE, outbox, row, valkey  # noqa: F401 (fixtures)
 from tests.support import serve
 
@@ -82,17 +82,6 @@ def test_redis_away_the_job_fails_as_a_503_and_its_rows_wait(client, outbox, mon
     assert (response.status_code, response.json()["error"]["code"]) == (503, "service_unavailable")
     assert "details" not in response.json()["error"]
     assert ("release_invalidations", {"p_ids": [1]}) in outbox.calls
-
-
-def test_one_failing_job_does_not_stop_the_others(monkeypatch):
-    ran = []
-
-    def broken():
-        raise platform.ServiceUnavailable()
-
-    with pytest.raises(platform.ServiceUnavailable):
-        platform.run_jobs([("first", broken), ("second", lambda: ran.append("second") or {"ok": 1})])
-    assert ran == ["second"]
 
 
 def test_the_cron_is_scheduled_every_minute_in_vercel_json():

@@ -13,7 +13,7 @@ import pytest
 import respx
 from redis.exceptions import ResponseError
 
-from lib import metrics, metrics_report, upstash
+from lib import bearer, metrics, upstash
 from tests.fakes import FakeUpstash
 from tests.support import serve
 
@@ -98,9 +98,9 @@ def test_a_wrong_token_is_401_invalid_token(client, redis, header):
 
 def test_the_token_is_compared_in_constant_time(client, monkeypatch):
     seen = []
-    real = metrics_report.hmac.compare_digest
+    real = bearer.hmac.compare_digest
     spy = types.SimpleNamespace(compare_digest=lambda a, b: seen.append((a, b)) or real(a, b))
-    monkeypatch.setattr(metrics_report, "hmac", spy)
+    monkeypatch.setattr(bearer, "hmac", spy)
     assert client.get("/api/metrics", headers=authorized()).status_code == 200
     assert seen == [(TOKEN.encode(), TOKEN.encode())]
 

@@ -96,7 +96,7 @@ def test_a_lock_expires_after_its_ttl_and_then_another_request_can_take_it(name,
     first.acquire()
     assert 0 < direct.pttl(name) <= 200
     with pytest.raises(LockBusy):
-        Lock(name, retries=0).acquire()
+        Lock(name, ttl=30, retries=0).acquire()
     second = Lock(name, ttl=30, retries=0)
     wait_for(lambda: try_acquire(second), timeout=5, interval=0.02, what="the 0.2 s lock to expire")
     assert direct.get(name) == second.token != first.token
@@ -116,7 +116,7 @@ def test_a_holder_whose_lock_expired_cannot_release_the_next_holders_lock(name, 
 
 
 def test_release_deletes_only_the_key_holding_our_token(name, direct):
-    lock = Lock(name)
+    lock = Lock(name, ttl=30)
     lock.acquire()
     direct.set(name, "someone-else", px=30_000)
     with pytest.raises(LockNotOwned):
@@ -211,14 +211,14 @@ def test_twenty_threads_taking_turns_never_hold_the_lock_together(name):
 
 def test_acquire_and_release_through_the_stand_in_cost_two_commands_and_no_global_lock(name, direct, billed):
     direct.script_flush()  # a Redis that has just restarted: the first release loads the script
-    cold = Lock(name)
+    cold = Lock(name, ttl=30)
     cold.acquire()
     cold.release()
     cold_commands = dict(billed().by_command)
 
     cycles, timings = 300, []
     for _ in range(cycles):
-        lock = Lock(name)
+        lock = Lock(name, ttl=30)
         started = time.perf_counter()
         lock.acquire()
         lock.release()

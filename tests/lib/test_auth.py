@@ -32,6 +32,7 @@ from lib.errors import (
     InvalidToken,
     ServiceUnavailable,
 )
+from tests.support import FakeClock
 
 SUPABASE_URL = "https://abcdefghijklmnop.supabase.co"
 ISSUER = f"{SUPABASE_URL}/auth/v1"
@@ -121,19 +122,6 @@ def tampered() -> str:
     return f"{header}.{b64(claims(sub='00000000-0000-0000-0000-000000000000'))}.{signature}"
 
 
-class FakeClock:
-    """Stands in for `auth._now`; only the tests move it."""
-
-    def __init__(self) -> None:
-        self.now = 10_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @dataclass
 class FakeJwks:
     """The project's JWKS endpoint: serves `keys`, or `failure` (a response or an exception)."""
@@ -161,7 +149,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
     monkeypatch.setenv("SUPABASE_URL", SUPABASE_URL)
     monkeypatch.delenv("SUPABASE_JWT_SECRET", raising=False)
     monkeypatch.delenv("SUPABASE_JWT_ISSUER", raising=False)
-    fake = FakeClock()
+    fake = FakeClock(now=10_000.0)
     monkeypatch.setattr(auth, "_now", fake)
     monkeypatch.setattr(auth, "_jwks", None)
     monkeypatch.setattr(auth, "_client", None)
@@ -239,8 +227,10 @@ REFUSED = [
     pytest.param(lambda: "Bearer", None, "malformed_header", id="bearer-alone"),
     # Two words where one token belongs.
     pytest.param(lambda: "Bearer a b", None, "malformed_header", id="bearer-two-words"),
-    # A valid token behind two spaces: not exactly `Bearer <token>`.
+    # A valid token behind two spaces: not exactly `Bearer <token>` (GoTrue refuses it too).
     pytest.param(lambda: f"Bearer  {mint()}", None, "malformed_header", id="bearer-double-space"),
+    # A token behind a tab.
+    pytest.param(lambda: f"Bearer\t{mint()}", None, "malformed_header", id="bearer-tab"),
     # Not a JWT at all.
     pytest.param(lambda: "Bearer garbage", None, "malformed_token", id="garbage"),
     # Three segments, the header not base64url.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_upstash_prefers_its_own_names_then_falls_back_to_vercel_kv(monkeypatch)
     (config.paydunya, {"PAYDUNYA_MASTER_KEY": "m", "PAYDUNYA_TOKEN": "t"}, "PAYDUNYA_PRIVATE_KEY"),
     (config.paydunya, {"PAYDUNYA_MASTER_KEY": "m", "PAYDUNYA_PRIVATE_KEY": "p"}, "PAYDUNYA_TOKEN"),
     (config.public_base_url, {}, "PUBLIC_BASE_URL"),
-    (config.metrics_token, {"METRICS_TOKEN": "   "}, "METRICS_TOKEN"),  # blank counts as unset
+    (partial(config.require, "METRICS_TOKEN"), {"METRICS_TOKEN": "   "}, "METRICS_TOKEN"),  # blank counts as unset
 ])
 def test_a_missing_variable_is_named_in_the_error(monkeypatch, accessor, env, missing):
     for name, value in env.items():
@@ -130,14 +131,16 @@ def test_the_jwt_issuer_without_supabase_url_names_the_missing_variable():
     assert raised.value.variable == "SUPABASE_URL"
 
 
-def test_env_example_lists_every_variable_lib_reads():
+def test_env_example_lists_every_variable_lib_and_the_handlers_read():
     # Platform-set variables (VERCEL, VERCEL_ENV, VERCEL_URL...) are not the operator's to write.
+    # The shared secrets are named by their handlers: `bearer.require_secret(header, "CRON_SECRET", ...)`.
     read = set()
-    for path in (ROOT / "lib").glob("*.py"):
+    for path in [*(ROOT / "lib").glob("*.py"), *(ROOT / "api").rglob("*.py")]:
         read |= set(re.findall(r"(?:_get|require|environ\.get|ConfigurationError)\(\s*\"([A-Z][A-Z0-9_]+)\"", path.read_text()))
+        read |= set(re.findall(r"require_secret\([^,]+,\s*\"([A-Z][A-Z0-9_]+)\"", path.read_text()))
     listed = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
     operator_set = {name for name in read if not name.startswith("VERCEL")}
-    assert "SUPABASE_JWT_ISSUER" in operator_set and "METRICS_TOKEN" in operator_set
+    assert {"SUPABASE_JWT_ISSUER", "METRICS_TOKEN", "CRON_SECRET", "DATABASE_WEBHOOK_SECRET"} <= operator_set
     assert operator_set - listed == set()
 
 

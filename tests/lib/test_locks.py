@@ -15,27 +15,10 @@ import respx
 from lib import locks, metrics, upstash
 from lib.locks import Lock, LockBusy, LockError, LockNotOwned, LockUnavailable
 from tests.fakes import FakeUpstash
+from tests.support import FakeClock
 
 URL = "https://upstash.test"
 NAME = "dousell:lock:payment:lease123"
-
-
-class FakeClock:
-    """`locks.clock` and `locks.sleep`: records every sleep; `during_sleep` runs in the pause."""
-
-    def __init__(self):
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self.during_sleep: list = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        if self.during_sleep:
-            self.during_sleep.pop(0)()
 
 
 @pytest.fixture
@@ -83,7 +66,7 @@ def held_by(fake: FakeUpstash, name: str = NAME) -> str | None:
 
 def warm_scripts() -> None:
     """Load the compare-and-delete once, as any earlier request on this Redis would have."""
-    lock = Lock("warm:release")
+    lock = Lock("warm:release", ttl=30)
     lock.acquire()
     lock.release()
 
@@ -134,7 +117,7 @@ def test_the_set_is_nx_px_in_milliseconds(redis):
 
 
 def test_each_acquire_draws_a_new_token(redis):
-    lock = Lock(NAME)
+    lock = Lock(NAME, ttl=30)
     lock.acquire()
     first = lock.token
     lock.release()
@@ -146,7 +129,7 @@ def test_a_free_lock_costs_one_command_to_acquire_and_one_key_locked_script_to_r
     warm_scripts()
     redis.calls.clear()
     redis.engine.reset_stats()
-    lock = Lock(NAME)
+    lock = Lock(NAME, ttl=30)
     lock.acquire()
     assert commands(redis) == ["SET"]
     lock.release()
@@ -156,7 +139,7 @@ def test_a_free_lock_costs_one_command_to_acquire_and_one_key_locked_script_to_r
 
 def test_the_first_release_after_a_redis_restart_costs_one_extra_call_to_load_the_script(redis):
     redis.redis.script_flush()
-    lock = Lock(NAME)
+    lock = Lock(NAME, ttl=30)
     lock.acquire()
     lock.release()
     assert commands(redis) == ["SET", "EVALSHA", "EVAL"]
@@ -164,14 +147,14 @@ def test_the_first_release_after_a_redis_restart_costs_one_extra_call_to_load_th
 
 
 def test_acquiring_a_lock_this_object_already_holds_is_a_programming_error(redis):
-    lock = Lock(NAME)
+    lock = Lock(NAME, ttl=30)
     lock.acquire()
     with pytest.raises(LockError, match="already holds"):
         lock.acquire()
 
 
 def test_releasing_a_lock_never_acquired_is_an_error_without_a_call(redis):
-    lock = Lock(NAME)
+    lock = Lock(NAME, ttl=30)
     with pytest.raises(LockError, match="Cannot release an unlocked lock") as caught:
         lock.release()
     assert not isinstance(caught.value, LockNotOwned)
@@ -187,7 +170,7 @@ def test_releasing_a_lock_never_acquired_is_an_error_without_a_call(redis):
 ])
 def test_a_nonsensical_policy_is_refused_at_construction(kwargs):
     with pytest.raises(ValueError):
-        Lock(NAME, **kwargs)
+        Lock(NAME, **{"ttl": 30, **kwargs})
 
 
 # -- the retry policy --------------------------------------------------------------------------
@@ -196,7 +179,7 @@ def test_a_nonsensical_policy_is_refused_at_construction(kwargs):
 def test_a_taken_lock_is_retried_once_after_about_100_ms_then_reported_busy(redis, clock, events):
     redis.redis.set(NAME, "other-holder", px=30_000)
     with pytest.raises(LockBusy, match="not free after trying 2 times") as caught:
-        Lock(NAME).acquire()
+        Lock(NAME, ttl=30).acquire()
     assert caught.value.name == NAME
     assert clock.sleeps == [pytest.approx(0.125)]  # 100 ms + 50 ms jitter × draw 0.5
     assert commands(redis) == ["SET", "SET"]
@@ -212,7 +195,7 @@ def test_the_jitter_adds_between_zero_and_jitter_seconds_to_the_delay(redis, clo
     monkeypatch.setattr(locks, "draw", lambda: draw)
     redis.redis.set(NAME, "other-holder", px=30_000)
     with pytest.raises(LockBusy):
-        Lock(NAME).acquire()
+        Lock(NAME, ttl=30).acquire()
     assert clock.sleeps == [pytest.approx(delay, abs=1e-6)]
 
 
@@ -221,7 +204,7 @@ def test_fifty_double_clicks_do_not_retry_in_lockstep(redis, clock, monkeypatch)
     redis.redis.set(NAME, "first-click", px=30_000)
     for _ in range(50):
         with pytest.raises(LockBusy):
-            Lock(NAME).acquire()
+            Lock(NAME, ttl=30).acquire()
     assert len(clock.sleeps) == 50
     assert all(0.1 <= s < 0.15 for s in clock.sleeps)
     assert len({round(s, 6) for s in clock.sleeps}) > 40
@@ -236,7 +219,7 @@ def test_fifty_double_clicks_do_not_retry_in_lockstep(redis, clock, monkeypatch)
 def test_the_retry_policy_is_configurable_per_lock(redis, clock, policy, sleeps, sets):
     redis.redis.set(NAME, "other-holder", px=30_000)
     with pytest.raises(LockBusy):
-        Lock(NAME, **policy).acquire()
+        Lock(NAME, ttl=30, **policy).acquire()
     assert clock.sleeps == pytest.approx(sleeps)
     assert commands(redis) == ["SET"] * sets
 
@@ -244,7 +227,7 @@ def test_the_retry_policy_is_configurable_per_lock(redis, clock, policy, sleeps,
 def test_a_lock_freed_during_the_pause_is_taken_by_the_retry(redis, clock):
     redis.redis.set(NAME, "other-holder", px=30_000)
     clock.during_sleep.append(lambda: redis.redis.delete(NAME))
-    lock = Lock(NAME)
+    lock = Lock(NAME, ttl=30)
     lock.acquire()
     assert held_by(redis) == lock.token
     assert commands(redis) == ["SET", "SET"]
@@ -282,7 +265,7 @@ def test_the_compare_and_delete_is_one_script_shared_by_every_token_checked_key(
 
 
 def test_a_release_that_cannot_reach_redis_raises_lock_unavailable(redis, events):
-    lock = Lock(NAME)
+    lock = Lock(NAME, ttl=30)
     lock.acquire()
     redis.down = httpx.ReadTimeout("slow")
     with pytest.raises(LockUnavailable, match="Cannot release lock"):
@@ -313,7 +296,7 @@ def test_a_timed_out_acquire_asks_redis_whether_it_holds_the_lock_instead_of_res
     if other_holder:
         redis.redis.set(NAME, other_holder, px=30_000)
     plan(router, redis, *steps)
-    lock = Lock(NAME, retries=retries)
+    lock = Lock(NAME, ttl=30, retries=retries)
     if outcome == "acquired":
         lock.acquire()
         assert held_by(redis) == lock.token
@@ -328,7 +311,7 @@ def test_a_set_that_lands_after_its_timeout_is_recognised_as_ours_by_the_retry(r
     """The timed-out SET was still in flight when the GET looked; it lands during the pause."""
     plan(router, redis, TIMES_OUT)
     clock.during_sleep.append(lambda: redis.redis.set(NAME, redis.calls[0][2], px=30_000))  # our token
-    lock = Lock(NAME)
+    lock = Lock(NAME, ttl=30)
     lock.acquire()
     assert held_by(redis) == lock.token == redis.calls[0][2]
     assert commands(redis) == ["SET", "GET", "SET", "GET"]
@@ -337,7 +320,7 @@ def test_a_set_that_lands_after_its_timeout_is_recognised_as_ours_by_the_retry(r
 def test_redis_down_makes_acquire_raise_lock_unavailable_after_two_calls(redis, router, clock, events):
     route = router.post(URL).mock(side_effect=httpx.ConnectError("refused"))
     with pytest.raises(LockUnavailable, match="Redis did not answer") as caught:
-        Lock(NAME).acquire()
+        Lock(NAME, ttl=30).acquire()
     assert isinstance(caught.value.__cause__, upstash.RedisUnavailable)
     assert route.call_count == 2, "the SET, then the GET that asks whether it landed"
     assert clock.sleeps == []
@@ -347,7 +330,7 @@ def test_redis_down_makes_acquire_raise_lock_unavailable_after_two_calls(redis, 
 def test_while_the_breaker_is_open_acquire_makes_no_call_at_all(redis, events):
     upstash.breaker.failure()
     with pytest.raises(LockUnavailable) as caught:
-        Lock(NAME).acquire()
+        Lock(NAME, ttl=30).acquire()
     assert isinstance(caught.value.__cause__, upstash.RedisSkipped)
     assert redis.calls == []
     assert events == [(NAME, "unavailable")]
@@ -356,5 +339,5 @@ def test_while_the_breaker_is_open_acquire_makes_no_call_at_all(redis, events):
 def test_a_refused_set_is_unavailable_at_once_without_a_follow_up_get(redis, router):
     route = router.post(URL).mock(return_value=httpx.Response(401, json={"error": "Unauthorized"}))
     with pytest.raises(LockUnavailable):
-        Lock(NAME).acquire()
+        Lock(NAME, ttl=30).acquire()
     assert route.call_count == 1

@@ -1,16 +1,13 @@
-"""lib/metrics_report: the KPIs from known totals, the windows, the token, and one read-only call to Upstash."""
+"""lib/metrics_report: the KPIs from known totals, the windows, and one read-only call to Upstash."""
 
 from __future__ import annotations
-
-import hmac
-import types
 
 import httpx
 import pytest
 import respx
 
 from lib import metrics, metrics_report, upstash
-from lib.errors import AuthenticationRequired, InvalidToken, MetricsUnavailable
+from lib.errors import MetricsUnavailable
 from tests.fakes import FakeUpstash
 
 URL = "https://upstash.test"
@@ -118,33 +115,6 @@ def test_parse_info_reads_fields_and_skips_headings():
     assert metrics_report.parse_info(INFO) == {"used_memory": "47185920", "used_memory_human": "45.00M",
                                                "maxmemory": "104857600"}
     assert metrics_report.parse_info("") == {}
-
-
-# == the token =================================================================================
-
-
-@pytest.mark.parametrize("header, error", [
-    (None, AuthenticationRequired),
-    ("   ", AuthenticationRequired),
-    ("Bearer wrong", InvalidToken),
-    ("Basic s3cret", InvalidToken),  # the right token under another scheme
-    ("s3cret", InvalidToken),
-])
-def test_only_the_bearer_metrics_token_is_let_in(monkeypatch, header, error):
-    monkeypatch.setenv("METRICS_TOKEN", "s3cret")
-    with pytest.raises(error):
-        metrics_report.authorize(header)
-    metrics_report.authorize("Bearer s3cret")
-    metrics_report.authorize("bearer   s3cret ")
-
-
-def test_the_token_is_compared_in_constant_time(monkeypatch):
-    monkeypatch.setenv("METRICS_TOKEN", "s3cret")
-    seen = []
-    spy = types.SimpleNamespace(compare_digest=lambda a, b: seen.append((a, b)) or hmac.compare_digest(a, b))
-    monkeypatch.setattr(metrics_report, "hmac", spy)
-    metrics_report.authorize("Bearer s3cret")
-    assert seen == [(b"s3cret", b"s3cret")]
 
 
 # == the report over Upstash ===================================================================

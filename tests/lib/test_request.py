@@ -67,3 +67,13 @@ def test_a_path_id_of_anything_but_ascii_digits_is_a_404(segment):
 def test_a_query_id_of_anything_but_ascii_digits_is_a_422(value):
     with pytest.raises(ValidationFailed):
         Request("GET", "/api/payments", {"lease_id": value}, {}, None, b"").query_id("lease_id")
+
+
+def test_a_path_or_query_id_has_at_most_eighteen_digits_as_openapi_json_says():
+    eighteen, nineteen = "9" * 18, "1" + "0" * 18
+    assert Request("GET", "/api/things/x", {}, {}, eighteen, b"").path_id() == int(eighteen)
+    assert Request("GET", "/api/payments", {"lease_id": eighteen}, {}, None, b"").query_id("lease_id") == int(eighteen)
+    with pytest.raises(NotFound):
+        Request("GET", "/api/things/x", {}, {}, nineteen, b"").path_id()
+    with pytest.raises(ValidationFailed):
+        Request("GET", "/api/payments", {"lease_id": nineteen}, {}, None, b"").query_id("lease_id")
