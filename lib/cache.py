@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from lib import context, entries, keys, locks, metrics, upstash
-from lib.entries import CLAIM, FILL, READ
+from lib.entries import CLAIM, DEFAULT_LOAD_MS, FILL, READ, TAG_TTL_MS
 from lib.upstash import RedisCommandError, RedisError, RedisFull
 
 log = logging.getLogger(__name__)
@@ -53,15 +53,24 @@ draw = random.random
 wall = time.time
 
 XFETCH_BETA = 1.0
-JITTER = 0.1  # TTLs are spread ±10 % so keys filled together do not expire together
 FILL_LOCK_MS = 6_000  # longer than a database call may take (lib.db bounds it at 5 s)
 WAIT_DEADLINE = 2.5  # seconds a caller waits for another's fill before loading itself
-TAG_TTL_MS = 2 * 24 * 3600 * 1000  # far beyond any entry; refreshed at each fill
+# A waiter wakes when the filler's value is expected (the fill lock says when: the key's last load
+# time, or its family's, plus the family's deviation), POLL_MARGIN later: the filler's FILL travels
+# to Upstash as the waiter's READ does. A filler late past that is polled at OVERDUE_POLL, doubling
+# up to MAX_POLL (the lock said nothing: the same).
+POLL_MARGIN = 0.002
+OVERDUE_POLL = 0.02
+MAX_POLL = 0.2
 
 
-def stale_window(ttl: int) -> int:
-    """Seconds an entry past its TTL may still be served while one caller refreshes it."""
-    return max(5, min(ttl // 2, 300))
+def wake_after(expected_in_ms: int | None, overdue_polls: int) -> float:
+    """Seconds a waiter sleeps before its next poll: until the filler's value is expected plus
+    POLL_MARGIN; once the filler is overdue (or its lock said nothing), OVERDUE_POLL doubling up to
+    MAX_POLL. `overdue_polls`: the polls that already found it overdue."""
+    if expected_in_ms is not None and expected_in_ms > 0:
+        return expected_in_ms / 1000 + POLL_MARGIN
+    return min(OVERDUE_POLL * 2 ** overdue_polls, MAX_POLL)
 
 
 # KEYS[1..ARGV[1]] tag version keys, then the keys to delete. ARGV[2] the tag ttl ms, ARGV[3..] a
@@ -88,6 +97,11 @@ def fetch(entry: keys.CacheKey, loader: Callable[[], T]) -> T:
     return get_or_load(entry.key, loader, entry.ttl, entry.tags, family=entry.family)
 
 
+def _entry_keys(key: str, tags: Sequence[str], family: str) -> list[str]:
+    """What READ, CLAIM and FILL take as KEYS: the entry, its fill lock, its family's load estimate, its tags."""
+    return [key, keys.fill_lock_key(key), keys.load_estimate(family), *(keys.tag_key(tag) for tag in tags)]
+
+
 def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str] = (), *, family: str = "other") -> T:
     """The cached value of `key`, or `loader()`'s, stored for about `ttl` seconds under `tags`.
 
@@ -97,22 +111,26 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
     loader = metrics.attributed(family, loader)  # its queries count for the queries-avoided estimate
     if _pending_tags and not _flush_pending():
         return _bypass(loader, family)
-    keys_ = [key, keys.fill_lock_key(key), *(keys.tag_key(tag) for tag in tags)]
+    keys_ = _entry_keys(key, tags, family)
     odds = [max(draw(), 1e-12), XFETCH_BETA]
     deadline = clock() + WAIT_DEADLINE
-    delay = 0.02
+    overdue = 0
     first = True
     while True:
         try:
             with context.timed("cache"):
                 # The first look is a plain MGET of the entry and its tags: a hit ends there. A
                 # waiter polls with READ. Anything else is decided by CLAIM, which may take the lock.
-                status, value = _plain_hit(keys_, odds) if first else upstash.run(READ, keys_, odds)
+                if first:
+                    status, value, *rest = _plain_hit(keys_, odds)
+                else:
+                    context.count_poll()
+                    status, value, *rest = upstash.run(READ, keys_, odds)
                 if status not in ("HIT", "STALE", "WAIT"):
                     token = secrets.token_hex(8)
                     fresh = [secrets.token_hex(6) for _ in tags]
-                    status, value, *versions = upstash.run(CLAIM, keys_, [*odds, token, FILL_LOCK_MS, TAG_TTL_MS,
-                                                                          *fresh])
+                    status, value, *rest = upstash.run(CLAIM, keys_, [*odds, token, FILL_LOCK_MS, TAG_TTL_MS,
+                                                                      DEFAULT_LOAD_MS, *fresh])
         except RedisFull:  # the database is full: nothing new can be stored, reads still work
             metrics.count_refused_write()
             return _answer_unstored(loader, family)
@@ -128,20 +146,25 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
             return json.loads(value)
         if status != "WAIT":
             context.set_cache_status("MISS")
-            return _load_and_fill(keys_, versions, token, loader, ttl)
-        if clock() >= deadline:
+            lock, *versions = rest
+            return _load_and_fill(keys_, versions, lock, loader, ttl)
+        left = deadline - clock()
+        if left <= 0:
             # The filler is slow or gone: answer from the database without storing anything.
             context.set_cache_status("MISS")
             metrics.count_cache(family, "TIMEOUT")
             return loader()
-        sleep(delay)
-        delay = min(delay * 2, 0.2)
+        expected_in = rest[0] if rest else None  # ms until the filler is expected, by its fill lock
+        pause = wake_after(expected_in, overdue)
+        if expected_in is None or expected_in <= 0:
+            overdue += 1
+        sleep(min(pause, left))
 
 
 def _plain_hit(keys_: list[str], odds: list[float]) -> tuple[str, str | None]:
     """("HIT", the JSON) if the entry is a plain hit (entries.fresh_value); ("LOAD", None) if CLAIM
     must decide. One MGET of the entry and its tags."""
-    raw, *versions = upstash.execute(["MGET", keys_[0], *keys_[2:]])
+    raw, *versions = upstash.execute(["MGET", keys_[0], *keys_[3:]])
     value = entries.fresh_value(raw, versions, odds[0], odds[1], wall() * 1000)
     return ("HIT", value) if value is not None else ("LOAD", None)
 
@@ -152,20 +175,19 @@ def _answer_unstored(loader: Callable[[], T], family: str) -> T:
     return loader()
 
 
-def _load_and_fill(keys_: list[str], versions: list[str], token: str, loader: Callable[[], T], ttl: int) -> T:
+def _load_and_fill(keys_: list[str], versions: list[str], lock: str, loader: Callable[[], T], ttl: int) -> T:
     start = time.perf_counter()
     try:
         value = loader()
     except BaseException:
-        _release(keys_[1], token)
+        _release(keys_[1], lock)
         raise
     load_ms = int((time.perf_counter() - start) * 1000) + 1
-    ttl_ms = int(ttl * 1000 * (1 + random.uniform(-JITTER, JITTER)))
-    window_ms = stale_window(ttl) * 1000
-    payload = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    payload = entries.serialize(value)
     try:
         with context.timed("cache"):
-            upstash.run(FILL, keys_, [payload, load_ms, ttl_ms, window_ms, token, TAG_TTL_MS, *versions])
+            upstash.run(FILL, keys_, [payload, load_ms, entries.jittered_ttl_ms(ttl), entries.stale_window(ttl) * 1000,
+                                      lock, TAG_TTL_MS, *versions])
     except RedisFull:  # not stored; the fill lock expires by itself after FILL_LOCK_MS
         metrics.count_refused_write()
     except RedisError:
@@ -174,9 +196,9 @@ def _load_and_fill(keys_: list[str], versions: list[str], token: str, loader: Ca
     return json.loads(payload)
 
 
-def _release(fill_key: str, token: str) -> None:
+def _release(fill_key: str, lock: str) -> None:
     try:
-        locks.release_if_held(fill_key, token)
+        locks.release_if_held(fill_key, lock)
     except RedisError:
         pass  # the fill lock expires by itself after FILL_LOCK_MS; a failure already opened the breaker
 
