@@ -111,6 +111,15 @@ def render(results: dict[str, Any]) -> str:
         row("3. … hit rate (HIT or STALE / reads; cache filled first)", each(lambda z: pct(z.hit_rate)))
         row("3. … DB queries avoided (1 − DB queries / reads)",
             each(lambda z: f"{pct(z.avoided)} ({z.db_queries} queries; loader calls {z.loader_calls})"))
+        row("3. … read latency p50 / p95 / p99 (ms)", each(
+            lambda z: " / ".join(ms(percentile(z.read_ms, p)) for p in (50, 95, 99))))
+        row("3. … reads that waited for another's fill: polls (READ calls) per waiting read, mean (max)", each(
+            lambda z: f"{z.waiting} reads: {z.polls_per_wait:.2f} ({z.max_polls})" if z.waiting
+            else ("0 reads" if z.can_wait else f"{DASH} (never waits)")))
+        row("3. … a write's return → first HIT of each key it invalidated: p50 / p95 / max ms (pairs)", each(
+            lambda z: f"{ms(percentile(z.refill_ms, 50))} / {ms(percentile(z.refill_ms, 95))} / "
+                      f"{ms(max(z.refill_ms, default=float('nan')))} ({len(z.refill_ms)}"
+                      + (f"; {z.never_hit} never hit" if z.never_hit else "") + ")"))
         row("3. … stale reads after a write had returned (of reads exposed to one)",
             each(lambda z: f"{z.stale_reads} of {z.exposed_reads}"
                  + (f" (lists {z.stale_list}, details {z.stale_detail})" if z.stale_reads else "")
@@ -170,7 +179,7 @@ def render(results: dict[str, Any]) -> str:
     if "B: naive cache-aside" in zipf and STRATEGIES[-1].label in zipf:
         parts += ["", f"7. The monthly Upstash bill of row 3's mix ({args.zipf_writes:.0%} writes, hit rates as "
                       f"measured), pay-as-you-go at $0.20 per 100,000 commands", "", bill_table(zipf)]
-    parts += ["", "Targets (issues 4 and 11):", *targets(results)]
+    parts += ["", "Targets (issues 4, 11 and 17):", *targets(results)]
     parts += ["", "Machine and conditions:", *conditions(results)]
     return "\n".join(parts)
 
@@ -241,6 +250,16 @@ def targets(results: dict[str, Any]) -> list[str]:
         out.append(f"  {_verdict(z.avoided >= 0.95)}  Zipf database queries avoided ≥ 95 %: {pct(z.avoided)}")
         out.append(f"  {_verdict(z.stale_reads == 0 and z.unknown_prices == 0)}  0 stale reads after a write has "
                    f"returned: {z.stale_reads} (of {z.exposed_reads} reads that began after a write they show)")
+    naive = results["zipf"].get("B: naive cache-aside")
+    if z is not None and naive is not None:
+        out.append(f"  {_verdict(z.seconds <= naive.seconds)}  Zipf run with writes as fast as naive cache-aside or "
+                   f"faster: {z.seconds:.1f} s vs {naive.seconds:.1f} s")
+        p99, naive_p99 = percentile(z.read_ms, 99), percentile(naive.read_ms, 99)
+        out.append(f"  {_verdict(p99 <= naive_p99)}  … and its read p99 no higher: {ms(p99)} ms vs {ms(naive_p99)} ms")
+    if z is not None:
+        ok = None if not z.waiting else z.polls_per_wait <= 2
+        out.append(f"  {_verdict(ok)}  ≤ 2 polls (READ calls) per read that waited for another's fill, on average: "
+                   + (f"{z.polls_per_wait:.2f} over {z.waiting} reads" if z.waiting else "no read waited"))
     found = results["race"].get(ours)
     if found is not None:
         stale = sum(found.stale.values())

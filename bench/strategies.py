@@ -33,6 +33,7 @@ class Strategy:
     label = ""
     caches = True
     records_metrics = False
+    waits = False  # a read may wait for another request's fill (polls)
 
     def fetch(self, entry: keys.CacheKey, loader: Callable[[], T]) -> T:
         raise NotImplementedError
@@ -99,6 +100,7 @@ class SeedCard(NaiveCacheAside):
 class ThisProject(Strategy):
     label = "C: this project"
     records_metrics = True  # its requests count in lib/metrics, whose writes are part of its bill
+    waits = True
 
     def fetch(self, entry: keys.CacheKey, loader: Callable[[], T]) -> T:
         return cache.fetch(entry, loader)
