@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from lib import context, entries, keys, locks, metrics, upstash
+from lib import context, entries, keys, locks, metrics, refill, upstash
 from lib.entries import CLAIM, DEFAULT_LOAD_MS, FILL, READ, TAG_TTL_MS
 from lib.upstash import RedisCommandError, RedisError, RedisFull
 
@@ -73,13 +73,37 @@ def wake_after(expected_in_ms: int | None, overdue_polls: int) -> float:
     return min(OVERDUE_POLL * 2 ** overdue_polls, MAX_POLL)
 
 
-# KEYS[1..ARGV[1]] tag version keys, then the keys to delete. ARGV[2] the tag ttl ms, ARGV[3..] a
-# new random version per tag. Returns the number of tags bumped.
+# KEYS[1..ntags] tag version keys, then a (entry, fill lock) pair per refill candidate, then the
+# keys to delete. ARGV[1] ntags, ARGV[2] the tag ttl ms, ARGV[3] the number of candidates, ARGV[4]
+# the writer's fill-lock token, ARGV[5] its ms, ARGV[6] the ms it expects to take, then a pair
+# per tag: its new random version, and the version the writer saw before its write ('' when it
+# saw none, '!' when the tag was missing). When there are candidates and no tag moved since the
+# writer looked (no other write slipped in), each candidate's fill lock is taken (NX) and the
+# candidate read before the bump. Returns {1 if so (else 0), Redis's time in ms, each tag's
+# version before the bump..., each candidate's entry before the bump (false if none)...}.
 BUMP = upstash.Script("""
-local ntags = tonumber(ARGV[1])
-for i = 1, ntags do redis.call('SET', KEYS[i], ARGV[2 + i], 'PX', ARGV[2]) end
-if #KEYS > ntags then redis.call('DEL', unpack(KEYS, ntags + 1)) end
-return ntags
+local ntags, ncand = tonumber(ARGV[1]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out, unmoved = {0, now}, ncand > 0
+for i = 1, ntags do
+  local version = redis.call('GET', KEYS[i])
+  local seen = ARGV[6 + 2 * i]
+  if seen ~= '' and (version or '!') ~= seen then unmoved = false end
+  table.insert(out, version)
+end
+if unmoved then
+  out[1] = 1
+  local lock = ARGV[4] .. '|' .. now .. '|' .. ARGV[6]
+  for c = 1, ncand do
+    local raw = redis.pcall('GET', KEYS[ntags + 2 * c - 1])
+    table.insert(out, type(raw) == 'string' and raw or false)
+    redis.call('SET', KEYS[ntags + 2 * c], lock, 'NX', 'PX', ARGV[5])
+  end
+end
+for i = 1, ntags do redis.call('SET', KEYS[i], ARGV[5 + 2 * i], 'PX', ARGV[2]) end
+if #KEYS > ntags + 2 * ncand then redis.call('DEL', unpack(KEYS, ntags + 2 * ncand + 1)) end
+return out
 """, writes=True)
 
 _pending_lock = threading.Lock()
@@ -203,36 +227,46 @@ def _release(fill_key: str, lock: str) -> None:
         pass  # the fill lock expires by itself after FILL_LOCK_MS; a failure already opened the breaker
 
 
-def invalidation_command(tags: Sequence[str], delete: Sequence[str] = ()) -> list[Any]:
-    """The one command that invalidates `tags` (a new random version each: every entry built on
-    the old one is a miss, and a fill that read the database before is refused) and removes the
-    `delete` keys: one billed command however many tags."""
-    return BUMP.command([*(keys.tag_key(tag) for tag in tags), *delete],
-                        [len(tags), TAG_TTL_MS, *(secrets.token_hex(6) for _ in tags)])
-
-
-def invalidate(tags: Sequence[str], *, delete: Sequence[str] = ()) -> bool:
+def invalidate(tags: Sequence[str], *, delete: Sequence[str] = (), refills: Sequence[refill.Refill] = (),
+               seen: dict[str, str | None] | None = None) -> bool:
     """Give each tag a new version (every entry built on the old one becomes a miss) and delete
     `delete` keys, in one command. Returns False if Redis could not be told: the tags are kept
-    and sent with this instance's next Redis call."""
+    and sent with this instance's next Redis call.
+
+    `refills`, with `seen` (`refill.watch` before the write): keys whose new value the writer knows,
+    read by the same command as the bump and filled right after it (lib/refill). If a tag of `seen`
+    moved since the watch (another write slipped in), nothing is refilled. Never fails the write."""
     with _pending_lock:
         _pending_tags.update(tags)
-    return _flush_pending(delete)
+    return _flush_pending(delete, refills if seen else (), seen or {})
 
 
-def _flush_pending(delete: Sequence[str] = ()) -> bool:
+def _flush_pending(delete: Sequence[str] = (), refills: Sequence[refill.Refill] = (),
+                   seen: dict[str, str | None] | None = None) -> bool:
     with _pending_lock:
         tags = sorted(_pending_tags)
     if not tags and not delete:
         return True
+    refills = [r for r in refills if set(r.entry.tags) <= set(tags)]  # built on tags this bump moves
+    seen = seen or {}
+    versions = [secrets.token_hex(6) for _ in tags]
+    token = secrets.token_hex(8)
+    args: list[Any] = [len(tags), TAG_TTL_MS, len(refills), token, refill.LOCK_MS, refill.EXPECTED_MS]
+    for tag, version in zip(tags, versions, strict=True):
+        args += [version, "" if tag not in seen else ("!" if seen[tag] is None else seen[tag])]
+    pairs = [k for r in refills for k in (r.entry.key, keys.fill_lock_key(r.entry.key))]
     try:
         with context.timed("cache"):
             try:
-                upstash.execute(invalidation_command(tags, delete))
+                unmoved, now, *found = upstash.run(BUMP, [*map(keys.tag_key, tags), *pairs, *delete], args)
             except RedisFull:  # no room for new versions: dropping them invalidates just as well
                 upstash.execute(["DEL", *(keys.tag_key(tag) for tag in tags), *delete])
+                unmoved = 0
     except RedisError:  # down, slow or skipped (lib/upstash's breaker): kept for the next call
         return False
     with _pending_lock:
         _pending_tags.difference_update(tags)
+    if unmoved:
+        refill.fill(refills, found[len(tags):], dict(zip(tags, found[:len(tags)], strict=True)),
+                    dict(zip(tags, versions, strict=True)), f"{token}|{now}|{refill.EXPECTED_MS}", now)
     return True

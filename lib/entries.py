@@ -141,10 +141,10 @@ return out
 
 # Stores one entry if every tag is still at the version it was built on (a write since would have
 # moved one: the value may predate it). `first_tag`: the index in KEYS of its first tag,
-# `first_version` the index in ARGV of the first version. The entry expires (by Redis's clock)
-# after `ttl` ms, and its key after the stale window too. Returns true if stored.
+# `first_version` the index in ARGV of the first version. The entry expires at `expires` (ms,
+# Redis's clock), its key a stale window later. Returns true if stored.
 _STORE = """
-local function store(key, first_tag, ntags, first_version, payload, load, ttl, window, tag_ttl)
+local function store(key, first_tag, ntags, first_version, payload, load, expires, window, tag_ttl)
   for i = 0, ntags - 1 do
     if redis.call('GET', KEYS[first_tag + i]) ~= ARGV[first_version + i] then return false end
   end
@@ -154,10 +154,10 @@ local function store(key, first_tag, ntags, first_version, payload, load, ttl, w
     redis.call('PEXPIRE', KEYS[first_tag + i], tag_ttl)
   end
   local t = redis.call('TIME')
-  local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ttl)
-  local head = string.format('%d|%d|%d|', expires, tonumber(load), tonumber(window))
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local head = string.format('%d|%d|%d|', tonumber(expires), tonumber(load), tonumber(window))
   redis.call('SET', key, head .. table.concat(versions, ',') .. '\\n' .. payload,
-             'PX', tonumber(ttl) + tonumber(window))
+             'PX', math.max(1, tonumber(expires) - now + tonumber(window)))
   return true
 end
 """
@@ -170,7 +170,9 @@ end
 # predate the write). Releases the fill lock if still ours, and folds the load into the family's
 # estimate (best effort: never at the cost of the fill).
 FILL = upstash.Script(_ESTIMATE + _STORE + """
-local stored = store(KEYS[1], 4, #KEYS - 3, 7, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6])
+local t = redis.call('TIME')
+local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
+local stored = store(KEYS[1], 4, #KEYS - 3, 7, ARGV[1], ARGV[2], expires, ARGV[4], ARGV[6])
 if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
 local took, srtt, dev = tonumber(ARGV[2]), estimate()
 if srtt then
@@ -183,6 +185,29 @@ redis.pcall('SET', KEYS[3], srtt .. '|' .. dev, 'PX', ARGV[6])
 if stored then return 1 end
 return 0
 """, writes=True)
+
+# The writer's refill (lib/refill): several entries stored as FILL stores one, then the writer's
+# fill locks released. KEYS: the fill locks (ARGV[3] of them), then per entry its key and its tags.
+# ARGV[1] the writer's lock value, ARGV[2] the tag ttl ms, ARGV[3] the number of locks, then per
+# entry: its number of tags, value, load ms, when it expires (ms, Redis's clock), stale window ms,
+# and the versions the writer's bump gave its tags. Returns how many were stored (a tag moved since
+# the bump: that one is not).
+REFILL = upstash.Script(_STORE + """
+local nlocks = tonumber(ARGV[3])
+local k, a, stored = nlocks + 1, 4, 0
+while a <= #ARGV do
+  local ntags = tonumber(ARGV[a])
+  if store(KEYS[k], k + 1, ntags, a + 5, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[2]) then
+    stored = stored + 1
+  end
+  k, a = k + 1 + ntags, a + 5 + ntags
+end
+for i = 1, nlocks do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
+end
+return stored
+""", writes=True)
+
 
 @dataclass(frozen=True)
 class Entry:
