@@ -198,8 +198,11 @@ class Zipf:
     waiting: int = 0  # reads that waited for another request's fill (polled READ at least once)
     polls: int = 0  # READ calls those reads made
     max_polls: int = 0
-    refill_ms: list[float] = field(default_factory=list)  # a write's return → the first HIT of a key it invalidated
-    never_hit: int = 0  # (write, key) pairs with no HIT afterwards in the run
+    # A write's return → the first HIT of each key it invalidated, lists (public, city) and details
+    # apart; the reads of those keys that began meanwhile and did not hit; pairs never hit in the run.
+    first_hit_ms: dict[str, list[float]] = field(default_factory=lambda: {"list": [], "detail": []})
+    missed_before_hit: dict[str, int] = field(default_factory=lambda: {"list": 0, "detail": 0})
+    never_hit: int = 0
     can_wait: bool = False  # the strategy makes a read wait for another's fill (C)
 
     @property
@@ -393,26 +396,27 @@ def _first_hits(out: Zipf, reads: list[_Read], commits: dict[int, list[tuple[flo
                 rows: dict[int, dict[str, Any]]) -> None:
     """For each write and each key it invalidated (the property's detail, the public list, its city's
     list): how long after the write returned the first read of that key that began afterwards
-    answered HIT (its end), i.e. how long readers went without a hit on that key."""
-    hits: dict[tuple[str, Any], list[tuple[float, float]]] = {}
-    read_keys = {(read.kind, read.arg) for read in reads}
+    answered HIT (its end), and how many reads of it began in between and did not hit (they missed,
+    waited, or were answered stale)."""
+    by_key: dict[tuple[str, Any], list[_Read]] = {}
     for read in reads:
-        if read.status == "HIT":
-            hits.setdefault((read.kind, read.arg), []).append((read.started, read.ended))
-    for found in hits.values():
-        found.sort()
+        by_key.setdefault((read.kind, read.arg), []).append(read)
+    for found in by_key.values():
+        found.sort(key=lambda r: r.started)
     for pid, history in commits.items():
         for returned, _ in history:
             for key in (("detail", pid), ("all", None), ("city", rows[pid]["city"])):
-                if key not in read_keys:  # a key the run never reads (a city outside its four)
+                found = by_key.get(key)
+                if not found:  # a key the run never reads (a city outside its four)
                     continue
-                found = hits.get(key, [])
-                k = bisect.bisect_left(found, (returned, -1.0))
-                ends = [end for _, end in found[k:]]
-                if ends:
-                    out.refill_ms.append((min(ends) - returned) * 1000)
-                else:
+                after = found[bisect.bisect_left([r.started for r in found], returned):]
+                hit_end = min((r.ended for r in after if r.status == "HIT"), default=None)
+                kind = "detail" if key[0] == "detail" else "list"
+                if hit_end is None:
                     out.never_hit += 1
+                    continue
+                out.first_hit_ms[kind].append((hit_end - returned) * 1000)
+                out.missed_before_hit[kind] += sum(1 for r in after if r.started < hit_end and r.status != "HIT")
 
 
 @dataclass

@@ -116,10 +116,17 @@ def render(results: dict[str, Any]) -> str:
         row("3. … reads that waited for another's fill: polls (READ calls) per waiting read, mean (max)", each(
             lambda z: f"{z.waiting} reads: {z.polls_per_wait:.2f} ({z.max_polls})" if z.waiting
             else ("0 reads" if z.can_wait else f"{DASH} (never waits)")))
-        row("3. … a write's return → first HIT of each key it invalidated: p50 / p95 / max ms (pairs)", each(
-            lambda z: f"{ms(percentile(z.refill_ms, 50))} / {ms(percentile(z.refill_ms, 95))} / "
-                      f"{ms(max(z.refill_ms, default=float('nan')))} ({len(z.refill_ms)}"
-                      + (f"; {z.never_hit} never hit" if z.never_hit else "") + ")"))
+        def first_hit(z: Zipf) -> str:
+            parts = []
+            for kind, label in (("list", "lists"), ("detail", "details")):
+                found = z.first_hit_ms[kind]
+                parts.append(f"{label} {ms(percentile(found, 50))} / {ms(percentile(found, 95))} / "
+                             f"{ms(max(found, default=float('nan')))} ({len(found)}, "
+                             f"{z.missed_before_hit[kind]} reads not hit before)")
+            return " · ".join(parts) + (f" [{z.never_hit} never hit]" if z.never_hit else "")
+
+        row("3. … a write's return → first HIT of each key it invalidated: p50 / p95 / max ms (pairs, reads of it "
+            "that began meanwhile and did not hit)", each(first_hit))
         row("3. … stale reads after a write had returned (of reads exposed to one)",
             each(lambda z: f"{z.stale_reads} of {z.exposed_reads}"
                  + (f" (lists {z.stale_list}, details {z.stale_detail})" if z.stale_reads else "")
