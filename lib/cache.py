@@ -133,7 +133,7 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
     Never raises for a Redis problem: the database answers instead. A bug raises.
     """
     loader = metrics.attributed(family, loader)  # its queries count for the queries-avoided estimate
-    if _pending_tags and not _flush_pending():
+    if _pending_tags and not _bump(()):
         return _bypass(loader, family)
     keys_ = _entry_keys(key, tags, family)
     odds = [max(draw(), 1e-12), XFETCH_BETA]
@@ -236,15 +236,17 @@ def invalidate(tags: Sequence[str], *, delete: Sequence[str] = (), refills: Sequ
     `refills`, with `seen` (`refill.watch` before the write): keys whose new value the writer knows,
     read by the same command as the bump and filled right after it (lib/refill). If a tag of `seen`
     moved since the watch (another write slipped in), nothing is refilled. Never fails the write."""
-    with _pending_lock:
-        _pending_tags.update(tags)
-    return _flush_pending(delete, refills if seen else (), seen or {})
+    return _bump(tags, delete, refills if seen else (), seen or {})
 
 
-def _flush_pending(delete: Sequence[str] = (), refills: Sequence[refill.Refill] = (),
-                   seen: dict[str, str | None] | None = None) -> bool:
+def _bump(tags: Sequence[str], delete: Sequence[str] = (), refills: Sequence[refill.Refill] = (),
+          seen: dict[str, str | None] | None = None) -> bool:
+    """Bump `tags` and whatever earlier invalidations could not send. Only a failed bump leaves its
+    tags pending: a tag in flight is not there for another request to bump again (which would void
+    this write's refills)."""
     with _pending_lock:
-        tags = sorted(_pending_tags)
+        pending = set(_pending_tags)
+    tags = sorted(set(tags) | pending)
     if not tags and not delete:
         return True
     refills = [r for r in refills if set(r.entry.tags) <= set(tags)]  # built on tags this bump moves
@@ -263,9 +265,11 @@ def _flush_pending(delete: Sequence[str] = (), refills: Sequence[refill.Refill] 
                 upstash.execute(["DEL", *(keys.tag_key(tag) for tag in tags), *delete])
                 unmoved = 0
     except RedisError:  # down, slow or skipped (lib/upstash's breaker): kept for the next call
+        with _pending_lock:
+            _pending_tags.update(tags)
         return False
     with _pending_lock:
-        _pending_tags.difference_update(tags)
+        _pending_tags.difference_update(pending)
     if unmoved:
         refill.fill(refills, found[len(tags):], dict(zip(tags, found[:len(tags)], strict=True)),
                     dict(zip(tags, versions, strict=True)), f"{token}|{now}|{refill.EXPECTED_MS}", now)

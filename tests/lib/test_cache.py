@@ -203,6 +203,23 @@ def test_an_invalidation_is_one_command_however_many_tags_and_keys(redis):
     assert redis.stats.scripts_global_lock == 0
 
 
+def test_a_read_while_a_write_is_bumping_does_not_bump_its_tags_again(redis, monkeypatch):
+    """Only a failed bump leaves its tags for others to send: a second bump would void the writer's refills."""
+    bumps = []
+    real_run = upstash.run
+
+    def run(script, keys_, args, **kwargs):
+        if script is cache.BUMP:
+            bumps.append(keys_)
+            if len(bumps) == 1:  # another request reads while the write's bump is on its way
+                fetch(keys.property_detail(2), Loader(2))
+        return real_run(script, keys_, args, **kwargs)
+
+    monkeypatch.setattr(upstash, "run", run)
+    assert cache.invalidate(["property:1"]) is True
+    assert len(bumps) == 1
+
+
 def test_invalidating_one_tag_leaves_other_families_alone(redis):
     detail, other = keys.property_detail(1), keys.property_detail(2)
     fetch(detail, Loader(1))
