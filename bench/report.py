@@ -251,7 +251,7 @@ def targets(results: dict[str, Any]) -> list[str]:
                    f"commands, metrics writes included: {z.per_first_read_hit:.3f} (the {z.first_read_hits} hits "
                    "answered by their first read)")
         out.append(f"  {_verdict(z.per_hit <= 1.05)}  … counting also the {z.hit_reads - z.first_read_hits} hits that "
-                   f"found another request filling the key (they poll: issue 17's waiters): {z.per_hit:.3f}")
+                   f"found another request filling the key (they waited and polled): {z.per_hit:.3f}")
         out.append(f"  {_verdict(z.global_lock == 0)}  0 scripts under the global lock in the Zipf run: {z.global_lock}")
         out.append(f"  {_verdict(z.hit_rate >= 0.95)}  Zipf hit rate ≥ 95 %: {pct(z.hit_rate)}")
         out.append(f"  {_verdict(z.avoided >= 0.95)}  Zipf database queries avoided ≥ 95 %: {pct(z.avoided)}")
