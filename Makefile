@@ -33,11 +33,10 @@ redis-start: venv ## drill: start it again
 test: venv tools ## every test, on real PostgreSQL, Valkey and the Vercel CLI
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
 
-# The unit tests: HTTP faked at the boundary (respx), no PostgreSQL, no stack, no Vercel CLI.
-FAST_TESTS := tests/lib tests/api tests/test_security_doc.py
-
-test-fast: venv ## the unit tests only (under a minute)
-	$(PY) -m pytest $(FAST_TESTS) $(PYTEST_ARGS)
+# Every test that needs no PostgreSQL, no local stack and no Vercel CLI (markers set by tests/conftest.py
+# from the fixtures a test uses); Valkey, started by the tests from the pinned wheel, is in.
+test-fast: venv ## the tests that need no PostgreSQL, stack or Vercel CLI (about a minute)
+	$(PY) -m pytest -m "not postgres and not stack and not vercel_cli" $(PYTEST_ARGS)
 
 lint: venv ## ruff on everything
 	$(VENV)/bin/ruff check .

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -55,6 +56,12 @@ OBJECT_CT = "application/vnd.pgrst.object+json; charset=utf-8"
 SEARCH_PATH = "public, extensions"
 
 SUPPORTED = "devstack/README.md lists the PostgREST subset the stand-in implements"
+
+# A page past the end (`Prefer: count=exact`, offset above the count) is a 416 either way: with the
+# PGRST103 body (PostgREST 12 and 14.2+), or, on 13.0.x, 14.0 and 14.1, with that body cut to the
+# length of the empty page `[]`: `{"` (PostgREST#4455, fixed by #4518). Neither sends Proxy-Status.
+# `RestEngine.past_the_end` picks one; DEVSTACK_POSTGREST_416 sets it for a whole stack.
+PAST_THE_END = ("PGRST103", "truncated")
 
 
 # ---------------------------------------------------------------------------------------
@@ -703,6 +710,9 @@ class RestEngine:
         self.schema = schema
         self._cache: SchemaCache | None = None
         self._cache_lock = threading.Lock()
+        self.past_the_end = os.environ.get("DEVSTACK_POSTGREST_416") or PAST_THE_END[0]
+        if self.past_the_end not in PAST_THE_END:
+            raise ValueError(f"DEVSTACK_POSTGREST_416 must be one of {', '.join(PAST_THE_END)}")
 
     # -- schema cache ------------------------------------------------------------------
 
@@ -830,26 +840,28 @@ class RestEngine:
 
         return self._run(request, ("table", table.name), work)
 
-    @staticmethod
-    def _read_response(request: RestRequest, row: tuple[Any, ...], offset: int, media: str,
+    def _read_response(self, request: RestRequest, row: tuple[Any, ...], offset: int, media: str,
                        prefer: Preferences) -> Response:
         total, page_total, body, first = row
         if media == "object" and page_total != 1:
             raise _singular(page_total)
         lower, upper = offset, offset + page_total - 1
         status = 200
+        payload = (first if media == "object" else body).encode()
         if total is not None:
             if lower > total:
-                raise ApiError(416, "PGRST103", "Requested range not satisfiable",
-                               details=f"An offset of {lower} was requested, but there are only {total} rows.")
-            if 1 + upper - lower < total:
+                # Answered as a read (no Proxy-Status), its body swapped for the error, as PostgREST does.
+                status, error = 416, ApiError(416, "PGRST103", "Requested range not satisfiable", details=(
+                    f"An offset of {lower} was requested, but there are only {total} rows."))
+                whole = json.dumps(error.payload(), separators=(",", ":")).encode()
+                payload = whole[:len(payload)] if self.past_the_end == "truncated" else whole
+            elif 1 + upper - lower < total:
                 status = 206
         headers = [("Content-Range", _content_range(lower, upper, total)),
                    ("Content-Type", OBJECT_CT if media == "object" else JSON_CT)]
         if prefer.applied:
             headers.append(("Preference-Applied", ", ".join(prefer.applied)))
-        payload = b"" if request.method == "HEAD" else (first if media == "object" else body).encode()
-        return Response(status, payload, headers)
+        return Response(status, b"" if request.method == "HEAD" else payload, headers)
 
     # -- writes ------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ def authenticate(authorization: str | None) -> User:
     except jwt.InvalidTokenError as exc:
         raise _rejected("malformed_token") from exc
 
-    issuer = f"{config.supabase_url()}/auth/v1"
+    issuer = config.supabase_jwt_issuer()
     alg = header.get("alg")
     key: Any
     if alg == "HS256":
@@ -79,7 +79,8 @@ def authenticate(authorization: str | None) -> User:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise _rejected("missing_kid")
-        key = _signing_key(f"{issuer}/.well-known/jwks.json", kid)
+        # From the URL we are configured to reach (a custom domain serves it too), not from the issuer.
+        key = _signing_key(f"{config.supabase_url()}/auth/v1/.well-known/jwks.json", kid)
         # The allowed algorithm comes from the key, not from the token: PyJWT refuses a
         # token whose `alg` differs from the one the JWK is bound to.
         algorithms = [key.algorithm_name]

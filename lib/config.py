@@ -75,6 +75,13 @@ def supabase_service_role_key() -> str:
     return require("SUPABASE_SERVICE_ROLE_KEY")
 
 
+def supabase_jwt_issuer() -> str:
+    """The `iss` of the project's tokens. Supabase keeps `https://<ref>.supabase.co/auth/v1` behind a
+    custom domain, so a SUPABASE_URL on one needs SUPABASE_JWT_ISSUER beside it."""
+    explicit = _get("SUPABASE_JWT_ISSUER")
+    return explicit.rstrip("/") if explicit else f"{supabase_url()}/auth/v1"
+
+
 def supabase_jwt_secret() -> str | None:
     """Only legacy HS256 projects set it; otherwise tokens are checked against the JWKS."""
     return _get("SUPABASE_JWT_SECRET")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from lib import config, context, metrics
-from lib.errors import ConfigurationError, DatabaseUnavailable, InvalidToken, ValidationFailed
+from lib.errors import ConfigurationError, DatabaseUnavailable, Forbidden, InvalidToken, ValidationFailed
 
 T = TypeVar("T")
 
@@ -34,6 +34,11 @@ class DatabaseError(Exception):
         self.code = code or ""
         self.message = message or ""
         self.details = details
+
+
+class PageOutOfRange(DatabaseError):
+    """416: an offset past the counted rows. PostgREST 12 and 14.2+ say PGRST103; 13.0.x, 14.0 and
+    14.1 send a truncated body (`{"`), which postgrest-py reports as code `416` (PostgREST#4455)."""
 
 
 def http_client() -> Any:
@@ -121,6 +126,7 @@ def run(query: Callable[[], T]) -> T:
 _UNAVAILABLE = {"PGRST000", "PGRST001", "PGRST002", "PGRST003", "57P01", "57014", "53300"}
 _BAD_TOKEN = {"PGRST301", "PGRST302", "PGRST303"}
 _REFUSED_VALUE = {"23502", "23514"}  # not null, check constraint
+_PAST_THE_END = {"PGRST103", "416"}
 
 
 def _translate(exc: Any) -> Exception:
@@ -135,6 +141,12 @@ def _translate(exc: Any) -> Exception:
         # the client's input, never a 500. Callers validate first; this is the last net.
         return ValidationFailed("Une des valeurs envoyées n'est pas acceptée.",
                                 details=[{"field": "body", "code": "refused_by_database", "message": "Valeur refusée."}])
+    if code in _PAST_THE_END:
+        return PageOutOfRange(code, exc.message, exc.details)
+    if code == "42501":
+        # A column or table without privilege (supabase/migrations grants owners only the columns
+        # the API exposes): refused, not a bug of the request's shape.
+        return Forbidden()
     return DatabaseError(code, exc.message, exc.details)
 
 

@@ -1,7 +1,7 @@
-"""The base of every `api/` handler: routing, parsing, error mapping, JSON answers and the request log.
+"""The base of every `api/` handler: routing, error mapping, JSON answers and the request log.
 
-A handler subclasses `Endpoint`, defines `get`/`post`/`patch`/... taking a `Request`, and
-returns a `Reply` (or a dict, answered 200). It raises `lib.errors` exceptions for the
+A handler subclasses `Endpoint`, defines `get`/`post`/`patch`/... taking a `Request` (lib/request),
+and returns a `Reply` (or a dict, answered 200). It raises `lib.errors` exceptions for the
 unhappy paths; this module turns them into the contract's error shape in one place.
 """
 
@@ -11,73 +11,17 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from lib import context, metrics
-from lib.errors import (
-    BadRequest,
-    DousellError,
-    MalformedJSON,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    ValidationFailed,
-)
+from lib.errors import BadRequest, DousellError, MethodNotAllowed, PayloadTooLarge, ValidationFailed
+from lib.request import Request, field_errors, is_validation_error
 
 MAX_BODY_BYTES = 64 * 1024
 HANDLED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
-M = TypeVar("M")
-
-# French messages for pydantic's error types; the type itself is kept as the detail's code.
-_FIELD_MESSAGES = {
-    "missing": "Champ obligatoire.",
-    "extra_forbidden": "Champ inconnu.",
-    "int_type": "Doit être un nombre entier.",
-    "int_parsing": "Doit être un nombre entier.",
-    "int_from_float": "Doit être un nombre entier.",
-    "float_parsing": "Doit être un nombre.",
-    "bool_parsing": "Doit être vrai ou faux.",
-    "string_type": "Doit être une chaîne de caractères.",
-    "string_too_short": "Texte trop court.",
-    "string_too_long": "Texte trop long.",
-    "string_pattern_mismatch": "Format invalide.",
-    "greater_than": "Valeur trop petite.",
-    "greater_than_equal": "Valeur trop petite.",
-    "less_than": "Valeur trop grande.",
-    "less_than_equal": "Valeur trop grande.",
-    "literal_error": "Valeur non autorisée.",
-    "enum": "Valeur non autorisée.",
-    "datetime_parsing": "Date et heure invalides (format ISO 8601 attendu).",
-    "datetime_type": "Date et heure invalides (format ISO 8601 attendu).",
-    "timezone_aware": "La date doit préciser son fuseau horaire.",
-    "model_type": "Doit être un objet JSON.",
-    "dict_type": "Doit être un objet JSON.",
-    "not_nullable": "Ce champ ne peut pas être vide.",
-    "nothing_to_change": "Aucun champ à modifier.",
-    "unknown_parameter": "Paramètre inconnu.",
-    "control_characters": "Caractères de contrôle interdits.",
-}
-
-
-def field_errors(exc: Exception) -> list[dict[str, Any]]:
-    """One `{"field", "code", "message"}` per problem of a pydantic ValidationError."""
-    details = []
-    for err in exc.errors(include_url=False, include_input=False):  # type: ignore[attr-defined]
-        loc = ".".join(str(part) for part in err.get("loc", ()) if part != "__root__") or "body"
-        kind = err.get("type", "value_error")
-        details.append({"field": loc, "code": kind, "message": _FIELD_MESSAGES.get(kind, "Valeur invalide.")})
-    return details
-
-
-def _is_validation_error(exc: BaseException) -> bool:
-    # Checked by module so the hot path never imports pydantic just to catch its error.
-    pydantic_core = sys.modules.get("pydantic_core")
-    return pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError)
 
 
 @dataclass
@@ -89,92 +33,20 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class Request:
-    """A parsed request, as a handler sees it."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: Any  # email.message.Message: case-insensitive get()
-    path_param: str | None
-    body: bytes
-    repeated: list[str] = field(default_factory=list)
-
-    def header(self, name: str) -> str | None:
-        value = self.headers.get(name)
-        return value.strip() if isinstance(value, str) else None
-
-    def path_id(self) -> int:
-        """The `[id]` segment as a positive integer; anything else is a 404, not a crash."""
-        raw = self.path_param or ""
-        if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) <= 0:
-            raise NotFound()
-        return int(raw)
-
-    def json(self) -> Any:
-        """The body as JSON (400 `malformed_json` otherwise)."""
-        if not self.body.strip():
-            raise MalformedJSON("Le corps de la requête est vide : un objet JSON est attendu.")
-        try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedJSON() from exc
-
-    def body_as(self, model: Callable[..., M]) -> M:
-        """The JSON body validated by a pydantic model (422 with each bad field otherwise)."""
-        data = self.json()
-        if not isinstance(data, dict):
-            raise MalformedJSON("Le corps de la requête doit être un objet JSON.")
-        return self._validate(model, data, ValidationFailed)
-
-    def refuse_unknown_query(self, allowed: set[str], error: type[ValidationFailed] = ValidationFailed) -> None:
-        """A light check for endpoints whose query needs no model: unknown or repeated names are a 422."""
-        bad = sorted(set(self.query) - allowed)
-        details = [{"field": name, "code": "unknown_parameter", "message": _FIELD_MESSAGES["unknown_parameter"]}
-                   for name in bad]
-        details += [{"field": name, "code": "repeated", "message": "Paramètre répété."} for name in self.repeated]
-        if details:
-            raise error(details=details)
-
-    def query_id(self, name: str, error: type[ValidationFailed] = ValidationFailed) -> int:
-        """A required query parameter holding an id (a positive integer), or a 422 naming it."""
-        raw = self.query.get(name, "")
-        if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= 18 and int(raw) > 0):
-            raise error(details=[{"field": name, "code": "int_parsing",
-                                  "message": "Identifiant attendu (nombre entier positif)."}])
-        return int(raw)
-
-    def query_as(self, model: Callable[..., M], error: type[ValidationFailed] = ValidationFailed) -> M:
-        """The query string validated by a pydantic model; a repeated parameter is refused."""
-        if self.repeated:
-            raise error(details=[
-                {"field": name, "code": "repeated", "message": "Paramètre répété."} for name in self.repeated
-            ])
-        return self._validate(model, self.query, error)
-
-    @staticmethod
-    def _validate(model: Callable[..., M], data: dict, error: type[ValidationFailed]) -> M:
-        try:
-            return model.model_validate(data)  # type: ignore[attr-defined]
-        except Exception as exc:
-            if _is_validation_error(exc):
-                raise error(details=field_errors(exc)) from exc
-            raise
-
-    def user(self):
-        """The signed-in user (401 without a valid Supabase token)."""
-        from lib.auth import authenticate  # only signed-in endpoints pay for JWT imports
-
-        return authenticate(self.header("Authorization"))
-
-
 def _log(record: dict[str, Any]) -> None:
     try:
         sys.stderr.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass  # a closed stderr must never fail a request
+
+
+def _path_of(target: str) -> str | None:
+    """The path of a request target; None when urlsplit refuses it (`http://[::1/`, an absolute form)."""
+    try:
+        return urlsplit(target).path
+    except ValueError:
+        return None
 
 
 def _encode(body: Any) -> bytes:
@@ -221,6 +93,13 @@ class Endpoint(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Silenced: the default line carries the query string; we log our own JSON line."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Vercel's Fluid launcher serves `class Handler(BaseHandler, handler)`: its BaseHandler comes
+        # first in the MRO, so its log_message (the request line, query string included, to stdout)
+        # would shadow ours. This hook runs for that class too, after its body: ours is pinned back.
+        super().__init_subclass__(**kwargs)
+        cls.log_message = Endpoint.log_message  # type: ignore[method-assign]
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """What http.server answers by itself (an unknown method, a bad request line, headers too
         large), in the contract's shape too: an unknown method is a 405 like any other."""
@@ -231,6 +110,8 @@ class Endpoint(BaseHTTPRequestHandler):
             err.status = code if 400 <= code < 500 else 400
         payload = _encode(err.to_body())
         self.close_connection = True
+        # Logged before sending, as in _dispatch: the line exists once the client has its answer.
+        _log({"level": "info", "method": self.command, "status": err.status, "code": err.code})
         try:
             self.send_response(err.status)
             for name, value in {**err.headers, "Content-Type": "application/json; charset=utf-8",
@@ -243,15 +124,15 @@ class Endpoint(BaseHTTPRequestHandler):
                 self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        _log({"level": "info", "method": self.command, "status": err.status, "code": err.code})
 
     def _dispatch(self, method: str) -> None:
         ctx = context.begin()
-        path = urlsplit(self.path).path
+        target = _path_of(self.path)
+        path = "-" if target is None else target  # an unreadable target is answered 400 below
         recording = metrics.begin_request(path)
         status, code, reason = 500, None, None
         try:
-            reply = self._handle(method)
+            reply = self._handle(method, readable=target is not None)
         except DousellError as exc:
             reply = Reply(exc.to_body(), exc.status, dict(exc.headers))
             code = exc.code
@@ -259,7 +140,7 @@ class Endpoint(BaseHTTPRequestHandler):
             if exc.status >= 500:
                 self._log_exception(exc, path)
         except Exception as exc:  # the last net: a bug answers 500 in the contract's shape, logged
-            if _is_validation_error(exc):
+            if is_validation_error(exc):
                 err = ValidationFailed(details=field_errors(exc))
             else:
                 err = DousellError()
@@ -289,12 +170,14 @@ class Endpoint(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client left; nothing to answer
 
-    def _handle(self, method: str) -> Reply:
+    def _handle(self, method: str, *, readable: bool) -> Reply:
         allowed = self.allowed_methods()
         if method == "OPTIONS":
             return Reply(None, 204, {"Allow": ", ".join(allowed)})
         if method not in allowed:
             raise MethodNotAllowed(allowed)
+        if not readable:
+            raise BadRequest("Adresse de la requête illisible.")
         req = self._parse(method)
         func = getattr(self, "get" if method == "HEAD" else method.lower())
         result = func(req)
@@ -327,15 +210,19 @@ class Endpoint(BaseHTTPRequestHandler):
             return b""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             raise BadRequest("Envoyez le corps avec un en-tête Content-Length.")
-        raw = self.headers.get("Content-Length")
-        if raw is None:
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
             return b""
-        if not raw.strip().isdigit():
+        raw = values[0].strip()
+        # ASCII digits only: `²` passes str.isdigit() and int() then raises. Two headers: which
+        # one a proxy believed is unknown, so neither is.
+        if len(values) > 1 or not (raw.isascii() and raw.isdigit()):
             raise BadRequest("En-tête Content-Length invalide.")
-        length = int(raw)
-        if length > MAX_BODY_BYTES:
+        digits = raw.lstrip("0") or "0"
+        if len(digits) > len(str(MAX_BODY_BYTES)) or int(digits) > MAX_BODY_BYTES:  # int() of 5,000 digits raises
             self.close_connection = True  # the unread body must not be taken for the next request
             raise PayloadTooLarge()
+        length = int(digits)
         return self.rfile.read(length) if length else b""
 
     def _send(self, method: str, reply: Reply, ctx: context.RequestContext) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-from lib import cache, db, keys, refill
+from lib import cache, config, db, keys, refill
 from lib.errors import Forbidden, InvalidFilter, NotFound, ValidationFailed
 
 COLUMNS = "id,owner_id,title,description,city,district,type,price,currency,bedrooms,status,created_at,updated_at"
@@ -50,6 +50,16 @@ def canonical_city(city: str, *, field: str = "city", error: type[ValidationFail
     if known:
         return known
     return "-".join(" ".join(w[:1].upper() + w[1:].lower() for w in part.split(" ")) for part in text.split("-"))
+
+
+def listed_under(stored: str | None) -> str | None:
+    """The city whose list (`?city=`) can show a row stored with this city, or None for a spelling no
+    query can name. Never raises: rows come from anyone (the web app writes `St. Louis`; `?city=`
+    refuses the dot, so no list matches it), and invalidating must not depend on them being tidy."""
+    try:
+        return canonical_city(stored) if stored else None
+    except InvalidFilter:
+        return None
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -109,9 +119,7 @@ def search(filters: dict[str, Any]) -> dict[str, Any]:
         query = matching(COLUMNS).order("created_at", desc=True).order("id", desc=True)
         try:
             response = db.run(query.range(start, start + per_page - 1).execute)
-        except db.DatabaseError as exc:
-            if exc.code != "PGRST103":  # PostgREST answers 416 for a page past the end
-                raise
+        except db.PageOutOfRange:  # past the end: an empty page, with the count asked for separately
             return {"results": [], "total": db.run(matching("id").limit(1).execute).count or 0}
         return {"results": response.data, "total": response.count or 0}
 
@@ -123,7 +131,12 @@ def search(filters: dict[str, Any]) -> dict[str, Any]:
 
 
 def update(user: Any, property_id: int, changes: dict[str, Any]) -> dict[str, Any]:
-    """Apply `changes` as the owner, then invalidate every key that can show the property."""
+    """Apply `changes` as the owner, then invalidate every key that can show the property.
+
+    Whatever can refuse the request does so before the write: once the row is changed the answer
+    is the changed row, never an error (the owner would retry a change that was made).
+    """
+    config.upstash()  # no cache configured is a 500 before the write, not after it
     client = db.as_user(user.token)
     rows = db.run(lambda: client.from_("properties").select(COLUMNS).eq("id", property_id).limit(1).execute()).data
     if not rows:
@@ -145,8 +158,9 @@ def update(user: Any, property_id: int, changes: dict[str, Any]) -> dict[str, An
 def changed(before: dict[str, Any], after: dict[str, Any], seen: dict[str, str | None] | None) -> None:
     """After a property's row went from `before` to `after` (as the write returned it): invalidate
     every key that can show it, and refill the hot ones whose new value the writer knows. `seen`:
-    `refill.watch` of its detail's tags before the write (None: nothing is refilled)."""
-    cities = {canonical_city(c) for c in (before["city"], after["city"]) if c}
+    `refill.watch` of its detail's tags before the write (None: nothing is refilled). Never raises
+    for the rows' content: the write is done (a city no query names invalidates no city list)."""
+    cities = {city for city in map(listed_under, (before["city"], after["city"])) if city}
     cache.invalidate(
         keys.property_changed(after["id"], after["owner_id"], cities),
         delete=[keys.property_detail(after["id"]).key, keys.properties_all().key,
@@ -172,10 +186,7 @@ def refills_after(before: dict[str, Any], after: dict[str, Any]) -> list[refill.
     if any(before.get(column) != row[column] for column in ("status", "city", "created_at")):
         return out
     out.append(refill.Refill(keys.properties_all(), lambda old: _patched(old, row)))
-    try:
-        city = canonical_city(row["city"]) if row["city"] else None
-    except InvalidFilter:  # a stored spelling no `?city=` names: no city list shows it
-        city = None
+    city = listed_under(row["city"])
     if city:
         out.append(refill.Refill(keys.properties_city(city), lambda old: _patched(old, row)))
     return out

@@ -291,8 +291,10 @@
     // #token=...&window=... : opened from a link or a test; the token leaves the address bar at once.
     var params = new URLSearchParams(location.hash.replace(/^#/, ""));
     if (params.get("token")) { keepToken(params.get("token")); }
-    if (params.get("window") && $("window").querySelector("option[value='" + params.get("window") + "']")) {
-      $("window").value = params.get("window");
+    // Compared with each option's value, never spliced into a selector: `#window='` is not CSS.
+    var wanted = params.get("window");
+    if (Array.prototype.some.call($("window").options, function (option) { return option.value === wanted; })) {
+      $("window").value = wanted;
     }
     if (location.hash) { history.replaceState(null, "", location.pathname + location.search); }
 

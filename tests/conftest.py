@@ -117,3 +117,26 @@ def act_as() -> Callable[..., AbstractContextManager[psycopg.Connection]]:
     may only switch to anon, authenticated and service_role, like PostgREST.
     """
     return _act_as
+
+
+# -- what a test needs, as markers (`make test-fast` leaves out the three heavy ones) -----------
+
+NEEDS = {
+    "pg_cluster": "postgres",  # a PostgreSQL cluster (tests/sql, lib against the real stand-ins)
+    "stack": "stack",  # the whole local stack through `vercel dev`
+    "build": "vercel_cli",  # an offline `vercel build` (tests/test_vercel_build.py)
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in sorted(set(NEEDS.values())):
+        config.addinivalue_line("markers", f"{marker}: needs {marker} (set by tests/conftest.py from the fixtures used)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in NEEDS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+        if "sql" in item.path.relative_to(item.config.rootpath).parts[:2]:
+            item.add_marker("postgres")  # tests/sql: every test there runs PostgreSQL, fixture or not

@@ -1,4 +1,4 @@
-"""Test helpers: serve an `Endpoint` on a real loopback HTTP server, and wait with a deadline."""
+"""Test helpers: serve an `Endpoint` on a real loopback HTTP server, wait with a deadline, print a table."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
+
+import pytest
 
 
 class _Server(ThreadingHTTPServer):
@@ -37,3 +39,15 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def show(request: pytest.FixtureRequest, lines: list[str]) -> None:
+    """Print `lines` on the terminal past pytest's capture (a fixture's teardown: a table of what ran)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not lines:
+        return
+    with capture.global_and_fixture_disabled():  # fd 1 is redirected while a fixture runs
+        reporter.write("\n")  # off the line of progress dots
+        for line in lines:
+            reporter.write_line(line)

@@ -14,7 +14,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VERCEL = ROOT / ".tools" / "node_modules" / ".bin" / "vercel"
-NEVER_BUNDLED = ("tests/", "devstack/", "bench/", "supabase/", ".venv/", ".tools/", ".devstack/")
+# What a function may carry besides api/ and lib/: files the code reads at run time (api/openapi.py
+# serves openapi.json), and what the builder adds (the dependencies under _vendor/). public/ is served
+# as static files, never bundled. vercel.json's excludeFiles is an allowlist of exactly this.
+RUNTIME_FILES = {"openapi.json"}
+SHIPPED_FOLDERS = ("api/", "lib/")
+BUILDER_FOLDERS = ("_vendor/",)
 
 
 def sample_path(route_file: str) -> str:
@@ -64,12 +69,36 @@ def test_each_function_runs_python_312_in_cdg1_settings(build):
         assert config["maxDuration"] == 30
 
 
-def test_no_test_devstack_or_bench_file_is_in_any_function(build):
+def repository_files() -> list[str]:
+    """Every file of the work tree that git would commit (tracked or not ignored)."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    return [name for name in listed if name and (ROOT / name).is_file()]
+
+
+def test_only_api_lib_and_runtime_files_of_the_repository_are_in_any_function(build):
+    files = repository_files()
+    shippable = {name for name in files if name.startswith(SHIPPED_FOLDERS) or name in RUNTIME_FILES}
+    never = set(files) - shippable
+    assert {"drills/__main__.py", "tests/conftest.py", "devstack/supabase.py", "Makefile",
+            "public/monitoring.js"} <= never  # the derivation sees the folders it must
     for func in (build / "functions").rglob("*.func"):
-        bundled = json.loads((func / ".vc-config.json").read_text())["filePathMap"]
-        leaked = [name for name in bundled if name.startswith(NEVER_BUNDLED)]
-        assert leaked == [], f"{func.name} bundles {leaked[:5]}"
-        assert "lib/http.py" in bundled and "api/health.py" in bundled
+        bundled = set(json.loads((func / ".vc-config.json").read_text())["filePathMap"])
+        repo_files = {name for name in bundled if not name.startswith(BUILDER_FOLDERS)}
+        assert repo_files & never == set(), f"{func.name} bundles {sorted(repo_files & never)[:8]}"
+        assert repo_files - shippable == set(), f"{func.name} bundles files not in the repository: {sorted(repo_files - shippable)[:8]}"
+        code = {name for name in shippable if name.endswith(".py") and "__pycache__" not in name}
+        assert code <= bundled, f"{func.name} misses {sorted(code - bundled)[:8]}"
+        assert RUNTIME_FILES <= bundled
+        assert {"_vendor/httpx/__init__.py", "_vendor/postgrest/__init__.py", "_vendor/jwt/__init__.py"} <= bundled
+
+
+def test_the_launcher_the_tests_compose_is_the_one_the_pinned_cli_installs():
+    # tests/lib/test_http.py builds Vercel's Fluid handler class from vercel-runtime's own source.
+    builder = (ROOT / ".tools" / "node_modules" / "@vercel" / "python" / "dist" / "index.js").read_text()
+    pinned = re.search(r'VERCEL_RUNTIME_VERSION = "([^"]+)"', builder).group(1)
+    dev = (ROOT / "requirements-dev.txt").read_text()
+    assert f"vercel-runtime=={pinned}" in dev, f"the CLI installs vercel-runtime {pinned}: pin it in requirements-dev.txt"
 
 
 def test_dynamic_routes_reach_their_function(build):

@@ -25,12 +25,21 @@ class VisitRequest(BaseModel):
             raise PydanticCustomError("datetime_type", "an ISO 8601 date-time string is expected")
         return value
 
+    @field_validator("starts_at", mode="after")
+    @classmethod
+    def in_utc(cls, value):
+        # `0001-01-01T00:00+01:00` is valid ISO 8601 but its UTC instant is year 0: Python cannot hold it.
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise PydanticCustomError("datetime_out_of_range", "the instant is outside years 1 to 9999") from None
+
 
 class handler(Endpoint):
     def post(self, req):
         user = req.user()
         body = req.body_as(VisitRequest)
-        request = {"property_id": body.property_id, "starts_at": body.starts_at.astimezone(UTC).isoformat()}
+        request = {"property_id": body.property_id, "starts_at": body.starts_at.isoformat()}
         return writes.idempotent(
             req.header("Idempotency-Key"), user.id, "POST /api/visits", request, BookingInProgress,
             lambda: Reply({"visit": visits.book(user, body.property_id, body.starts_at)}, 201),

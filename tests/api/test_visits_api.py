@@ -77,12 +77,24 @@ def test_a_zulu_time_is_the_same_slot(api):
     ({"property_id": "789", "starts_at": "2026-11-27T10:00:00Z"}, "property_id"),
     ({"starts_at": "2026-11-27T10:00:00Z"}, "property_id"),
     ({"property_id": 789, "starts_at": "2026-11-27T10:00:00Z", "visitor_id": AWA}, "visitor_id"),
+    # Valid ISO 8601 whose UTC instant is outside what Python's datetime holds (OverflowError).
+    ({"property_id": 789, "starts_at": "0001-01-01T00:00:00+01:00"}, "starts_at"),
+    ({"property_id": 789, "starts_at": "9999-12-31T23:30:00-01:00"}, "starts_at"),
+    ({"property_id": 789, "starts_at": "9999-12-31T23:59:59.999999-23:59"}, "starts_at"),
 ])
 def test_an_invalid_body_is_422(api, body, field):
     db, _, client = api
     response = client.post("/api/visits", json=body, headers=bearer(FATOU))
     assert (response.status_code, code(response)) == (422, "validation_error")
     assert field in [d["field"] for d in response.json()["error"]["details"]]
+    assert db.visits == []
+
+
+@pytest.mark.parametrize("starts_at", ["0001-01-01T00:00:00-01:00", "9999-12-31T23:00:00+01:00"])
+def test_an_instant_at_the_edge_of_the_calendar_is_a_slot_that_does_not_exist(api, starts_at):
+    db, _, client = api
+    response = client.post("/api/visits", json={"property_id": 789, "starts_at": starts_at}, headers=bearer(FATOU))
+    assert (response.status_code, code(response)) == (409, "slot_taken")
     assert db.visits == []
 
 

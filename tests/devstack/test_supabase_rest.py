@@ -257,6 +257,30 @@ def test_an_offset_past_the_counted_rows_is_416_pgrst103(rest: Callable[..., Syn
     assert caught.value.code == "PGRST103"
 
 
+WHOLE_416 = (f'{{"code":"PGRST103","details":"An offset of {PUBLISHED + 1} was requested, but there are only '
+             f'{PUBLISHED} rows.","hint":null,"message":"Requested range not satisfiable"}}').encode()
+
+
+@pytest.mark.parametrize("mode, body, code", [
+    ("PGRST103", WHOLE_416, "PGRST103"),  # PostgREST 12.x and 14.2+
+    ("truncated", b'{"', "416"),  # 13.0.x, 14.0, 14.1: the error cut to the length of `[]` (PostgREST#4455)
+])
+def test_a_page_past_the_end_is_answered_as_the_chosen_postgrest_does(
+    writes: None, standin: SupabaseStandIn, rest: Callable[..., SyncPostgrestClient], http: httpx.Client,
+    mode: str, body: bytes | None, code: str,
+) -> None:
+    standin.rest.past_the_end = mode
+    response = http.get("/rest/v1/properties", params={"select": "id", "offset": str(PUBLISHED + 1)},
+                        headers=anon_headers(Prefer="count=exact"))
+    assert response.status_code == 416
+    assert response.headers["content-range"] == f"*/{PUBLISHED}"
+    assert "proxy-status" not in response.headers  # a read's answer with its body swapped, not an error's
+    assert response.content == body
+    with pytest.raises(APIError) as caught:
+        rest().from_("properties").select("id", count="exact").limit(10).offset(PUBLISHED + 1).execute()
+    assert caught.value.code == code  # what postgrest-py makes of it
+
+
 def test_single_returns_one_object(rest: Callable[..., SyncPostgrestClient], http: httpx.Client) -> None:
     row = rest().from_("properties").select("id,title").eq("id", VILLA_789).single().execute().data
     assert isinstance(row, dict) and row["id"] == VILLA_789

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from devstack.__main__ import PAYDUNYA_KEYS
+from tests.support import show
 
 MOUSSA = "moussa.diop@example.sn"
 AWA = "awa.ndiaye@example.sn"
@@ -31,8 +32,23 @@ IBRAHIMA = "ibrahima.fall@example.sn"
 CLICKS = 50
 IPN_HASH = hashlib.sha512(PAYDUNYA_KEYS["PAYDUNYA_MASTER_KEY"].encode()).hexdigest()
 
-# Filled by the concurrency tests; printed at the end of the session (pytest -s) for the closing note.
+# Filled by the concurrency tests; printed after the module by `concurrency_table` for the closing note.
 RESULTS: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def concurrency_table(request):
+    """The table of every concurrency scenario that ran, in any order (nothing when none ran)."""
+    RESULTS.clear()
+    yield
+    lines = ["| scenario | requests | 201 | 200 | 409 (codes) | other | invoices | pending rows | visits | seconds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, r in RESULTS.items():
+        codes = ", ".join(f"{n} {c}" for c, n in sorted(r["codes"].items())) or "—"
+        lines.append(f"| {label} | {r['requests']} | {r['201']} | {r['200']} | {r['409']} ({codes}) | {r['other']} | "
+                     f"{r.get('invoices', '—')} | {r.get('pending rows', '—')} | {r.get('visits', '—')} | {r['seconds']} |")
+    if RESULTS:
+        show(request, lines)
 
 
 def period(months_ahead: int) -> str:
@@ -348,15 +364,3 @@ def test_fifty_payment_requests_with_redis_stopped_while_paydunya_takes_a_second
 def test_fifty_simultaneous_bookings_with_redis_stopped_still_make_one_visit(stack, redis_stopped):
     assert stack.api.get("/api/health").json()["redis"] == "down"
     fifty_bookings(stack, free_slots(stack)[-1]["starts_at"], "bookings, Redis stopped")
-
-
-def test_zz_print_the_concurrency_table(stack):
-    """Not a check: the table of the closing note (run with -s to see it)."""
-    if not RESULTS:
-        pytest.skip("no concurrency test ran")
-    print("\n| scenario | requests | 201 | 200 | 409 (codes) | other | invoices | pending rows | visits | seconds |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for label, r in RESULTS.items():
-        codes = ", ".join(f"{n} {c}" for c, n in sorted(r["codes"].items())) or "—"
-        print(f"| {label} | {r['requests']} | {r['201']} | {r['200']} | {r['409']} ({codes}) | {r['other']} | "
-              f"{r.get('invoices', '—')} | {r.get('pending rows', '—')} | {r.get('visits', '—')} | {r['seconds']} |")

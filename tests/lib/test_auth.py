@@ -160,6 +160,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
     """A configured project, an empty JWKS cache, no HTTP client yet, and a fake clock."""
     monkeypatch.setenv("SUPABASE_URL", SUPABASE_URL)
     monkeypatch.delenv("SUPABASE_JWT_SECRET", raising=False)
+    monkeypatch.delenv("SUPABASE_JWT_ISSUER", raising=False)
     fake = FakeClock()
     monkeypatch.setattr(auth, "_now", fake)
     monkeypatch.setattr(auth, "_jwks", None)
@@ -461,6 +462,38 @@ def test_the_cached_jwks_belongs_to_one_project(jwks: FakeJwks, monkeypatch: pyt
     assert caught.value.reason == "unknown_kid"
     assert route.call_count == 1
     assert jwks.calls == 1  # the first project's key set was neither reused nor fetched again
+
+
+CUSTOM_DOMAIN = "https://api.dousell.sn"
+
+
+@pytest.fixture
+def custom_domain(monkeypatch: pytest.MonkeyPatch) -> Iterator[respx.Route]:
+    """SUPABASE_URL on the project's custom domain, which serves the same JWKS as its supabase.co address."""
+    monkeypatch.setenv("SUPABASE_URL", CUSTOM_DOMAIN)
+    with respx.mock(assert_all_called=False) as router:
+        yield router.get(f"{CUSTOM_DOMAIN}/auth/v1/.well-known/jwks.json").mock(
+            return_value=httpx.Response(200, json={"keys": [EC_JWK]}))
+
+
+@pytest.mark.parametrize("configured", [ISSUER, f"{ISSUER}/"])  # a trailing slash pasted from a dashboard
+def test_behind_a_custom_domain_the_configured_issuer_is_the_one_checked(
+    custom_domain: respx.Route, monkeypatch: pytest.MonkeyPatch, configured: str
+) -> None:
+    monkeypatch.setenv("SUPABASE_JWT_ISSUER", configured)
+
+    assert auth.authenticate(f"Bearer {mint()}").id == USER_ID  # iss stays https://<ref>.supabase.co/auth/v1
+    with pytest.raises(InvalidToken) as caught:
+        auth.authenticate(f"Bearer {mint(iss=f'{CUSTOM_DOMAIN}/auth/v1')}")
+    assert caught.value.reason == "wrong_issuer"
+    assert custom_domain.call_count == 1  # the key set comes from the URL we are configured to reach
+
+
+def test_behind_a_custom_domain_without_the_issuer_every_real_token_is_refused(custom_domain: respx.Route) -> None:
+    # What SUPABASE_JWT_ISSUER is for: Supabase's tokens do not name the custom domain.
+    with pytest.raises(InvalidToken) as caught:
+        auth.authenticate(f"Bearer {mint()}")
+    assert caught.value.reason == "wrong_issuer"
 
 
 JWKS_FAILURES = [

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from lib import config
 from lib.errors import ConfigurationError
 
+ROOT = Path(__file__).resolve().parents[2]
+
 ALL_VARIABLES = [
     "VERCEL", "VERCEL_ENV", "VERCEL_URL", "VERCEL_PROJECT_PRODUCTION_URL", "DOUSELL_DEPLOYMENT",
     "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN", "KV_REST_API_URL", "KV_REST_API_TOKEN",
-    "SUPABASE_URL", "SUPABASE_ANON_KEY", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_JWT_SECRET",
+    "SUPABASE_URL", "SUPABASE_ANON_KEY", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_JWT_SECRET", "SUPABASE_JWT_ISSUER",
     "PAYDUNYA_MASTER_KEY", "PAYDUNYA_PRIVATE_KEY", "PAYDUNYA_TOKEN", "PAYDUNYA_MODE", "PAYDUNYA_BASE_URL",
     "PUBLIC_BASE_URL", "CACHE_NAMESPACE", "METRICS_TOKEN",
 ]
@@ -106,6 +110,35 @@ def test_the_public_base_url_is_derived(monkeypatch, env, expected):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert config.public_base_url() == expected
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"SUPABASE_URL": "https://abcd.supabase.co/"}, "https://abcd.supabase.co/auth/v1"),  # the default
+    ({"SUPABASE_URL": "https://api.dousell.sn", "SUPABASE_JWT_ISSUER": "https://abcd.supabase.co/auth/v1/"},
+     "https://abcd.supabase.co/auth/v1"),  # a custom domain keeps the project's issuer
+    ({"SUPABASE_URL": "https://api.dousell.sn", "SUPABASE_JWT_ISSUER": "  "}, "https://api.dousell.sn/auth/v1"),
+])
+def test_the_jwt_issuer_defaults_to_the_supabase_url_and_can_be_set(monkeypatch, env, expected):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert config.supabase_jwt_issuer() == expected
+
+
+def test_the_jwt_issuer_without_supabase_url_names_the_missing_variable():
+    with pytest.raises(ConfigurationError) as raised:
+        config.supabase_jwt_issuer()
+    assert raised.value.variable == "SUPABASE_URL"
+
+
+def test_env_example_lists_every_variable_lib_reads():
+    # Platform-set variables (VERCEL, VERCEL_ENV, VERCEL_URL...) are not the operator's to write.
+    read = set()
+    for path in (ROOT / "lib").glob("*.py"):
+        read |= set(re.findall(r"(?:_get|require|environ\.get|ConfigurationError)\(\s*\"([A-Z][A-Z0-9_]+)\"", path.read_text()))
+    listed = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    operator_set = {name for name in read if not name.startswith("VERCEL")}
+    assert "SUPABASE_JWT_ISSUER" in operator_set and "METRICS_TOKEN" in operator_set
+    assert operator_set - listed == set()
 
 
 def test_the_namespace_defaults_to_dousell(monkeypatch):

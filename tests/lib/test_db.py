@@ -102,3 +102,30 @@ def test_a_value_the_database_refuses_is_a_422_not_a_500(code):
     respx.patch(f"{REST}/properties").mock(return_value=httpx.Response(400, json={"code": code, "message": "no"}))
     with pytest.raises(ValidationFailed):
         db.run(lambda: db.anon().from_("properties").update({"title": "x"}).eq("id", 1).execute())
+
+
+@pytest.mark.parametrize("response", [
+    # PostgREST 12.x and 14.2+: the PGRST103 error body.
+    httpx.Response(416, json={"code": "PGRST103", "message": "Requested range not satisfiable",
+                              "details": "An offset of 60 was requested, but there are only 44 rows.", "hint": None},
+                   headers={"Content-Range": "*/44"}),
+    # 13.0.x, 14.0, 14.1: the same body cut to two bytes, no Proxy-Status: postgrest-py says code "416".
+    httpx.Response(416, content=b'{"', headers={"Content-Range": "*/44", "Content-Type": "application/json"}),
+])
+@respx.mock
+def test_a_page_past_the_end_is_page_out_of_range_whichever_postgrest_answers(response):
+    respx.get(f"{REST}/properties").mock(return_value=response)
+    with pytest.raises(db.PageOutOfRange):
+        db.run(lambda: db.anon().from_("properties").select("id", count="exact").range(60, 79).execute())
+
+
+@respx.mock
+def test_a_column_without_privilege_is_403_forbidden():
+    from lib.errors import Forbidden
+
+    respx.patch(f"{REST}/properties").mock(return_value=httpx.Response(
+        403, json={"code": "42501", "message": "permission denied for table properties", "details": None,
+                   "hint": None}))
+    with pytest.raises(Forbidden):
+        db.run(lambda: db.as_user("user-jwt").from_("properties").update({"created_at": "2099-01-01"})
+               .eq("id", 1).execute())

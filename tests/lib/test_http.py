@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
@@ -151,15 +154,45 @@ def test_a_body_over_64_kib_is_413_and_one_at_the_limit_is_read(things):
     assert error_of(response)["code"] == "payload_too_large"
 
 
-def test_a_bad_content_length_is_400():
-    with serve(Things) as base:
+def raw_exchange(handler_cls: type, request: bytes) -> tuple[int, dict]:
+    """Send bytes no HTTP client would send; the status and the JSON body of the answer."""
+    with serve(handler_cls) as base:
         host, port = base.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=5) as sock:
-            sock.sendall(b"PATCH /api/things/5 HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}")
-            raw = b"".join(iter(lambda: sock.recv(65536), b"")).decode()  # HTTP/1.0: read to close
-    head, _, body = raw.partition("\r\n\r\n")
-    assert head.startswith("HTTP/1.0 400")
-    assert json.loads(body)["error"]["code"] == "bad_request"
+            sock.sendall(request)
+            raw = b"".join(iter(lambda: sock.recv(65536), b""))  # the server closes after an error
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("value, status", [
+    (b"abc", 400),
+    (b"\xb2", 400),  # `²` (headers are read as Latin-1): str.isdigit() says yes, int() refuses it
+    (b"1\xb9", 400),  # `1¹`
+    (b"\xd9\xa3", 400),  # an Arabic-Indic three in UTF-8
+    (b"-1", 400),
+    (b"1e3", 400),
+    (b"0x10", 400),
+    (b"2, 2", 400),  # a list, as a proxy might fold two headers
+    (b"9" * 5000, 413),  # more digits than int() converts: too large, not a crash
+    (b"99999999999999999999", 413),
+])
+def test_a_content_length_that_is_not_ascii_digits_is_400_and_a_huge_one_413(value, status):
+    request = b"PATCH /api/things/5 HTTP/1.1\r\nHost: x\r\nContent-Length: " + value + b"\r\n\r\n{}"
+    answered, body = raw_exchange(Things, request)
+    assert answered == status
+    assert body["error"]["code"] == ("bad_request" if status == 400 else "payload_too_large")
+
+
+def test_two_content_lengths_are_a_400():
+    request = b"PATCH /api/things/5 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}"
+    status, body = raw_exchange(Things, request)
+    assert status == 400 and body["error"]["code"] == "bad_request"
+
+
+def test_a_request_target_urlsplit_refuses_is_a_400_not_a_dropped_connection():
+    status, body = raw_exchange(Things, b"GET http://[::1/api/things/5 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 400 and body["error"]["code"] == "bad_request"
 
 
 def test_lib_errors_are_mapped_to_their_status_and_code(search):
@@ -185,6 +218,13 @@ def test_query_strings_are_validated_with_the_error_class_given(search):
     error = error_of(response)
     assert error["code"] == "invalid_filter"
     assert {d["field"] for d in error["details"]} == {"min_price", "colour"}
+
+
+@pytest.mark.parametrize("escaped", ["%FF%FE", "%ED%A0%80", "%C0%AF", "%"])  # invalid UTF-8, a surrogate, overlong, bare %
+def test_percent_escapes_that_are_not_utf8_are_read_not_a_crash(search, escaped):
+    response = search.get(f"/api/search?city={escaped}")
+    assert response.status_code == 200
+    assert "\ufffd" in response.json()["filters"]["city"] or escaped == "%"
 
 
 def test_a_repeated_query_parameter_is_refused(search):
@@ -218,11 +258,44 @@ def test_a_method_http_server_does_not_know_is_a_405_in_the_contract_shape(thing
 
 
 def test_a_request_line_too_long_is_a_4xx_in_the_contract_shape():
-    with serve(Things) as base:
-        host, port = base.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=5) as sock:
-            sock.sendall(b"GET /api/things/1?q=" + b"x" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-            raw = b"".join(iter(lambda: sock.recv(65536), b"")).decode()
-    head, _, body = raw.partition("\r\n\r\n")
-    assert head.split()[1] == "414"
-    assert json.loads(body)["error"]["code"] == "bad_request"
+    status, body = raw_exchange(Things, b"GET /api/things/1?q=" + b"x" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 414
+    assert body["error"]["code"] == "bad_request"
+
+
+# -- under Vercel's Fluid launcher ----------------------------------------------------------------
+
+
+def fluid_handler(app: type) -> type:
+    """The class Vercel's Fluid launcher serves for `handler = app`, made from the launcher's own source
+    (vercel_runtime/vc_init.py, the version the pinned CLI installs, see tests/test_vercel_build.py):
+    its module-level imports, its `storage`, its `BaseHandler`, then `class Handler(BaseHandler, app_obj)`
+    exactly as written there. Only its IPC socket is replaced: `send_message` keeps the messages."""
+    source = Path(importlib.util.find_spec("vercel_runtime").origin).with_name("vc_init.py").read_text()
+    tree = ast.parse(source)
+    wanted = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    wanted += [node for node in tree.body if isinstance(node, ast.AnnAssign) and ast.unparse(node.target) == "storage"]
+    classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+    base = next((node for node in classes if node.name == "BaseHandler"), None)
+    handler = next((node for node in classes if node.name == "Handler"
+                    and [ast.unparse(b) for b in node.bases] == ["BaseHandler", "app_obj"]), None)
+    assert base and handler, "vc_init.py no longer builds Handler(BaseHandler, app_obj): compose it as it now does"
+    namespace: dict = {"__name__": "vc_init_under_test", "app_obj": app, "send_message": lambda message: None}
+    exec(compile(ast.Module(body=[*wanted, base, handler], type_ignores=[]), "vc_init.py", "exec"), namespace)
+    return namespace["Handler"]
+
+
+def test_under_vercels_fluid_launcher_the_json_line_is_still_the_only_log_line(capfd):
+    launched = fluid_handler(Things)
+    assert launched.__mro__[1].__name__ == "BaseHandler"  # the launcher's class comes before ours
+    with serve(launched) as base, httpx.Client(base_url=base, timeout=5) as client:
+        capfd.readouterr()
+        response = client.get("/api/things/5?id=5&q=secret-query")
+        assert response.status_code == 200 and response.json() == {"id": 5}
+        refused = client.request("BREW", "/api/things/5?q=secret-query")  # http.server's own error path
+        assert refused.status_code == 405
+        out, err = capfd.readouterr()
+    assert out == ""  # the launcher writes its request line to stdout: nothing there
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert [(line["method"], line["status"]) for line in lines] == [("GET", 200), ("BREW", 405)]
+    assert "secret-query" not in err

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
 import psycopg
 import pytest
 from psycopg import errors
 
+from devstack.postgres import apply_schema, schema_files
 from tests.sql.demo import AWA, FATOU, LEASE_123, MERMOZ_102, MOUSSA, VILLA_789
 from tests.sql.helpers import race
 
+ROOT = Path(__file__).resolve().parents[2]
 INSERT_PAYMENT = "insert into rental_payments (lease_id, period, amount, status, paid_at) values (%s, %s, 50000, %s, %s)"
 
 
@@ -68,6 +76,8 @@ def test_the_payment_fence_is_per_lease_and_per_month(admin):
     insert_payment(admin, "2030-01", "pending")
     insert_payment(admin, "2030-02", "pending")  # another month
     insert_payment(admin, "2030-01", "pending", lease_id=900)  # another lease
+    pending = admin.execute("select lease_id, period from rental_payments where status = 'pending' order by 1, 2").fetchall()
+    assert pending == [(LEASE_123, "2030-01"), (LEASE_123, "2030-02"), (900, "2030-01")]
 
 
 @pytest.mark.parametrize("period", ["2030-13", "2030-00", "30-01", "2030-1", "2030-01-01", "2030/01", ""])
@@ -144,7 +154,9 @@ def test_a_cancelled_visit_frees_its_slot(admin):
     slot = new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
     first = insert_visit(admin, slot, FATOU)
     admin.execute("update visits set status = 'cancelled' where id = %s", (first,))
-    insert_visit(admin, slot, MOUSSA)
+    second = insert_visit(admin, slot, MOUSSA)
+    rows = admin.execute("select id, visitor_id::text, status from visits where slot_id = %s order by id", (slot,)).fetchall()
+    assert rows == [(first, FATOU, "cancelled"), (second, MOUSSA, "booked")]  # the history stays
 
 
 @pytest.mark.parametrize(
@@ -163,6 +175,8 @@ def test_booked_visits_of_one_property_may_not_overlap(admin, other_slot, allowe
     insert_visit(admin, booked, FATOU)
     if allowed:
         insert_visit(admin, other, MOUSSA)
+        both = admin.execute("select count(*) from visits where status = 'booked' and slot_id in (%s, %s)", (booked, other))
+        assert both.fetchone()[0] == 2
     else:
         with pytest.raises(errors.ExclusionViolation):
             insert_visit(admin, other, MOUSSA)
@@ -171,15 +185,18 @@ def test_booked_visits_of_one_property_may_not_overlap(admin, other_slot, allowe
 def test_overlapping_visits_of_different_properties_are_fine(admin):
     here = new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
     there = new_slot(admin, MERMOZ_102, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
-    insert_visit(admin, here, FATOU)
-    insert_visit(admin, there, FATOU)
+    visits = [insert_visit(admin, here, FATOU), insert_visit(admin, there, FATOU)]
+    rows = admin.execute("select property_id, status from visits where id = any(%s) order by property_id", (visits,)).fetchall()
+    assert rows == [(MERMOZ_102, "booked"), (VILLA_789, "booked")]
 
 
 def test_an_overlapping_cancelled_visit_does_not_count(admin):
     booked = new_slot(admin, VILLA_789, "2030-01-01 10:00Z", "2030-01-01 11:00Z")
     other = new_slot(admin, VILLA_789, "2030-01-01 10:30Z", "2030-01-01 11:30Z")
-    insert_visit(admin, booked, FATOU, status="cancelled")
-    insert_visit(admin, other, MOUSSA)
+    cancelled = insert_visit(admin, booked, FATOU, status="cancelled")
+    taken = insert_visit(admin, other, MOUSSA)
+    rows = admin.execute("select id, status from visits where id in (%s, %s) order by id", (cancelled, taken)).fetchall()
+    assert rows == [(cancelled, "cancelled"), (taken, "booked")]
 
 
 def test_a_visit_belongs_to_its_slots_property(admin):
@@ -228,6 +245,138 @@ def test_the_visit_fences_hold_between_racing_transactions(seeded_db, pg_connect
     losers = [r for r in results if r != "booked"]
     assert len(losers) == 1 and isinstance(losers[0], error), losers
     assert admin.execute("select count(*) from visits where status = 'booked' and property_id = 789").fetchone()[0] == 1
+
+
+# -- the API's limits, held by the database too (20261202000010_hardening.sql) -------------------
+
+
+def request_model(relative: str, name: str) -> Any:
+    """A request model of an api/ file (file routing names like `[id].py` are not importable)."""
+    spec = importlib.util.spec_from_file_location(f"limits_{abs(hash(relative))}", ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def limits(model: Any) -> dict[str, dict[str, Any]]:
+    """`{"title": {"min_length": 3, "max_length": 200}, "price": {"gt": 0, "le": 1000000000}, ...}`."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, info in model.model_fields.items():
+        for item in info.metadata:
+            for bound in ("min_length", "max_length", "gt", "ge", "le", "pattern"):
+                if getattr(item, bound, None) is not None:
+                    found.setdefault(name, {})[bound] = getattr(item, bound)
+    return found
+
+
+PROPERTY_LIMITS = limits(request_model("api/properties/[id].py", "PropertyChanges"))
+PROFILE_LIMITS = limits(request_model("api/profile.py", "ProfileChanges"))
+
+
+def edges(limited: dict[str, dict[str, Any]]) -> list[Any]:
+    """For each column, a value at each bound the API allows (True) and one just past it (False)."""
+    cases = []
+    for column, bounds in sorted(limited.items()):
+        if "max_length" in bounds:
+            cases += [(column, "é" * bounds["max_length"], True, "max"), (column, "é" * (bounds["max_length"] + 1), False, "max+1")]
+        if bounds.get("min_length", 0) > 1:
+            cases += [(column, "é" * bounds["min_length"], True, "min"), (column, "é" * (bounds["min_length"] - 1), False, "min-1")]
+        if "le" in bounds:
+            cases += [(column, bounds["le"], True, "max"), (column, bounds["le"] + 1, False, "max+1")]
+    return [pytest.param(column, value, allowed, id=f"{column}-{label}") for column, value, allowed, label in cases]
+
+
+@pytest.mark.parametrize("column, value, allowed", edges(PROPERTY_LIMITS))
+def test_a_property_column_takes_exactly_what_the_api_accepts(as_user, admin, column, value, allowed):
+    if allowed:
+        with as_user(AWA) as conn:
+            assert conn.execute(f"update properties set {column} = %s where id = %s", (value, VILLA_789)).rowcount == 1
+        assert admin.execute(f"select {column} from properties where id = %s", (VILLA_789,)).fetchone()[0] == value
+    else:
+        with pytest.raises(errors.CheckViolation), as_user(AWA) as conn:
+            conn.execute(f"update properties set {column} = %s where id = %s", (value, VILLA_789))
+
+
+def test_every_limited_property_field_is_covered():
+    assert {"title", "description", "city", "district", "price", "bedrooms"} <= set(PROPERTY_LIMITS)
+
+
+@pytest.mark.parametrize("column, value, allowed", edges(PROFILE_LIMITS) + [
+    ("phone", "+221 77 123 45 67", True),
+    ("phone", "221771234567", True),  # as GoTrue stores a phone sign-up's number
+    ("phone", "appelez-moi", False),
+    ("phone", "+" + "7" * 21, False),
+    ("phone", "77 12", False),
+])
+def test_a_profile_column_takes_exactly_what_the_api_accepts(as_user, admin, column, value, allowed):
+    if allowed:
+        with as_user(FATOU) as conn:
+            assert conn.execute(f"update profiles set {column} = %s where id = %s", (value, FATOU)).rowcount == 1
+    else:
+        with pytest.raises(errors.CheckViolation), as_user(FATOU) as conn:
+            conn.execute(f"update profiles set {column} = %s where id = %s", (value, FATOU))
+
+
+def test_the_migration_applies_over_rows_that_break_a_limit_and_still_checks_new_writes(pg_cluster, pg_connect):
+    # A deployed database where the web app already wrote past the API's limits.
+    hardening = ROOT / "supabase" / "migrations" / "20261202000010_hardening.sql"
+    name = f"test_legacy_{uuid.uuid4().hex[:8]}"
+    dsn = pg_cluster.create_database(name)
+    try:
+        apply_schema(dsn, files=[path for path in schema_files() if path != hardening])
+        admin = pg_connect(dsn)
+        admin.execute("update profiles set full_name = %s where id = %s", ("é" * 2040, MOUSSA))
+        admin.execute("update properties set price = 2000000000 where id = 789")  # 2 billion XOF
+
+        apply_schema(dsn, files=[hardening])
+
+        validated = dict(admin.execute("select conname, convalidated from pg_constraint where conname in"
+                                       " ('profiles_full_name_length', 'properties_price_range', 'properties_title_length')"))
+        assert validated == {"profiles_full_name_length": False, "properties_price_range": False,
+                             "properties_title_length": True}
+        with pytest.raises(errors.CheckViolation):
+            admin.execute("update profiles set full_name = %s where id = %s", ("é" * 121, FATOU))
+        admin.execute("update profiles set full_name = 'Moussa Diop' where id = %s", (MOUSSA,))  # the fix an operator runs
+        admin.execute("alter table profiles validate constraint profiles_full_name_length")
+    finally:
+        pg_cluster.drop_database(name)
+
+
+def test_the_database_phone_pattern_is_the_apis():
+    migration = (ROOT / "supabase" / "migrations" / "20261202000010_hardening.sql").read_text()
+    assert f"phone ~ '{PROFILE_LIMITS['phone']['pattern']}'" in migration
+
+
+@pytest.mark.parametrize("column, value", [("title", "é" * 201), ("body", "é" * 1001), ("kind", ""), ("kind", "k" * 41)])
+def test_notification_texts_are_bounded_whoever_writes_them(admin, column, value):
+    with pytest.raises(errors.CheckViolation):
+        admin.execute(f"update notifications set {column} = %s where user_id = %s", (value, MOUSSA))
+
+
+@pytest.mark.parametrize("metadata, name, phone", [
+    ({"full_name": "é" * 2040, "phone": "+221 77 000 00 00"}, "é" * 120, "+221 77 000 00 00"),  # cut, not refused
+    ({"full_name": "A", "phone": "appelez-moi"}, None, None),  # too short, not a number: left empty
+    ({"full_name": "  Aminata Ba  "}, "Aminata Ba", None),
+])
+def test_signing_up_keeps_the_profile_within_the_limits_rather_than_failing(admin, metadata, name, phone):
+    user_id = admin.execute(
+        "insert into auth.users (email, raw_user_meta_data) values ('aminata@example.sn', %s) returning id",
+        (json.dumps(metadata),),
+    ).fetchone()[0]
+    assert admin.execute("select full_name, phone from profiles where id = %s", (user_id,)).fetchone() == (name, phone)
+
+
+def test_a_confirmed_payment_notifies_within_the_limits_with_the_longest_names(admin, as_service, periods):
+    # The longest name and title the API accepts, copied into both notifications by confirm_payment.
+    admin.execute("update profiles set full_name = %s where id = %s", ("é" * 120, MOUSSA))
+    admin.execute("update properties set title = %s where id = 123", ("é" * 200,))
+    admin.execute("insert into rental_payments (lease_id, period, amount, provider_token) values (123, %s, 50000, 'tok-long')",
+                  (periods.current,))
+    with as_service() as conn:
+        result = conn.execute("select confirm_payment('tok-long', 'completed', 50000)").fetchone()[0]
+    assert result["changed"] is True
+    bodies = admin.execute("select body from notifications where data ->> 'period' = %s", (periods.current,)).fetchall()
+    assert len(bodies) == 2 and all(len(body) <= 1000 for (body,) in bodies)
 
 
 # -- triggers -------------------------------------------------------------------------------

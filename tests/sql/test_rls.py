@@ -81,7 +81,8 @@ def test_an_owner_updates_their_own_property(as_user, admin):
 
 
 def test_an_owner_cannot_give_a_property_away(as_user, admin):
-    with pytest.raises(errors.InsufficientPrivilege, match="row-level security"), as_user(AWA) as conn:
+    # owner_id has no UPDATE privilege (20261202000010_hardening.sql); RLS's WITH CHECK is the second fence.
+    with pytest.raises(errors.InsufficientPrivilege, match="permission denied"), as_user(AWA) as conn:
         conn.execute("update properties set owner_id = %s where id = %s", (IBRAHIMA, VILLA_789))
     assert admin.execute("select owner_id::text from properties where id = %s", (VILLA_789,)).fetchone()[0] == AWA
 
@@ -321,9 +322,81 @@ def test_an_owner_cannot_manage_slots_of_another_owners_property(as_user, admin)
     assert admin.execute("select count(*) from visit_slots where property_id = %s", (THIES_201,)).fetchone()[0] == 1
 
 
-def test_an_owner_cannot_move_a_slot_to_another_owners_property(as_user):
-    with pytest.raises(errors.InsufficientPrivilege, match="row-level security"), as_user(AWA) as conn:
+def test_an_owner_cannot_move_a_slot_to_another_owners_property(as_user, admin):
+    # property_id has no UPDATE privilege; RLS's WITH CHECK would refuse it too.
+    with pytest.raises(errors.InsufficientPrivilege, match="permission denied"), as_user(AWA) as conn:
         conn.execute("update visit_slots set property_id = %s where property_id = %s", (THIES_201, VILLA_789))
+    assert admin.execute("select count(*) from visit_slots where property_id = %s", (THIES_201,)).fetchone()[0] == 1
+
+
+# -- columns: clients write only what the API exposes (20261202000010_hardening.sql) ---------
+
+NEW_LISTING = "insert into properties (owner_id, title, city, type, price{extra}) values ('{awa}', 'Studio à Yoff', 'Dakar', 'studio', 90000{value})"
+
+
+@pytest.mark.parametrize("statement", [
+    NEW_LISTING.format(awa=AWA, extra=", created_at", value=", '2099-01-01'"),  # atop the newest-first list for good
+    NEW_LISTING.format(awa=AWA, extra=", updated_at", value=", '2099-01-01'"),
+    NEW_LISTING.format(awa=AWA, extra=", id", value=", 100000"),  # squats an identity value
+    "update properties set created_at = '2099-01-01' where id = 789",
+    "update properties set updated_at = '2099-01-01' where id = 789",
+    "update properties set id = 100000 where id = 789",
+    "update properties set owner_id = '{awa}' where id = 789",  # even to themselves: it never changes
+    "insert into visit_slots (id, property_id, starts_at, ends_at) values (100000, 789, '2030-01-01 10:00Z', '2030-01-01 11:00Z')",
+    "insert into visit_slots (property_id, starts_at, ends_at, created_at) values (789, '2030-01-01 10:00Z', '2030-01-01 11:00Z', '2000-01-01')",
+    "update visit_slots set created_at = '2000-01-01' where property_id = 789",
+    "update visit_slots set property_id = 117 where property_id = 789",  # to another of her own, even
+])
+def test_an_owner_cannot_write_the_columns_the_database_owns(as_user, admin, statement):
+    snapshot = "select (select md5(string_agg(t::text, ',' order by id)) from properties t), (select md5(string_agg(s::text, ',' order by id)) from visit_slots s)"
+    before = admin.execute(snapshot).fetchone()
+    with pytest.raises(errors.InsufficientPrivilege, match="permission denied"), as_user(AWA) as conn:
+        conn.execute(statement.format(awa=AWA))
+    assert admin.execute(snapshot).fetchone() == before
+
+
+def test_an_explicit_id_cannot_take_the_identity_value_another_owners_insert_gets(as_user, admin):
+    upcoming = admin.execute("select last_value + 1 from properties_id_seq").fetchone()[0]
+    with pytest.raises(errors.InsufficientPrivilege), as_user(AWA) as conn:
+        conn.execute(NEW_LISTING.format(awa=AWA, extra=", id", value=f", {upcoming}"))
+    with as_user(IBRAHIMA) as conn:
+        listed = conn.execute(NEW_LISTING.format(awa=IBRAHIMA, extra="", value="") + " returning id").fetchone()[0]
+    assert listed == upcoming
+
+
+@pytest.mark.parametrize("column, value", [
+    ("title", "Villa rénovée aux Almadies"), ("description", "Nouvelle description."), ("city", "Saly"),
+    ("district", "Ngaparou"), ("district", None), ("type", "house"), ("price", 1_250_000), ("bedrooms", 5),
+    ("status", "archived"), ("currency", "XOF"),
+])
+def test_an_owner_still_writes_every_field_the_api_and_the_web_app_edit(as_user, admin, column, value):
+    with as_user(AWA) as conn:
+        assert conn.execute(f"update properties set {column} = %s where id = 789", (value,)).rowcount == 1
+    assert admin.execute(f"select {column} from properties where id = 789").fetchone()[0] == value
+
+
+def test_an_owner_still_lists_with_every_field_of_the_form(as_user):
+    with as_user(AWA) as conn:
+        row = conn.execute(
+            "insert into properties (owner_id, title, description, city, district, type, price, currency, bedrooms, status)"
+            " values (%s, 'Villa à Saly', 'Piscine.', 'Saly', 'Ngaparou', 'villa', 900000, 'XOF', 3, 'published')"
+            " returning status, created_at > now() - interval '1 minute'", (AWA,)).fetchone()
+        slot = conn.execute("insert into visit_slots (property_id, starts_at, ends_at) values (789, '2030-01-01 10:00Z',"
+                            " '2030-01-01 11:00Z') returning id").fetchone()[0]
+        assert conn.execute("update visit_slots set starts_at = starts_at + interval '1 hour', ends_at = ends_at +"
+                            " interval '1 hour' where id = %s", (slot,)).rowcount == 1
+    assert row == ("published", True)
+
+
+@pytest.mark.parametrize("table", ["properties", "visit_slots"])
+def test_anon_holds_no_write_privilege_on_owner_tables(admin, table):
+    granted = admin.execute(
+        "select privilege_type from information_schema.role_table_grants where grantee = 'anon' and table_name = %s"
+        " and privilege_type in ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')", (table,)).fetchall()
+    columns = admin.execute(
+        "select column_name, privilege_type from information_schema.column_privileges where grantee = 'anon'"
+        " and table_name = %s and privilege_type in ('INSERT', 'UPDATE')", (table,)).fetchall()
+    assert (granted, columns) == ([], [])
 
 
 # -- notifications --------------------------------------------------------------------------
