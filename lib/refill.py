@@ -64,6 +64,14 @@ def watch(tags: Sequence[str]) -> dict[str, str | None] | None:
     return dict(zip(tags, versions, strict=True))
 
 
+def _decoded(payload: str) -> Any:
+    """An entry's JSON; MISSING if it is not JSON (not ours: nothing to patch)."""
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return MISSING
+
+
 def fill(refills: Sequence[Refill], olds: Sequence[str | None], before: dict[str, str | None],
          after: dict[str, str], lock: str, now: int) -> None:
     """Store each refill whose new value can be told, in one REFILL, and release the writer's fill
@@ -76,7 +84,7 @@ def fill(refills: Sequence[Refill], olds: Sequence[str | None], before: dict[str
         tags = list(one.entry.tags)
         old = entries.parse(raw)
         valid = old is not None and old.built == [before[t] for t in tags] and old.expires > now
-        value = one.value(json.loads(old.payload) if valid else MISSING)
+        value = one.value(_decoded(old.payload) if valid else MISSING)
         if value is SKIP:
             continue
         if one.fresh:
