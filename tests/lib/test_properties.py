@@ -146,7 +146,7 @@ def test_without_upstash_configured_the_update_is_refused_before_anything_is_wri
 
 
 def read(call):
-    """`call()` as a request: its value, X-Cache, and the queries the Supabase stand-in answered."""
+    """`call()` as a request: its value and its X-Cache."""
     ctx = context.begin()
     value = call()
     return value, ctx.cache_status
