@@ -253,10 +253,12 @@ def _bump(tags: Sequence[str], delete: Sequence[str] = (), refills: Sequence[ref
     seen = seen or {}
     versions = [secrets.token_hex(6) for _ in tags]
     token = secrets.token_hex(8)
-    args: list[Any] = [len(tags), TAG_TTL_MS, len(refills), token, refill.LOCK_MS, refill.EXPECTED_MS]
+    expected = refill.gap.expected()
+    args: list[Any] = [len(tags), TAG_TTL_MS, len(refills), token, refill.LOCK_MS, expected]
     for tag, version in zip(tags, versions, strict=True):
         args += [version, "" if tag not in seen else ("!" if seen[tag] is None else seen[tag])]
     pairs = [k for r in refills for k in (r.entry.key, keys.fill_lock_key(r.entry.key))]
+    start = time.perf_counter()
     try:
         with context.timed("cache"):
             try:
@@ -270,7 +272,7 @@ def _bump(tags: Sequence[str], delete: Sequence[str] = (), refills: Sequence[ref
         return False
     with _pending_lock:
         _pending_tags.difference_update(pending)
-    if unmoved:
-        refill.fill(refills, found[len(tags):], dict(zip(tags, found[:len(tags)], strict=True)),
-                    dict(zip(tags, versions, strict=True)), f"{token}|{now}|{refill.EXPECTED_MS}", now)
+    if unmoved and refill.fill(refills, found[len(tags):], dict(zip(tags, found[:len(tags)], strict=True)),
+                               dict(zip(tags, versions, strict=True)), f"{token}|{now}|{expected}", now):
+        refill.gap.add((time.perf_counter() - start) * 1000)  # what the next writer's lock will announce
     return True

@@ -22,6 +22,7 @@ A refill that cannot be told or does not land leaves the key a miss: the next re
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +31,13 @@ from lib import context, entries, keys, metrics, upstash
 from lib.entries import DEFAULT_LOAD_MS, REFILL, TAG_TTL_MS
 from lib.upstash import RedisError, RedisFull
 
-# The writer holds the fill locks of the keys it refills between its bump and its fill, one Upstash
-# round trip: readers arriving meanwhile wait about EXPECTED_MS instead of querying the database.
-# If the fill never comes, the locks lapse after LOCK_MS.
-EXPECTED_MS = 5
-LOCK_MS = 1_000
+# The writer holds the fill locks of the keys it refills between its bump and its fill (two Upstash
+# round trips and the patching in between): readers arriving meanwhile wait that long instead of
+# querying the database. The lock says how long: what this instance's last refills took (`gap`),
+# FIRST_GUESS_MS before it has done any. If the fill never comes, the locks lapse after LOCK_MS,
+# past the bound of the Upstash call that would have brought it (lib/upstash: 0.5 s).
+FIRST_GUESS_MS = 20
+LOCK_MS = 600
 MIN_TTL_MS = 1_000  # a patched entry keeps its old expiry; this close to it, a reader reloads it instead
 
 MISSING = object()  # what `value(old)` gets when the entry had no valid value before the write
@@ -51,6 +54,32 @@ class Refill:
     entry: keys.CacheKey
     value: Callable[[Any], Any]
     fresh: bool = False
+
+
+class Smoothed:
+    """A duration this instance measures again and again, smoothed as TCP smooths a round trip
+    (RFC 6298: srtt ← 7/8 srtt + 1/8 m, dev ← 3/4 dev + 1/4 |srtt − m|); `expected()` is srtt + dev."""
+
+    def __init__(self, first_guess_ms: float):
+        self._lock = threading.Lock()
+        self._srtt: float | None = None
+        self._dev = 0.0
+        self._first_guess = first_guess_ms
+
+    def add(self, ms: float) -> None:
+        with self._lock:
+            if self._srtt is None:
+                self._srtt, self._dev = ms, ms / 2
+            else:
+                self._dev = 0.75 * self._dev + 0.25 * abs(self._srtt - ms)
+                self._srtt = 0.875 * self._srtt + 0.125 * ms
+
+    def expected(self) -> int:
+        with self._lock:
+            return round(self._first_guess if self._srtt is None else self._srtt + self._dev)
+
+
+gap = Smoothed(FIRST_GUESS_MS)  # from a write's bump to its refill landing, in this instance
 
 
 def watch(tags: Sequence[str]) -> dict[str, str | None] | None:
@@ -73,11 +102,11 @@ def _decoded(payload: str) -> Any:
 
 
 def fill(refills: Sequence[Refill], olds: Sequence[str | None], before: dict[str, str | None],
-         after: dict[str, str], lock: str, now: int) -> None:
+         after: dict[str, str], lock: str, now: int) -> bool:
     """Store each refill whose new value can be told, in one REFILL, and release the writer's fill
     locks. `olds`: each entry as the bump read it; `before` / `after`: the tags' versions just
     before the bump and the ones it set; `lock`: the value of the writer's fill locks; `now`: the
-    bump's time (ms, Redis's clock)."""
+    bump's time (ms, Redis's clock). False if Redis did not answer (nothing may be stored)."""
     command_keys = [keys.fill_lock_key(r.entry.key) for r in refills]
     args: list[Any] = [lock, TAG_TTL_MS, len(refills)]
     for one, raw in zip(refills, olds, strict=True):
@@ -101,5 +130,7 @@ def fill(refills: Sequence[Refill], olds: Sequence[str | None], before: dict[str
             upstash.run(REFILL, command_keys, args)
     except RedisFull:
         metrics.count_refused_write()  # not stored: the keys stay misses; the locks lapse by themselves
+        return False
     except RedisError:
-        pass  # not stored: the keys stay misses; the locks lapse after LOCK_MS
+        return False  # not stored: the keys stay misses; the locks lapse after LOCK_MS
+    return True

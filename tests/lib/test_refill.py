@@ -28,6 +28,12 @@ PUBLIC = keys.properties_all()
 ROW_TAGS = ["properties:public", "property:7"]  # what a change of property 7 bumps, here
 
 
+@pytest.fixture(autouse=True)
+def fresh_instance(monkeypatch):
+    """No refill measured yet: the writer's locks announce refill.FIRST_GUESS_MS."""
+    monkeypatch.setattr(refill, "gap", refill.Smoothed(refill.FIRST_GUESS_MS))
+
+
 def patch(row):
     """A list's refill: the page as it was just before the bump, with `row` in place of its old self."""
     def value(old):
@@ -215,4 +221,30 @@ def test_a_reader_between_the_bump_and_the_refill_waits_for_it_instead_of_queryi
     monkeypatch.setattr(upstash, "run", run)
     write([Refill(PUBLIC, patch({"id": 7, "price": 120}))])
     assert answered == [([{"id": 7, "price": 120}], "HIT")] and reader.calls == 0
-    assert len(clock.sleeps) == 1 and clock.sleeps[0] <= (refill.EXPECTED_MS + 5) / 1000, "a few ms, not a query"
+    assert len(clock.sleeps) == 1 and clock.sleeps[0] <= (refill.FIRST_GUESS_MS + 2) / 1000, "some ms, not a query"
+
+
+def test_the_writers_locks_announce_what_its_refills_took_so_far(redis, monkeypatch):
+    refill.gap.add(40)  # this instance's last refill took 40 ms
+    announced = []
+
+    def look_at_the_lock():
+        announced.append(redis.redis.get(keys.fill_lock_key(DETAIL.key)).decode().rsplit("|", 1)[1])
+
+    run_script_first(monkeypatch, entries.REFILL, look_at_the_lock)
+    write([Refill(DETAIL, lambda old: {"id": 7}, fresh=True)])
+    assert announced == ["60"], "40 ms, plus its deviation (half of the first measure)"
+    assert refill.gap.expected() != 60, "this refill was measured too"
+
+
+@pytest.mark.parametrize("measures, expected", [
+    ([], refill.FIRST_GUESS_MS),  # nothing measured: the first guess
+    ([100], 150),  # one measure m: srtt = m, dev = m / 2
+    ([100, 100], 138),  # dev ← 3/4 dev + 1/4 |srtt − m| = 37.5; srtt stays 100: 137.5
+    ([100, 180], 168),  # dev ← 37.5 + 20 = 57.5; srtt ← 7/8 srtt + 1/8 m = 110: 167.5
+])
+def test_a_duration_is_smoothed_as_tcp_smooths_a_round_trip(measures, expected):
+    smoothed = refill.Smoothed(refill.FIRST_GUESS_MS)
+    for ms in measures:
+        smoothed.add(ms)
+    assert smoothed.expected() == expected
