@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from lib import cache, context, db, keys, properties, refill, upstash
+from lib import cache, context, db, keys, outbox, properties, refill, upstash
 from lib.upstash import RedisError
 
 T = TypeVar("T")
@@ -123,11 +123,13 @@ class ThisProject(Strategy):
         and refill what the returned row tells). Only the price changes: the row before differs from
         the returned one in its price alone, which the refill rules do not look at."""
         seen = refill.watch(keys.property_detail(property_id).tags)
-        rows = db.run(lambda: db.service().from_("properties").update({"price": price}).eq("id", property_id)
-                      .execute()).data
+        writes = outbox.Writes()  # its change id: the database webhook does not bump again what this write did
+        rows = db.run(lambda: writes.stamp(db.service().from_("properties").update({"price": price})
+                                           .eq("id", property_id)).execute()).data
         if not rows:
             raise RuntimeError(f"property {property_id} was not updated")
-        properties.changed(rows[0], rows[0], seen)
+        row = rows[0]
+        writes.applied(keys.change_tags("properties", row, row), refills=properties.refills_after(row, row), seen=seen)
 
     def invalidate(self, tags: Any, **kwargs: Any) -> bool:
         return cache.invalidate(tags, **kwargs)

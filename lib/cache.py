@@ -1,7 +1,7 @@
 """Cache-aside over Upstash: a hit is one plain read command, stampede protection, tag invalidation, a fail-safe.
 
     value = cache.fetch(keys.property_detail(123), lambda: db_read_property(123))
-    cache.invalidate(keys.property_changed(123, owner_id, {"Dakar"}))
+    cache.invalidate(keys.change_tags("properties", before, after), changes=[change_id])
 
 An entry is a string: a header (when it expires by Redis's clock, how long it took to load, its
 stale window, the version of each tag when the database was read) and the JSON value. A tag's
@@ -24,6 +24,10 @@ A miss is three commands. When Upstash fails or times out, the read goes to the 
 costs one timeout per warm instance, not one per request. A full database (Upstash's default: no
 eviction) refuses the claim or the fill: the value is answered from the database and not
 stored; hits go on.
+
+An invalidation that cannot reach Redis is not kept here: every change is in the database's
+outbox until its tags are bumped (lib/outbox, docs/invalidation.md). The read that probes
+Redis after an outage first runs the recovery hooks (the outbox drain) before it trusts an entry.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ import json
 import logging
 import random
 import secrets
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -73,41 +76,48 @@ def wake_after(expected_in_ms: int | None, overdue_polls: int) -> float:
     return min(OVERDUE_POLL * 2 ** overdue_polls, MAX_POLL)
 
 
-# KEYS[1..ntags] tag version keys, then a (entry, fill lock) pair per refill candidate, then the
-# keys to delete. ARGV[1] ntags, ARGV[2] the tag ttl ms, ARGV[3] the number of candidates, ARGV[4]
-# the writer's fill-lock token, ARGV[5] its ms, ARGV[6] the ms it expects to take, then a pair
-# per tag: its new random version, and the version the writer saw before its write ('' when it
-# saw none, '!' when the tag was missing). When there are candidates and no tag moved since the
-# writer looked (no other write slipped in), each candidate's fill lock is taken (NX) and the
-# candidate read before the bump. Returns {1 if so (else 0), Redis's time in ms, each tag's
-# version before the bump..., each candidate's entry before the bump (false if none)...}.
+# KEYS: the tag version keys, then one applied-change marker per change id (lib/outbox), then a
+# (entry, fill lock) pair per refill candidate (lib/refill), then the keys to delete. ARGV[1] the
+# number of tags, ARGV[2] of markers, ARGV[3] of candidates, ARGV[4] the tag ttl ms, ARGV[5] the
+# marker ttl ms, ARGV[6] the marker value (the tags, JSON), ARGV[7] the writer's fill-lock token,
+# ARGV[8] its ms, ARGV[9] the ms the writer expects to take, then a pair per tag: its new random
+# version, and the version the writer saw before its write ('' when it saw none, '!' when the tag
+# was missing). When there are candidates and no tag moved since the writer looked (no other
+# write slipped in), each candidate is read before the bump and its fill lock taken (NX). The
+# markers are written after the tags: a marker never claims a bump that did not happen. Returns
+# {1 if the candidates were taken (else 0), Redis's time in ms, each tag's version before the
+# bump..., each candidate's entry before the bump (false if none)...}.
 BUMP = upstash.Script("""
-local ntags, ncand = tonumber(ARGV[1]), tonumber(ARGV[3])
+local ntags, nmarks, ncand = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out, unmoved = {0, now}, ncand > 0
 for i = 1, ntags do
   local version = redis.call('GET', KEYS[i])
-  local seen = ARGV[6 + 2 * i]
+  local seen = ARGV[9 + 2 * i]
   if seen ~= '' and (version or '!') ~= seen then unmoved = false end
   table.insert(out, version)
 end
+local first = ntags + nmarks
 if unmoved then
   out[1] = 1
-  local lock = ARGV[4] .. '|' .. now .. '|' .. ARGV[6]
+  local lock = ARGV[7] .. '|' .. now .. '|' .. ARGV[9]
   for c = 1, ncand do
-    local raw = redis.pcall('GET', KEYS[ntags + 2 * c - 1])
+    local raw = redis.pcall('GET', KEYS[first + 2 * c - 1])
     table.insert(out, type(raw) == 'string' and raw or false)
-    redis.call('SET', KEYS[ntags + 2 * c], lock, 'NX', 'PX', ARGV[5])
+    redis.call('SET', KEYS[first + 2 * c], lock, 'NX', 'PX', ARGV[8])
   end
 end
-for i = 1, ntags do redis.call('SET', KEYS[i], ARGV[5 + 2 * i], 'PX', ARGV[2]) end
-if #KEYS > ntags + 2 * ncand then redis.call('DEL', unpack(KEYS, ntags + 2 * ncand + 1)) end
+for i = 1, ntags do redis.call('SET', KEYS[i], ARGV[8 + 2 * i], 'PX', ARGV[4]) end
+for i = ntags + 1, first do redis.call('SET', KEYS[i], ARGV[6], 'PX', ARGV[5]) end
+if #KEYS > first + 2 * ncand then redis.call('DEL', unpack(KEYS, first + 2 * ncand + 1)) end
 return out
 """, writes=True)
 
-_pending_lock = threading.Lock()
-_pending_tags: set[str] = set()  # invalidations that could not reach Redis, sent at the next chance
+# Run by the read that probes Redis after an outage, before it reads an entry (lib/outbox
+# registers its drain, which sends with force=True: the breaker is half-open). Each returns False
+# if Redis failed again. Kept as a list, not an import, so lib/cache imports nothing that imports it.
+_recovery_hooks: list[Callable[[], bool]] = []
 
 
 def _bypass(loader: Callable[[], T], family: str) -> T:
@@ -133,7 +143,7 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
     Never raises for a Redis problem: the database answers instead. A bug raises.
     """
     loader = metrics.attributed(family, loader)  # its queries count for the queries-avoided estimate
-    if _pending_tags and not _bump(()):
+    if upstash.breaker.state != "closed" and upstash.breaker.allow() and not _after_outage():
         return _bypass(loader, family)
     keys_ = _entry_keys(key, tags, family)
     odds = [max(draw(), 1e-12), XFETCH_BETA]
@@ -227,34 +237,34 @@ def _release(fill_key: str, lock: str) -> None:
         pass  # the fill lock expires by itself after FILL_LOCK_MS; a failure already opened the breaker
 
 
-def invalidate(tags: Sequence[str], *, delete: Sequence[str] = (), refills: Sequence[refill.Refill] = (),
-               seen: dict[str, str | None] | None = None) -> bool:
-    """Give each tag a new version (every entry built on the old one becomes a miss) and delete
-    `delete` keys, in one command. Returns False if Redis could not be told: the tags are kept
-    and sent with this instance's next Redis call.
+def invalidate(tags: Sequence[str], *, changes: Sequence[str] = (), delete: Sequence[str] = (),
+               refills: Sequence[refill.Refill] = (), seen: dict[str, str | None] | None = None,
+               force: bool = False) -> bool:
+    """Give each tag a new version (every entry built on the old one becomes a miss), mark `changes`
+    (ids of the API's own writes, lib/outbox) applied with these tags and delete `delete` keys, in
+    one command. `force`: send it while the breaker is half-open (the probe's recovery hook).
 
     `refills`, with `seen` (`refill.watch` before the write): keys whose new value the writer knows,
     read by the same command as the bump and filled right after it (lib/refill). If a tag of `seen`
-    moved since the watch (another write slipped in), nothing is refilled. Never fails the write."""
-    return _bump(tags, delete, refills if seen else (), seen or {})
+    moved since the watch (another write slipped in), nothing is refilled. A refill never fails
+    the write: at worst its keys are misses.
 
-
-def _bump(tags: Sequence[str], delete: Sequence[str] = (), refills: Sequence[refill.Refill] = (),
-          seen: dict[str, str | None] | None = None) -> bool:
-    """Bump `tags` and whatever earlier invalidations could not send. Only a failed bump leaves its
-    tags pending: a tag in flight is not there for another request to bump again (which would void
-    this write's refills)."""
-    with _pending_lock:
-        pending = set(_pending_tags)
-    tags = sorted(set(tags) | pending)
-    if not tags and not delete:
+    Returns False if Redis could not be told. Nothing is kept in memory for later: the change
+    waits in the database's outbox, and the webhook, the cron or the first read after the
+    outage applies it (lib/outbox).
+    """
+    tags = sorted(set(tags))
+    if not (tags or changes or delete):
         return True
-    refills = [r for r in refills if set(r.entry.tags) <= set(tags)]  # built on tags this bump moves
+    # Only keys built on tags this bump moves: any other tag would not say if a write slipped in.
+    refills = [r for r in refills if seen and set(r.entry.tags) <= set(tags)]
     seen = seen or {}
+    markers = [keys.applied_change(change) for change in changes]
     versions = [secrets.token_hex(6) for _ in tags]
     token = secrets.token_hex(8)
     expected = refill.gap.expected()
-    args: list[Any] = [len(tags), TAG_TTL_MS, len(refills), token, refill.LOCK_MS, expected]
+    args: list[Any] = [len(tags), len(markers), len(refills), TAG_TTL_MS, keys.APPLIED_CHANGE_TTL * 1000,
+                       json.dumps(tags, separators=(",", ":")), token, refill.LOCK_MS, expected]
     for tag, version in zip(tags, versions, strict=True):
         args += [version, "" if tag not in seen else ("!" if seen[tag] is None else seen[tag])]
     pairs = [k for r in refills for k in (r.entry.key, keys.fill_lock_key(r.entry.key))]
@@ -262,17 +272,35 @@ def _bump(tags: Sequence[str], delete: Sequence[str] = (), refills: Sequence[ref
     try:
         with context.timed("cache"):
             try:
-                unmoved, now, *found = upstash.run(BUMP, [*map(keys.tag_key, tags), *pairs, *delete], args)
-            except RedisFull:  # no room for new versions: dropping them invalidates just as well
-                upstash.execute(["DEL", *(keys.tag_key(tag) for tag in tags), *delete])
-                unmoved = 0
-    except RedisError:  # down, slow or skipped (lib/upstash's breaker): kept for the next call
-        with _pending_lock:
-            _pending_tags.update(tags)
+                taken, now, *found = upstash.run(BUMP, [*map(keys.tag_key, tags), *markers, *pairs, *delete], args,
+                                                 force=force)
+            except RedisFull:
+                # No room for new versions: dropping them invalidates just as well. No marker then
+                # (the outbox's drain does it again, which is harmless), and nothing refilled.
+                upstash.execute(["DEL", *(keys.tag_key(tag) for tag in tags), *delete], force=force)
+                taken = 0
+    except RedisError:  # down, slow or skipped (lib/upstash's breaker): the outbox keeps the change
         return False
-    with _pending_lock:
-        _pending_tags.difference_update(pending)
-    if unmoved and refill.fill(refills, found[len(tags):], dict(zip(tags, found[:len(tags)], strict=True)),
-                               dict(zip(tags, versions, strict=True)), f"{token}|{now}|{expected}", now):
-        refill.gap.add((time.perf_counter() - start) * 1000)  # what the next writer's lock will announce
+    if taken and refill.fill(refills, found[len(tags):], dict(zip(tags, found[:len(tags)], strict=True)),
+                             dict(zip(tags, versions, strict=True)), f"{token}|{now}|{expected}", now):
+        refill.gap.add((time.perf_counter() - start) * 1000)  # what the next writer's locks will announce
+    return True
+
+
+def on_recovery(hook: Callable[[], bool]) -> None:
+    """Run `hook` when a read probes Redis after an outage (see `_recovery_hooks`); once per hook."""
+    if hook not in _recovery_hooks:
+        _recovery_hooks.append(hook)
+
+
+def _after_outage() -> bool:
+    """This caller is the breaker's probe: it applies what the outage held back before it reads an
+    entry. False if Redis failed again (the caller bypasses it)."""
+    if not all(hook() for hook in list(_recovery_hooks)):
+        return False
+    if upstash.breaker.state == "half-open":  # nothing to drain: the probe is still to be made
+        try:
+            upstash.execute(["PING"], force=True)
+        except RedisError:
+            return False
     return True

@@ -2,7 +2,8 @@
 
 Reads go through the cache (lib/cache) with the anon client, so RLS shows published rows
 only; an update goes through the owner's own token (RLS checks ownership again) and
-invalidates, before it answers, every key that can show the property.
+invalidates, before it answers, every key that can show the property (keys.change_tags,
+the map the database webhook uses too).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-from lib import cache, config, db, keys, refill
+from lib import cache, config, db, keys, outbox, refill
 from lib.errors import Forbidden, InvalidFilter, NotFound, ValidationFailed
 
 COLUMNS = "id,owner_id,title,description,city,district,type,price,currency,bedrooms,status,created_at,updated_at"
@@ -147,26 +148,13 @@ def update(user: Any, property_id: int, changes: dict[str, Any]) -> dict[str, An
     if "city" in changes:
         changes["city"] = canonical_city(changes["city"], error=ValidationFailed)
     seen = refill.watch(keys.property_detail(property_id).tags)  # lets the refill tell if another write slipped in
-    updated = db.run(lambda: client.from_("properties").update(changes).eq("id", property_id).execute()).data
+    writes = outbox.Writes()
+    updated = db.run(lambda: writes.stamp(client.from_("properties").update(changes).eq("id", property_id)).execute()).data
     if not updated:  # RLS refused it after all (ownership changed meanwhile)
         raise Forbidden("Seul le propriétaire de ce bien peut le modifier.")
     after = updated[0]
-    changed(before, after, seen)
+    writes.applied(keys.change_tags("properties", before, after), refills=refills_after(before, after), seen=seen)
     return after
-
-
-def changed(before: dict[str, Any], after: dict[str, Any], seen: dict[str, str | None] | None) -> None:
-    """After a property's row went from `before` to `after` (as the write returned it): invalidate
-    every key that can show it, and refill the hot ones whose new value the writer knows. `seen`:
-    `refill.watch` of its detail's tags before the write (None: nothing is refilled). Never raises
-    for the rows' content: the write is done (a city no query names invalidates no city list)."""
-    cities = {city for city in map(listed_under, (before["city"], after["city"])) if city}
-    cache.invalidate(
-        keys.property_changed(after["id"], after["owner_id"], cities),
-        delete=[keys.property_detail(after["id"]).key, keys.properties_all().key,
-                *(keys.properties_city(c).key for c in cities)],
-        refills=refills_after(before, after), seen=seen,
-    )
 
 
 # -- what the writer refills ------------------------------------------------------------------

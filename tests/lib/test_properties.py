@@ -65,7 +65,6 @@ def reset() -> None:
     db.set_http_client(None)
     upstash.set_client(None)
     upstash.breaker.reset()
-    cache._pending_tags.clear()
 
 
 @pytest.fixture
