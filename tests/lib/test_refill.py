@@ -115,6 +115,20 @@ def test_a_write_with_refills_costs_three_commands_and_none_under_the_global_loc
     assert redis.stats.scripts_global_lock == 0
 
 
+def test_the_apis_applied_marker_and_its_refills_ride_in_the_same_bump(redis):
+    """The API's own write: its change id marked applied (lib/outbox) and its keys refilled, by one BUMP."""
+    import json
+
+    fetch(PUBLIC, Loader([{"id": 7, "price": 100}, {"id": 8, "price": 500}]))
+    seen = refill.watch(["property:7"])
+    assert cache.invalidate(ROW_TAGS, changes=["ef" * 16], seen=seen, refills=[
+        Refill(DETAIL, lambda old: {"id": 7, "price": 120}, fresh=True), Refill(PUBLIC, patch({"id": 7, "price": 120}))])
+    assert json.loads(redis.redis.get(keys.applied_change("ef" * 16))) == sorted(ROW_TAGS)
+    assert fetch(DETAIL, Loader("unused")) == ({"id": 7, "price": 120}, "HIT")
+    assert fetch(PUBLIC, Loader("unused")) == ([{"id": 7, "price": 120}, {"id": 8, "price": 500}], "HIT")
+    assert redis.redis.exists(keys.fill_lock_key(DETAIL.key), keys.fill_lock_key(PUBLIC.key)) == 0
+
+
 def test_without_a_watch_the_write_only_invalidates(redis):
     fetch(DETAIL, Loader({"id": 7}))
     cache.invalidate(["warm"])  # loads the script, as any earlier write did
