@@ -190,7 +190,7 @@ class Shim:
         return self.strategy.fetch(entry, counted)
 
     def invalidate(self, tags: Any, **kwargs: Any) -> bool:
-        """`properties.changed` (ThisProject's write) invalidates through the strategy."""
+        """Whatever lib.properties invalidates through its `cache` goes to the strategy."""
         return self.strategy.invalidate(tags, **kwargs)
 
 
