@@ -194,6 +194,16 @@ class Zipf:
     hit_commands: int = 0  # commands sent by the reads answered HIT (C: tallied per request)
     first_read_hits: int = 0  # HITs answered by their first command (not after waiting for a fill)
     request_commands: int = 0  # commands sent by all requests; billed - this = C's metrics writes
+    read_ms: list[float] = field(default_factory=list)  # each read's duration
+    waiting: int = 0  # reads that waited for another request's fill (polled READ at least once)
+    polls: int = 0  # READ calls those reads made
+    max_polls: int = 0
+    # A write's return → the first HIT of each key it invalidated, lists (public, city) and details
+    # apart; the reads of those keys that began meanwhile and did not hit; pairs never hit in the run.
+    first_hit_ms: dict[str, list[float]] = field(default_factory=lambda: {"list": [], "detail": []})
+    missed_before_hit: dict[str, int] = field(default_factory=lambda: {"list": 0, "detail": 0})
+    never_hit: int = 0
+    can_wait: bool = False  # the strategy makes a read wait for another's fill (C)
 
     @property
     def hit_rate(self) -> float:
@@ -230,6 +240,11 @@ class Zipf:
         return (self.first_read_hits + self.metrics_writes) / self.first_read_hits
 
 
+    @property
+    def polls_per_wait(self) -> float:
+        return self.polls / self.waiting if self.waiting else float("nan")
+
+
 @dataclass
 class _Read:
     started: float
@@ -237,6 +252,9 @@ class _Read:
     status: str | None
     prices: dict[int, int]
     commands: int = 0
+    arg: Any = None  # the city, or the property id
+    ended: float = 0.0
+    polls: int = 0
 
 
 def _read(op: Op) -> Any:
@@ -267,7 +285,7 @@ def zipf(stack: LocalStack, strategy: Strategy, loads: Counter, rows: list[dict[
     commits: dict[int, list[tuple[float, int]]] = {pid: [] for pid in by_id}  # (returned at, version)
     write_locks = {pid: threading.Lock() for pid in by_id}  # one writer per property: versions in commit order
     reads: list[_Read] = []
-    out = Zipf(planned=len(ops), delay_ms=delay_ms)
+    out = Zipf(planned=len(ops), delay_ms=delay_ms, can_wait=strategy.waits)
     lock = threading.Lock()
     position = iter(range(len(ops)))
 
@@ -306,20 +324,21 @@ def zipf(stack: LocalStack, strategy: Strategy, loads: Counter, rows: list[dict[
                         out.writes += 1
                         out.request_commands += commands
                     continue
-                context.begin()
+                ctx = context.begin()
                 started = time.perf_counter()
                 if strategy.records_metrics:
                     value, commands = _recorded(path, "GET", functools.partial(_read, op))
                 else:
                     value, commands = _read(op), 0
-                status = context.current().cache_status
+                ended = time.perf_counter()
             except Exception as exc:
                 with lock:
                     out.errors[f"{'write' if op.write else 'read'} {type(exc).__name__}"] += 1
                 continue
             shown = [value] if op.kind == "detail" else value
             with lock:
-                reads.append(_Read(started, op.kind, status, {r["id"]: r["price"] for r in shown}, commands))
+                reads.append(_Read(started, op.kind, ctx.cache_status, {r["id"]: r["price"] for r in shown}, commands,
+                                   op.arg, ended, ctx.cache_polls))
                 out.request_commands += commands
 
     stack.reset_db_stats()
@@ -344,6 +363,10 @@ def zipf(stack: LocalStack, strategy: Strategy, loads: Counter, rows: list[dict[
     out.hit_reads = sum(1 for r in reads if r.status == "HIT")
     out.hit_commands = sum(r.commands for r in reads if r.status == "HIT")
     out.first_read_hits = sum(1 for r in reads if r.status == "HIT" and r.commands == 1)
+    out.read_ms = [(r.ended - r.started) * 1000 for r in reads]
+    waited = [r.polls for r in reads if r.polls]
+    out.waiting, out.polls, out.max_polls = len(waited), sum(waited), max(waited, default=0)
+    _first_hits(out, reads, commits, by_id)
     for read in reads:
         exposed = stale = False
         for pid, price in read.prices.items():
@@ -367,6 +390,33 @@ def zipf(stack: LocalStack, strategy: Strategy, loads: Counter, rows: list[dict[
             else:
                 out.stale_list += 1
     return out
+
+
+def _first_hits(out: Zipf, reads: list[_Read], commits: dict[int, list[tuple[float, int]]],
+                rows: dict[int, dict[str, Any]]) -> None:
+    """For each write and each key it invalidated (the property's detail, the public list, its city's
+    list): how long after the write returned the first read of that key that began afterwards
+    answered HIT (its end), and how many reads of it began in between and did not hit (they missed,
+    waited, or were answered stale)."""
+    by_key: dict[tuple[str, Any], list[_Read]] = {}
+    for read in reads:
+        by_key.setdefault((read.kind, read.arg), []).append(read)
+    for found in by_key.values():
+        found.sort(key=lambda r: r.started)
+    for pid, history in commits.items():
+        for returned, _ in history:
+            for key in (("detail", pid), ("all", None), ("city", rows[pid]["city"])):
+                found = by_key.get(key)
+                if not found:  # a key the run never reads (a city outside its four)
+                    continue
+                after = found[bisect.bisect_left([r.started for r in found], returned):]
+                hit_end = min((r.ended for r in after if r.status == "HIT"), default=None)
+                kind = "detail" if key[0] == "detail" else "list"
+                if hit_end is None:
+                    out.never_hit += 1
+                    continue
+                out.first_hit_ms[kind].append((hit_end - returned) * 1000)
+                out.missed_before_hit[kind] += sum(1 for r in after if r.started < hit_end and r.status != "HIT")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from lib import cache, context, db, keys, properties, upstash
+from lib import cache, context, db, keys, outbox, properties, refill, upstash
 from lib.upstash import RedisError
 
 T = TypeVar("T")
@@ -33,12 +33,21 @@ class Strategy:
     label = ""
     caches = True
     records_metrics = False
+    waits = False  # a read may wait for another request's fill (polls)
 
     def fetch(self, entry: keys.CacheKey, loader: Callable[[], T]) -> T:
         raise NotImplementedError
 
     def invalidate_property(self, property_id: int, owner_id: str, city: str | None) -> None:
         raise NotImplementedError
+
+    def write_price(self, property_id: int, owner_id: str, city: str | None, price: int) -> None:
+        """A write: the new price through the service client, then the strategy's invalidation."""
+        db.run(lambda: db.service().from_("properties").update({"price": price}).eq("id", property_id).execute())
+        self.invalidate_property(property_id, owner_id, city)
+
+    def invalidate(self, tags: Any, **kwargs: Any) -> bool:
+        raise RuntimeError("the bench writes through Strategy.write_price")
 
     def reset(self) -> None:
         """Before a measurement: an empty Redis and a fresh instance."""
@@ -99,14 +108,31 @@ class SeedCard(NaiveCacheAside):
 class ThisProject(Strategy):
     label = "C: this project"
     records_metrics = True  # its requests count in lib/metrics, whose writes are part of its bill
+    waits = True
 
     def fetch(self, entry: keys.CacheKey, loader: Callable[[], T]) -> T:
         return cache.fetch(entry, loader)
 
     def invalidate_property(self, property_id: int, owner_id: str, city: str | None) -> None:
-        # What lib.properties.update does after its UPDATE.
+        # What lib.properties.update does after its UPDATE, for a write that returned no row.
         cache.invalidate(keys.property_changed(property_id, owner_id, {city} if city else set()),
                          delete=_property_keys(property_id, city))
+
+    def write_price(self, property_id: int, owner_id: str, city: str | None, price: int) -> None:
+        """What lib.properties.update does around its UPDATE: watch, update, then its tail (invalidate,
+        and refill what the returned row tells). Only the price changes: the row before differs from
+        the returned one in its price alone, which the refill rules do not look at."""
+        seen = refill.watch(keys.property_detail(property_id).tags)
+        writes = outbox.Writes()  # its change id: the database webhook does not bump again what this write did
+        rows = db.run(lambda: writes.stamp(db.service().from_("properties").update({"price": price})
+                                           .eq("id", property_id)).execute()).data
+        if not rows:
+            raise RuntimeError(f"property {property_id} was not updated")
+        row = rows[0]
+        writes.applied(keys.change_tags("properties", row, row), refills=properties.refills_after(row, row), seen=seen)
+
+    def invalidate(self, tags: Any, **kwargs: Any) -> bool:
+        return cache.invalidate(tags, **kwargs)
 
     def reset(self) -> None:
         super().reset()
@@ -163,8 +189,9 @@ class Shim:
 
         return self.strategy.fetch(entry, counted)
 
-    def invalidate(self, tags: Any, *, delete: Any = ()) -> bool:
-        raise RuntimeError("the bench writes through bench.strategies.write_price")
+    def invalidate(self, tags: Any, **kwargs: Any) -> bool:
+        """Whatever lib.properties invalidates through its `cache` goes to the strategy."""
+        return self.strategy.invalidate(tags, **kwargs)
 
 
 @contextlib.contextmanager
@@ -188,9 +215,8 @@ def timed_request(call: Callable[[], T]) -> tuple[T, str | None, float]:
 
 
 def write_price(strategy: Strategy, property_id: int, owner_id: str, city: str | None, price: int) -> None:
-    """A write: the new price through the service client, then the strategy's invalidation."""
-    db.run(lambda: db.service().from_("properties").update({"price": price}).eq("id", property_id).execute())
-    strategy.invalidate_property(property_id, owner_id, city)
+    """A write of a property's price, as `strategy` writes."""
+    strategy.write_price(property_id, owner_id, city, price)
 
 
 def published() -> list[dict[str, Any]]:

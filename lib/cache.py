@@ -40,8 +40,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from lib import context, entries, keys, locks, metrics, upstash
-from lib.entries import CLAIM, FILL, READ
+from lib import context, entries, keys, locks, metrics, refill, upstash
+from lib.entries import CLAIM, DEFAULT_LOAD_MS, FILL, READ, TAG_TTL_MS
 from lib.upstash import RedisCommandError, RedisError, RedisFull
 
 log = logging.getLogger(__name__)
@@ -56,28 +56,62 @@ draw = random.random
 wall = time.time
 
 XFETCH_BETA = 1.0
-JITTER = 0.1  # TTLs are spread ±10 % so keys filled together do not expire together
 FILL_LOCK_MS = 6_000  # longer than a database call may take (lib.db bounds it at 5 s)
 WAIT_DEADLINE = 2.5  # seconds a caller waits for another's fill before loading itself
-TAG_TTL_MS = 2 * 24 * 3600 * 1000  # far beyond any entry; refreshed at each fill
+# A waiter wakes when the filler's value is expected (the fill lock says when: the key's last load
+# time, or its family's, plus the family's deviation), POLL_MARGIN later: the filler's FILL travels
+# to Upstash as the waiter's READ does. A filler late past that is polled at OVERDUE_POLL, doubling
+# up to MAX_POLL (the lock said nothing: the same).
+POLL_MARGIN = 0.002
+OVERDUE_POLL = 0.02
+MAX_POLL = 0.2
 
 
-def stale_window(ttl: int) -> int:
-    """Seconds an entry past its TTL may still be served while one caller refreshes it."""
-    return max(5, min(ttl // 2, 300))
+def wake_after(expected_in_ms: int | None, overdue_polls: int) -> float:
+    """Seconds a waiter sleeps before its next poll: until the filler's value is expected plus
+    POLL_MARGIN; once the filler is overdue (or its lock said nothing), OVERDUE_POLL doubling up to
+    MAX_POLL. `overdue_polls`: the polls that already found it overdue."""
+    if expected_in_ms is not None and expected_in_ms > 0:
+        return expected_in_ms / 1000 + POLL_MARGIN
+    return min(OVERDUE_POLL * 2 ** overdue_polls, MAX_POLL)
 
 
-# KEYS: the tag version keys, then one applied-change marker per change id (lib/outbox), then the
-# keys to delete. ARGV[1] number of tags, ARGV[2] number of markers, ARGV[3] tag ttl ms, ARGV[4]
-# marker ttl ms, ARGV[5] marker value (the tags, JSON), ARGV[6..] a new random version per tag.
-# The markers are written after the tags, in the same script: a marker never claims a bump that
-# did not happen. Returns the number of tags bumped.
+# KEYS: the tag version keys, then one applied-change marker per change id (lib/outbox), then a
+# (entry, fill lock) pair per refill candidate (lib/refill), then the keys to delete. ARGV[1] the
+# number of tags, ARGV[2] of markers, ARGV[3] of candidates, ARGV[4] the tag ttl ms, ARGV[5] the
+# marker ttl ms, ARGV[6] the marker value (the tags, JSON), ARGV[7] the writer's fill-lock token,
+# ARGV[8] its ms, ARGV[9] the ms the writer expects to take, then a pair per tag: its new random
+# version, and the version the writer saw before its write ('' when it saw none, '!' when the tag
+# was missing). When there are candidates and no tag moved since the writer looked (no other
+# write slipped in), each candidate is read before the bump and its fill lock taken (NX). The
+# markers are written after the tags: a marker never claims a bump that did not happen. Returns
+# {1 if the candidates were taken (else 0), Redis's time in ms, each tag's version before the
+# bump..., each candidate's entry before the bump (false if none)...}.
 BUMP = upstash.Script("""
-local ntags, nmarks = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 1, ntags do redis.call('SET', KEYS[i], ARGV[5 + i], 'PX', ARGV[3]) end
-for i = ntags + 1, ntags + nmarks do redis.call('SET', KEYS[i], ARGV[5], 'PX', ARGV[4]) end
-if #KEYS > ntags + nmarks then redis.call('DEL', unpack(KEYS, ntags + nmarks + 1)) end
-return ntags
+local ntags, nmarks, ncand = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out, unmoved = {0, now}, ncand > 0
+for i = 1, ntags do
+  local version = redis.call('GET', KEYS[i])
+  local seen = ARGV[9 + 2 * i]
+  if seen ~= '' and (version or '!') ~= seen then unmoved = false end
+  table.insert(out, version)
+end
+local first = ntags + nmarks
+if unmoved then
+  out[1] = 1
+  local lock = ARGV[7] .. '|' .. now .. '|' .. ARGV[9]
+  for c = 1, ncand do
+    local raw = redis.pcall('GET', KEYS[first + 2 * c - 1])
+    table.insert(out, type(raw) == 'string' and raw or false)
+    redis.call('SET', KEYS[first + 2 * c], lock, 'NX', 'PX', ARGV[8])
+  end
+end
+for i = 1, ntags do redis.call('SET', KEYS[i], ARGV[8 + 2 * i], 'PX', ARGV[4]) end
+for i = ntags + 1, first do redis.call('SET', KEYS[i], ARGV[6], 'PX', ARGV[5]) end
+if #KEYS > first + 2 * ncand then redis.call('DEL', unpack(KEYS, first + 2 * ncand + 1)) end
+return out
 """, writes=True)
 
 # Run by the read that probes Redis after an outage, before it reads an entry (lib/outbox
@@ -97,6 +131,11 @@ def fetch(entry: keys.CacheKey, loader: Callable[[], T]) -> T:
     return get_or_load(entry.key, loader, entry.ttl, entry.tags, family=entry.family)
 
 
+def _entry_keys(key: str, tags: Sequence[str], family: str) -> list[str]:
+    """What READ, CLAIM and FILL take as KEYS: the entry, its fill lock, its family's load estimate, its tags."""
+    return [key, keys.fill_lock_key(key), keys.load_estimate(family), *(keys.tag_key(tag) for tag in tags)]
+
+
 def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str] = (), *, family: str = "other") -> T:
     """The cached value of `key`, or `loader()`'s, stored for about `ttl` seconds under `tags`.
 
@@ -106,22 +145,26 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
     loader = metrics.attributed(family, loader)  # its queries count for the queries-avoided estimate
     if upstash.breaker.state != "closed" and upstash.breaker.allow() and not _after_outage():
         return _bypass(loader, family)
-    keys_ = [key, keys.fill_lock_key(key), *(keys.tag_key(tag) for tag in tags)]
+    keys_ = _entry_keys(key, tags, family)
     odds = [max(draw(), 1e-12), XFETCH_BETA]
     deadline = clock() + WAIT_DEADLINE
-    delay = 0.02
+    overdue = 0
     first = True
     while True:
         try:
             with context.timed("cache"):
                 # The first look is a plain MGET of the entry and its tags: a hit ends there. A
                 # waiter polls with READ. Anything else is decided by CLAIM, which may take the lock.
-                status, value = _plain_hit(keys_, odds) if first else upstash.run(READ, keys_, odds)
+                if first:
+                    status, value, *rest = _plain_hit(keys_, odds)
+                else:
+                    context.count_poll()
+                    status, value, *rest = upstash.run(READ, keys_, odds)
                 if status not in ("HIT", "STALE", "WAIT"):
                     token = secrets.token_hex(8)
                     fresh = [secrets.token_hex(6) for _ in tags]
-                    status, value, *versions = upstash.run(CLAIM, keys_, [*odds, token, FILL_LOCK_MS, TAG_TTL_MS,
-                                                                          *fresh])
+                    status, value, *rest = upstash.run(CLAIM, keys_, [*odds, token, FILL_LOCK_MS, TAG_TTL_MS,
+                                                                      DEFAULT_LOAD_MS, *fresh])
         except RedisFull:  # the database is full: nothing new can be stored, reads still work
             metrics.count_refused_write()
             return _answer_unstored(loader, family)
@@ -137,20 +180,25 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
             return json.loads(value)
         if status != "WAIT":
             context.set_cache_status("MISS")
-            return _load_and_fill(keys_, versions, token, loader, ttl)
-        if clock() >= deadline:
+            lock, *versions = rest
+            return _load_and_fill(keys_, versions, lock, loader, ttl)
+        left = deadline - clock()
+        if left <= 0:
             # The filler is slow or gone: answer from the database without storing anything.
             context.set_cache_status("MISS")
             metrics.count_cache(family, "TIMEOUT")
             return loader()
-        sleep(delay)
-        delay = min(delay * 2, 0.2)
+        expected_in = rest[0] if rest else None  # ms until the filler is expected, by its fill lock
+        pause = wake_after(expected_in, overdue)
+        if expected_in is None or expected_in <= 0:
+            overdue += 1
+        sleep(min(pause, left))
 
 
 def _plain_hit(keys_: list[str], odds: list[float]) -> tuple[str, str | None]:
     """("HIT", the JSON) if the entry is a plain hit (entries.fresh_value); ("LOAD", None) if CLAIM
     must decide. One MGET of the entry and its tags."""
-    raw, *versions = upstash.execute(["MGET", keys_[0], *keys_[2:]])
+    raw, *versions = upstash.execute(["MGET", keys_[0], *keys_[3:]])
     value = entries.fresh_value(raw, versions, odds[0], odds[1], wall() * 1000)
     return ("HIT", value) if value is not None else ("LOAD", None)
 
@@ -161,20 +209,19 @@ def _answer_unstored(loader: Callable[[], T], family: str) -> T:
     return loader()
 
 
-def _load_and_fill(keys_: list[str], versions: list[str], token: str, loader: Callable[[], T], ttl: int) -> T:
+def _load_and_fill(keys_: list[str], versions: list[str], lock: str, loader: Callable[[], T], ttl: int) -> T:
     start = time.perf_counter()
     try:
         value = loader()
     except BaseException:
-        _release(keys_[1], token)
+        _release(keys_[1], lock)
         raise
     load_ms = int((time.perf_counter() - start) * 1000) + 1
-    ttl_ms = int(ttl * 1000 * (1 + random.uniform(-JITTER, JITTER)))
-    window_ms = stale_window(ttl) * 1000
-    payload = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    payload = entries.serialize(value)
     try:
         with context.timed("cache"):
-            upstash.run(FILL, keys_, [payload, load_ms, ttl_ms, window_ms, token, TAG_TTL_MS, *versions])
+            upstash.run(FILL, keys_, [payload, load_ms, entries.jittered_ttl_ms(ttl), entries.stale_window(ttl) * 1000,
+                                      lock, TAG_TTL_MS, *versions])
     except RedisFull:  # not stored; the fill lock expires by itself after FILL_LOCK_MS
         metrics.count_refused_write()
     except RedisError:
@@ -183,47 +230,60 @@ def _load_and_fill(keys_: list[str], versions: list[str], token: str, loader: Ca
     return json.loads(payload)
 
 
-def _release(fill_key: str, token: str) -> None:
+def _release(fill_key: str, lock: str) -> None:
     try:
-        locks.release_if_held(fill_key, token)
+        locks.release_if_held(fill_key, lock)
     except RedisError:
         pass  # the fill lock expires by itself after FILL_LOCK_MS; a failure already opened the breaker
 
 
-def invalidation_command(tags: Sequence[str], delete: Sequence[str] = (), changes: Sequence[str] = ()) -> list[Any]:
-    """The one command that invalidates `tags` (a new random version each: every entry built on
-    the old one is a miss, and a fill that read the database before is refused), records `changes`
-    (ids of the API's own writes, lib/outbox) as applied with these tags, and removes the `delete`
-    keys: one billed command however many tags."""
-    tags = sorted(set(tags))
-    markers = [keys.applied_change(change) for change in changes]
-    return BUMP.command([*(keys.tag_key(tag) for tag in tags), *markers, *delete],
-                        [len(tags), len(markers), TAG_TTL_MS, keys.APPLIED_CHANGE_TTL * 1000,
-                         json.dumps(tags, separators=(",", ":")), *(secrets.token_hex(6) for _ in tags)])
-
-
 def invalidate(tags: Sequence[str], *, changes: Sequence[str] = (), delete: Sequence[str] = (),
+               refills: Sequence[refill.Refill] = (), seen: dict[str, str | None] | None = None,
                force: bool = False) -> bool:
     """Give each tag a new version (every entry built on the old one becomes a miss), mark `changes`
-    applied and delete `delete` keys, in one command. `force`: send it while the breaker is
-    half-open (the probe's recovery hook).
+    (ids of the API's own writes, lib/outbox) applied with these tags and delete `delete` keys, in
+    one command. `force`: send it while the breaker is half-open (the probe's recovery hook).
+
+    `refills`, with `seen` (`refill.watch` before the write): keys whose new value the writer knows,
+    read by the same command as the bump and filled right after it (lib/refill). If a tag of `seen`
+    moved since the watch (another write slipped in), nothing is refilled. A refill never fails
+    the write: at worst its keys are misses.
 
     Returns False if Redis could not be told. Nothing is kept in memory for later: the change
     waits in the database's outbox, and the webhook, the cron or the first read after the
     outage applies it (lib/outbox).
     """
+    tags = sorted(set(tags))
     if not (tags or changes or delete):
         return True
+    # Only keys built on tags this bump moves: any other tag would not say if a write slipped in.
+    refills = [r for r in refills if seen and set(r.entry.tags) <= set(tags)]
+    seen = seen or {}
+    markers = [keys.applied_change(change) for change in changes]
+    versions = [secrets.token_hex(6) for _ in tags]
+    token = secrets.token_hex(8)
+    expected = refill.gap.expected()
+    args: list[Any] = [len(tags), len(markers), len(refills), TAG_TTL_MS, keys.APPLIED_CHANGE_TTL * 1000,
+                       json.dumps(tags, separators=(",", ":")), token, refill.LOCK_MS, expected]
+    for tag, version in zip(tags, versions, strict=True):
+        args += [version, "" if tag not in seen else ("!" if seen[tag] is None else seen[tag])]
+    pairs = [k for r in refills for k in (r.entry.key, keys.fill_lock_key(r.entry.key))]
+    start = time.perf_counter()
     try:
         with context.timed("cache"):
             try:
-                upstash.execute(invalidation_command(tags, delete, changes), force=force)
+                taken, now, *found = upstash.run(BUMP, [*map(keys.tag_key, tags), *markers, *pairs, *delete], args,
+                                                 force=force)
             except RedisFull:
-                # No room for new versions: dropping them invalidates just as well. No marker then:
-                # the outbox's drain does it again, which is harmless.
-                upstash.execute(["DEL", *(keys.tag_key(tag) for tag in set(tags)), *delete], force=force)
+                # No room for new versions: dropping them invalidates just as well. No marker then
+                # (the outbox's drain does it again, which is harmless), and nothing refilled.
+                upstash.execute(["DEL", *(keys.tag_key(tag) for tag in tags), *delete], force=force)
+                taken = 0
     except RedisError:  # down, slow or skipped (lib/upstash's breaker): the outbox keeps the change
         return False
+    if taken and refill.fill(refills, found[len(tags):], dict(zip(tags, found[:len(tags)], strict=True)),
+                             dict(zip(tags, versions, strict=True)), f"{token}|{now}|{expected}", now):
+        refill.gap.add((time.perf_counter() - start) * 1000)  # what the next writer's locks will announce
     return True
 
 

@@ -18,6 +18,7 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     timings_ms: dict[str, float] = field(default_factory=dict)
     cache_status: str | None = None
+    cache_polls: int = 0  # READ calls made waiting for another request's fill (lib/cache)
 
     def add_time(self, name: str, ms: float) -> None:
         self.timings_ms[name] = self.timings_ms.get(name, 0.0) + ms
@@ -42,6 +43,13 @@ def set_cache_status(status: str) -> None:
     ctx = _current.get()
     if ctx is not None:
         ctx.cache_status = status
+
+
+def count_poll() -> None:
+    """One more poll of a key another request is filling (the bench reads the count per request)."""
+    ctx = _current.get()
+    if ctx is not None:
+        ctx.cache_polls += 1
 
 
 @contextmanager

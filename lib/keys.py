@@ -63,6 +63,12 @@ def fill_lock_key(key: str) -> str:
     return name("meta", "fill", key.split(":", 1)[1])
 
 
+def load_estimate(family: str) -> str:
+    """`dousell:meta:load:<family>`: how long a load of the family takes (smoothed, with its
+    deviation), so a request waiting for another's fill wakes when it should land (lib/entries)."""
+    return name("meta", "load", escape(family))
+
+
 @dataclass(frozen=True)
 class CacheKey:
     """One cached entry: its Redis key, family (for TTL and metrics) and the tags that invalidate it."""

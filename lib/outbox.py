@@ -27,12 +27,13 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from lib import cache, db, keys, upstash
 from lib.errors import DatabaseUnavailable, DousellError, ServiceUnavailable
+from lib.refill import Refill
 from lib.upstash import RedisError
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,12 @@ class Writes:
         query.request.headers[CHANGE_HEADER] = change  # type: ignore[attr-defined]
         return query
 
-    def applied(self, tags: Iterable[str]) -> bool:
-        """Bump `tags` and mark these writes applied. False if Redis could not be told (the outbox
-        keeps the changes: they are applied by the next drain)."""
-        return cache.invalidate(sorted(set(tags)), changes=self.ids)
+    def applied(self, tags: Iterable[str], *, refills: Sequence[Refill] = (),
+                seen: dict[str, str | None] | None = None) -> bool:
+        """Bump `tags` and mark these writes applied; `refills` / `seen`: what the writer fills
+        as it bumps (lib/refill). False if Redis could not be told (the outbox keeps the changes:
+        they are applied by the next drain)."""
+        return cache.invalidate(sorted(set(tags)), changes=self.ids, refills=refills, seen=seen)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-from lib import cache, config, db, keys, outbox
+from lib import cache, config, db, keys, outbox, refill
 from lib.errors import Forbidden, InvalidFilter, NotFound, ValidationFailed
 
 COLUMNS = "id,owner_id,title,description,city,district,type,price,currency,bedrooms,status,created_at,updated_at"
@@ -147,10 +147,52 @@ def update(user: Any, property_id: int, changes: dict[str, Any]) -> dict[str, An
         raise Forbidden("Seul le propriétaire de ce bien peut le modifier.")
     if "city" in changes:
         changes["city"] = canonical_city(changes["city"], error=ValidationFailed)
+    seen = refill.watch(keys.property_detail(property_id).tags)  # lets the refill tell if another write slipped in
     writes = outbox.Writes()
     updated = db.run(lambda: writes.stamp(client.from_("properties").update(changes).eq("id", property_id)).execute()).data
     if not updated:  # RLS refused it after all (ownership changed meanwhile)
         raise Forbidden("Seul le propriétaire de ce bien peut le modifier.")
     after = updated[0]
-    writes.applied(keys.change_tags("properties", before, after))
+    writes.applied(keys.change_tags("properties", before, after), refills=refills_after(before, after), seen=seen)
     return after
+
+
+# -- what the writer refills ------------------------------------------------------------------
+
+
+def refills_after(before: dict[str, Any], after: dict[str, Any]) -> list[refill.Refill]:
+    """The hot keys a property's update can fill itself (lib/refill), so their readers hit at once:
+    its detail page, from the row the UPDATE returned; the first page of the public list and of its
+    city's list, patched from the page as it was, when the change cannot move the row into, out of
+    or within them (same status, city and creation date). Anything else is left to the next reader."""
+    try:
+        row = {column: after[column] for column in COLUMNS.split(",")}
+    except KeyError:  # the UPDATE did not return the whole row: nothing to tell
+        return []
+    shown = row if row["status"] == "published" else None  # what the detail's loader reads (RLS: published only)
+    out = [refill.Refill(keys.property_detail(row["id"]), lambda old: shown, fresh=True)]
+    if any(before.get(column) != row[column] for column in ("status", "city", "created_at")):
+        return out
+    out.append(refill.Refill(keys.properties_all(), lambda old: _patched(old, row)))
+    city = listed_under(row["city"])
+    if city:
+        out.append(refill.Refill(keys.properties_city(city), lambda old: _patched(old, row)))
+    return out
+
+
+def _patched(page: Any, row: dict[str, Any]) -> Any:
+    """`page` (a cached list, before the write) with `row` in place of its old self, each shown row
+    keeping the columns it had; SKIP if there was no valid page or its shape is not a list of rows.
+    A page the row is not on is unchanged: same membership and order, so it stays off it."""
+    if page is refill.MISSING or not isinstance(page, list):
+        return refill.SKIP
+    out = []
+    for shown in page:
+        if not isinstance(shown, dict):
+            return refill.SKIP
+        if shown.get("id") == row["id"]:
+            if not shown.keys() <= row.keys():
+                return refill.SKIP
+            shown = {column: row[column] for column in shown}
+        out.append(shown)
+    return out

@@ -135,8 +135,12 @@ def _client() -> Any:
             if _http is None:
                 import httpx
 
+                # As many kept alive as open: httpcore 1.0.9 closes "surplus" idle connections by
+                # counting all of them, and can close one it has just handed to a waiting request
+                # (encode/httpcore#1110, #1000): `[Errno 9] Bad file descriptor` under a burst, read
+                # as an outage. With one origin and no surplus, it never closes a connection.
                 _http = httpx.Client(timeout=httpx.Timeout(CACHE_TIMEOUT, connect=CONNECT_TIMEOUT),
-                                     limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+                                     limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
     return _http
 
 

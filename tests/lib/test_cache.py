@@ -165,7 +165,7 @@ def test_empty_values_are_hits_not_misses(redis, value):
 def test_each_family_gets_its_ttl_with_jitter_plus_its_stale_window(redis, entry, ttl):
     fetch(entry, Loader(["x"]))
     pttl_ms = redis.redis.pttl(entry.key)
-    window_ms = cache.stale_window(ttl) * 1000
+    window_ms = entries.stale_window(ttl) * 1000
     assert ttl * 1000 * 0.9 + window_ms - 1000 <= pttl_ms <= ttl * 1000 * 1.1 + window_ms
     stored = entry_of(redis, entry.key)
     assert stored["window"] == window_ms and stored["value"] == '["x"]'
@@ -273,7 +273,7 @@ def test_a_waiter_past_its_deadline_answers_from_the_database_without_storing(re
     mine = Loader(["mine"])
     assert fetch(entry, mine) == (["mine"], "MISS")
     assert mine.calls == 1
-    assert sum(clock.sleeps) >= cache.WAIT_DEADLINE
+    assert sum(clock.sleeps) == pytest.approx(cache.WAIT_DEADLINE), "waited its whole deadline, not beyond"
     assert redis.redis.exists(entry.key) == 0
 
 
@@ -300,6 +300,157 @@ def test_a_caller_that_loses_the_claim_waits_for_the_winner_instead_of_loading(r
     mine = Loader({"by": "me"})
     assert fetch(entry, mine) == ({"by": "winner"}, "HIT")
     assert mine.calls == 0
+
+
+# -- waiters: they wake when the fill is expected, not on a fixed schedule -------------------------
+
+
+def lock_of(redis, entry) -> tuple[str, int, int]:
+    """The fill lock as CLAIM set it: (token, taken at ms by Redis's clock, ms its holder expects to take)."""
+    token, taken, expected = redis.redis.get(keys.fill_lock_key(entry.key)).decode().split("|")
+    return token, int(taken), int(expected)
+
+
+def hold_fill_lock(redis, entry, *, expected_ms: int, taken_ms_ago: int = 0) -> None:
+    """Another request claimed `entry` `taken_ms_ago` ago and expects its load to take `expected_ms`."""
+    taken = redis_now_ms(redis) - taken_ms_ago
+    redis.redis.set(keys.fill_lock_key(entry.key), f"other|{taken}|{expected_ms}", px=6000)
+
+
+def the_other_request_fills(redis, clock, entry, value, after_sleeps: int = 1):
+    """A sleep that, at the `after_sleeps`-th pause, lets the lock's holder finish and fill `value`.
+    Until then each pause ages the lock by as much: Redis's clock is real, the test's is not."""
+    def sleep(seconds):
+        FakeClock.sleep(clock, seconds)
+        if len(clock.sleeps) < after_sleeps:
+            token, taken, expected = lock_of(redis, entry)
+            redis.redis.set(keys.fill_lock_key(entry.key), f"{token}|{taken - round(seconds * 1000)}|{expected}",
+                            keepttl=True)
+        if len(clock.sleeps) == after_sleeps:
+            redis.redis.delete(keys.fill_lock_key(entry.key))
+            cache.get_or_load(entry.key, Loader(value), entry.ttl, entry.tags, family=entry.family)
+    return sleep
+
+
+@pytest.mark.parametrize("expected_in_ms, overdue_polls, seconds", [
+    (300, 0, 0.302),  # the fill is expected in 300 ms: wake then, plus the margin of its FILL's trip
+    (1, 3, 0.003),  # still ahead: the schedule of overdue polls does not apply
+    (0, 0, 0.02),  # due now and not there: overdue, poll soon
+    (-50, 1, 0.04),  # overdue, the second time: twice as long
+    (-50, 9, 0.2),  # capped
+    (None, 0, 0.02),  # a lock that says nothing (another format): the overdue schedule
+])
+def test_a_waiter_sleeps_until_the_fill_is_expected_then_polls_at_short_growing_intervals(
+        expected_in_ms, overdue_polls, seconds):
+    assert cache.wake_after(expected_in_ms, overdue_polls) == pytest.approx(seconds)
+
+
+def test_a_waiter_wakes_when_the_fill_is_expected_and_polls_once(redis, clock):
+    entry = keys.properties_all()
+    fetch(keys.property_detail(1), Loader(1))  # loads the scripts, as any earlier request did
+    hold_fill_lock(redis, entry, expected_ms=1020, taken_ms_ago=20)
+    cache.sleep = the_other_request_fills(redis, clock, entry, ["from-the-other-request"])
+    ctx = context.begin()
+    assert cache.fetch(entry, Loader(["mine"])) == ["from-the-other-request"]
+    assert ctx.cache_status == "HIT" and ctx.cache_polls == 1, "one READ, right after the fill landed"
+    assert len(clock.sleeps) == 1 and 0.8 <= clock.sleeps[0] <= 1.002, "slept ~1 s, what was left"
+
+
+def test_a_waiter_finding_the_filler_late_polls_soon_and_not_at_the_expected_time_again(redis, clock):
+    entry = keys.property_detail(40)
+    fetch(keys.property_detail(1), Loader(1))  # loads the scripts
+    hold_fill_lock(redis, entry, expected_ms=1000, taken_ms_ago=0)
+    cache.sleep = the_other_request_fills(redis, clock, entry, {"id": 40}, after_sleeps=3)
+    ctx = context.begin()
+    assert cache.fetch(entry, Loader({"id": "mine"})) == {"id": 40}
+    first, *overdue = clock.sleeps
+    assert 0.8 <= first <= 1.002
+    assert overdue == [0.02, 0.04], "the filler is late: short polls, doubling"
+    assert ctx.cache_polls == 3
+
+
+def test_the_claimer_expects_its_key_to_load_as_long_as_last_time_plus_its_familys_deviation(redis):
+    entry = keys.search({"city": "Dakar"})
+    fetch(entry, Loader(["x"]))
+    rewrite(redis, entry.key, load=250)
+    redis.redis.set(keys.load_estimate(entry.family), "40|12")  # the family: 40 ms, ±12
+    cache.invalidate(["search"])
+    before = redis_now_ms(redis)
+
+    def look_at_the_lock():
+        token, taken, expected = lock_of(redis, entry)
+        assert before <= taken <= redis_now_ms(redis)
+        assert expected == 250 + 12, "this key's own last load, plus the family's deviation"
+        return ["y"]
+
+    assert fetch(entry, look_at_the_lock) == (["y"], "MISS")
+
+
+@pytest.mark.parametrize("estimate, expected", [
+    ("300|20", 320),  # the family's smoothed load plus its deviation
+    (None, entries.DEFAULT_LOAD_MS + entries.DEFAULT_LOAD_MS // 4),  # nobody knows yet: the default, +25 %
+    ("garbage", entries.DEFAULT_LOAD_MS + entries.DEFAULT_LOAD_MS // 4),
+])
+def test_a_key_never_loaded_expects_its_familys_load_time(redis, estimate, expected):
+    entry = keys.property_detail(41)
+    if estimate is not None:
+        redis.redis.set(keys.load_estimate(entry.family), estimate)
+
+    def look_at_the_lock():
+        assert lock_of(redis, entry)[2] == expected
+        return {"id": 41}
+
+    fetch(entry, look_at_the_lock)
+
+
+def test_each_fill_teaches_its_family_how_long_a_load_takes(redis):
+    estimate = keys.load_estimate("property_detail")
+    fetch(keys.property_detail(1), Loader(1))
+    first = entry_of(redis, keys.property_detail(1).key)["load"]
+    assert redis.redis.get(estimate).decode() == f"{first}|{first // 2}", "the first load, ± half of it"
+    redis.redis.set(estimate, "300|20")
+    fetch(keys.property_detail(2), Loader(2))
+    took = entry_of(redis, keys.property_detail(2).key)["load"]
+    srtt, dev = (int(part) for part in redis.redis.get(estimate).decode().split("|"))
+    assert srtt == round((7 * 300 + took) / 8) and dev == round((3 * 20 + abs(300 - took)) / 4), "RFC 6298's smoothing"
+    assert redis.redis.pttl(estimate) > 0, "the estimate expires like a tag"
+
+
+def test_a_fill_that_cannot_store_still_releases_its_lock_and_counts_its_load(redis):
+    entry = keys.property_detail(42)
+
+    def overtaken():
+        cache.invalidate(["property:42"])
+        return {"id": 42}
+
+    fetch(entry, overtaken)
+    assert redis.redis.exists(keys.fill_lock_key(entry.key)) == 0
+    assert redis.redis.exists(keys.load_estimate(entry.family)) == 1
+
+
+def test_a_failing_loader_releases_the_fill_lock_it_took_whatever_its_value_says(redis):
+    entry = keys.property_detail(43)
+    seen = []
+
+    def broken():
+        seen.append(lock_of(redis, entry))
+        raise RuntimeError("database down")
+
+    with pytest.raises(RuntimeError):
+        fetch(entry, broken)
+    assert seen and redis.redis.exists(keys.fill_lock_key(entry.key)) == 0
+
+
+def test_a_read_that_waits_costs_one_command_per_poll_and_nothing_under_the_global_lock(redis, clock):
+    entry = keys.properties_all()
+    fetch(keys.property_detail(1), Loader(1))  # loads the scripts
+    hold_fill_lock(redis, entry, expected_ms=200)
+    cache.sleep = the_other_request_fills(redis, clock, entry, ["theirs"])
+    redis.calls.clear()
+    fetch(entry, Loader(["mine"]))
+    mine = [call[0] for call in redis.calls if call[0] != "EVALSHA" or call[1] != entries.FILL.sha]
+    assert mine.count("EVALSHA_RO") == 1, "one poll"
+    assert redis.stats.scripts_global_lock == 0
 
 
 def expire_softly(redis, entry):

@@ -14,8 +14,8 @@ import redis
 from devstack import supabase
 from devstack import upstash as upstash_standin
 from devstack.redis_server import RedisServer, free_port
-from lib import auth, db, properties, upstash
-from lib.errors import ConfigurationError, InvalidFilter, ValidationFailed
+from lib import auth, cache, context, db, keys, properties, refill, upstash
+from lib.errors import ConfigurationError, InvalidFilter, NotFound, ValidationFailed
 from tests.sql.demo import AWA, PROPERTY_123, PUBLISHED, PUBLISHED_BY_CITY, USERS
 
 ANON, SERVICE, UPSTASH_TOKEN = "test-anon-key", "test-service-role-key", "test-upstash-token"
@@ -139,6 +139,99 @@ def test_without_upstash_configured_the_update_is_refused_before_anything_is_wri
     with pytest.raises(ConfigurationError):
         properties.update(awa, PROPERTY_123, {"price": 70_000})
     assert admin.execute("select price from properties where id = %s", (PROPERTY_123,)).fetchone() == (50_000,)
+
+
+# -- what the update refills (lib/refill) -------------------------------------------------------
+
+
+def read(call):
+    """`call()` as a request: its value and its X-Cache."""
+    ctx = context.begin()
+    value = call()
+    return value, ctx.cache_status
+
+
+def fill_views():
+    """The owner's listing as readers see it: its detail, the public list, Dakar's list (all cached)."""
+    return (properties.get_public(PROPERTY_123), properties.list_public(), properties.list_public("Dakar"))
+
+
+VIEWS = {
+    "detail": lambda: properties.get_public(PROPERTY_123),
+    "public list": lambda: shown(properties.list_public(), PROPERTY_123),
+    "Dakar list": lambda: shown(properties.list_public("Dakar"), PROPERTY_123),
+}
+
+
+def test_after_a_price_change_its_detail_and_lists_are_hits_showing_the_new_row_without_a_query(awa, standin):
+    fill_views()
+    after = properties.update(awa, PROPERTY_123, {"price": 65_000, "title": "Appartement rénové à la Médina"})
+    standin.reset_stats()
+    for name, view in VIEWS.items():
+        row, status = read(view)
+        assert status == "HIT", name
+        assert (row["price"], row["title"], row["updated_at"]) == (65_000, after["title"], after["updated_at"]), name
+    assert standin.stats()["rest_requests"] == 0
+
+
+def test_what_a_write_refilled_is_exactly_what_a_reader_would_have_loaded(awa, valkey):
+    fill_views()
+    properties.update(awa, PROPERTY_123, {"price": 65_000, "district": "Fann"})
+    refilled = fill_views()
+    with redis.Redis(host=valkey.host, port=valkey.port) as direct:
+        direct.flushdb()
+    assert fill_views() == refilled, "the row the UPDATE returned differs from what the anon reads show"
+
+
+def test_a_property_taken_off_the_market_is_a_cached_404_and_its_lists_reload_without_it(awa):
+    fill_views()
+    properties.update(awa, PROPERTY_123, {"status": "draft"})
+    with pytest.raises(NotFound):
+        properties.get_public(PROPERTY_123)
+    ctx = context.begin()
+    with pytest.raises(NotFound):
+        properties.get_public(PROPERTY_123)
+    assert ctx.cache_status == "HIT", "refilled as not published"
+    for name in ("public list", "Dakar list"):
+        row, status = read(VIEWS[name])
+        assert (row, status) == (None, "MISS"), f"{name}: the row leaves it, which the writer cannot patch"
+
+
+def test_a_move_to_another_city_refills_the_detail_and_leaves_the_lists_to_their_next_reader(awa):
+    fill_views()
+    properties.list_public("Thiès")
+    properties.update(awa, PROPERTY_123, {"city": "Thiès"})
+    assert read(VIEWS["detail"]) == (properties.get_public(PROPERTY_123), "HIT")
+    assert read(VIEWS["Dakar list"]) == (None, "MISS")
+    row, status = read(lambda: shown(properties.list_public("Thiès"), PROPERTY_123))
+    assert (row["city"], status) == ("Thiès", "MISS")
+
+
+def test_an_update_overtaken_by_another_write_of_the_property_refills_nothing(awa, admin, monkeypatch):
+    fill_views()
+    real_watch = refill.watch
+
+    def another_write_slips_in(tags):
+        seen = real_watch(tags)
+        admin.execute("update properties set price = 70000 where id = %s", (PROPERTY_123,))
+        cache.invalidate(keys.property_changed(PROPERTY_123, AWA, {"Dakar"}))  # its bump lands before ours
+        return seen
+
+    monkeypatch.setattr(refill, "watch", another_write_slips_in)
+    properties.update(awa, PROPERTY_123, {"title": "Titre de la première écriture"})
+    for name, view in VIEWS.items():
+        row, status = read(view)
+        assert status == "MISS", f"{name} was refilled although another write bumped in between"
+        assert (row["title"], row["price"]) == ("Titre de la première écriture", 70_000), name
+
+
+def test_an_update_with_redis_down_still_answers_and_the_reads_go_to_the_database(awa, monkeypatch):
+    fill_views()
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9")  # nothing listens there
+    upstash.set_client(None)
+    after = properties.update(awa, PROPERTY_123, {"price": 66_000})
+    assert after["price"] == 66_000
+    assert read(VIEWS["detail"]) == (properties.get_public(PROPERTY_123), "BYPASS")
 
 
 @pytest.mark.parametrize("stored, listed", [
