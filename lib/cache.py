@@ -19,15 +19,10 @@ atomically:
 - no valid entry, someone loading → WAIT: poll briefly (READ, read-only) for its value instead
   of querying the database;
 - otherwise → LOAD (or REFRESH, early): this caller takes the fill lock, loads, and FILLs.
-A miss is three commands. When Upstash fails or times out, the read goes to the database
-(BYPASS); lib/upstash's circuit breaker then skips Redis for a growing interval, so an outage
-costs one timeout per warm instance, not one per request. A full database (Upstash's default: no
-eviction) refuses the claim or the fill: the value is answered from the database and not
-stored; hits go on.
-
-An invalidation that cannot reach Redis is not kept here: every change is in the database's
-outbox until its tags are bumped (lib/outbox, docs/invalidation.md). The read that probes
-Redis after an outage first runs the recovery hooks (the outbox drain) before it trusts an entry.
+A miss is three commands. Upstash failing or timing out is a BYPASS (answered from the
+database; lib/upstash's breaker then skips Redis a while); a full database refuses the claim or
+the fill and the value is not stored. A failed invalidation is not kept here: the database's
+outbox keeps every change until its tags are bumped (lib/outbox, docs/invalidation.md).
 """
 
 from __future__ import annotations
@@ -41,7 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from lib import context, entries, keys, locks, metrics, refill, upstash
-from lib.entries import CLAIM, DEFAULT_LOAD_MS, FILL, READ, TAG_TTL_MS
+from lib.entries import BUMP, CLAIM, DEFAULT_LOAD_MS, FILL, READ, TAG_TTL_MS
 from lib.upstash import RedisCommandError, RedisError, RedisFull
 
 log = logging.getLogger(__name__)
@@ -75,44 +70,6 @@ def wake_after(expected_in_ms: int | None, overdue_polls: int) -> float:
         return expected_in_ms / 1000 + POLL_MARGIN
     return min(OVERDUE_POLL * 2 ** overdue_polls, MAX_POLL)
 
-
-# KEYS: the tag version keys, then one applied-change marker per change id (lib/outbox), then a
-# (entry, fill lock) pair per refill candidate (lib/refill), then the keys to delete. ARGV[1] the
-# number of tags, ARGV[2] of markers, ARGV[3] of candidates, ARGV[4] the tag ttl ms, ARGV[5] the
-# marker ttl ms, ARGV[6] the marker value (the tags, JSON), ARGV[7] the writer's fill-lock token,
-# ARGV[8] its ms, ARGV[9] the ms the writer expects to take, then a pair per tag: its new random
-# version, and the version the writer saw before its write ('' when it saw none, '!' when the tag
-# was missing). When there are candidates and no tag moved since the writer looked (no other
-# write slipped in), each candidate is read before the bump and its fill lock taken (NX). The
-# markers are written after the tags: a marker never claims a bump that did not happen. Returns
-# {1 if the candidates were taken (else 0), Redis's time in ms, each tag's version before the
-# bump..., each candidate's entry before the bump (false if none)...}.
-BUMP = upstash.Script("""
-local ntags, nmarks, ncand = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out, unmoved = {0, now}, ncand > 0
-for i = 1, ntags do
-  local version = redis.call('GET', KEYS[i])
-  local seen = ARGV[9 + 2 * i]
-  if seen ~= '' and (version or '!') ~= seen then unmoved = false end
-  table.insert(out, version)
-end
-local first = ntags + nmarks
-if unmoved then
-  out[1] = 1
-  local lock = ARGV[7] .. '|' .. now .. '|' .. ARGV[9]
-  for c = 1, ncand do
-    local raw = redis.pcall('GET', KEYS[first + 2 * c - 1])
-    table.insert(out, type(raw) == 'string' and raw or false)
-    redis.call('SET', KEYS[first + 2 * c], lock, 'NX', 'PX', ARGV[8])
-  end
-end
-for i = 1, ntags do redis.call('SET', KEYS[i], ARGV[8 + 2 * i], 'PX', ARGV[4]) end
-for i = ntags + 1, first do redis.call('SET', KEYS[i], ARGV[6], 'PX', ARGV[5]) end
-if #KEYS > first + 2 * ncand then redis.call('DEL', unpack(KEYS, first + 2 * ncand + 1)) end
-return out
-""", writes=True)
 
 # Run by the read that probes Redis after an outage, before it reads an entry (lib/outbox
 # registers its drain, which sends with force=True: the breaker is half-open). Each returns False

@@ -243,3 +243,43 @@ def fresh_value(raw: str | None, versions: list[str | None], draw: float, beta: 
     if remaining <= 0 or entry.load_ms * beta * -math.log(draw) >= remaining:
         return None
     return entry.payload
+
+
+# Invalidation (lib/cache.invalidate).
+# KEYS: the tag version keys, then one applied-change marker per change id (lib/outbox), then a
+# (entry, fill lock) pair per refill candidate (lib/refill), then the keys to delete. ARGV[1] the
+# number of tags, ARGV[2] of markers, ARGV[3] of candidates, ARGV[4] the tag ttl ms, ARGV[5] the
+# marker ttl ms, ARGV[6] the marker value (the tags, JSON), ARGV[7] the writer's fill-lock token,
+# ARGV[8] its ms, ARGV[9] the ms the writer expects to take, then a pair per tag: its new random
+# version, and the version the writer saw before its write ('' when it saw none, '!' when the tag
+# was missing). When there are candidates and no tag moved since the writer looked (no other
+# write slipped in), each candidate is read before the bump and its fill lock taken (NX). The
+# markers are written after the tags: a marker never claims a bump that did not happen. Returns
+# {1 if the candidates were taken (else 0), Redis's time in ms, each tag's version before the
+# bump..., each candidate's entry before the bump (false if none)...}.
+BUMP = upstash.Script("""
+local ntags, nmarks, ncand = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out, unmoved = {0, now}, ncand > 0
+for i = 1, ntags do
+  local version = redis.call('GET', KEYS[i])
+  local seen = ARGV[9 + 2 * i]
+  if seen ~= '' and (version or '!') ~= seen then unmoved = false end
+  table.insert(out, version)
+end
+local first = ntags + nmarks
+if unmoved then
+  out[1] = 1
+  local lock = ARGV[7] .. '|' .. now .. '|' .. ARGV[9]
+  for c = 1, ncand do
+    local raw = redis.pcall('GET', KEYS[first + 2 * c - 1])
+    table.insert(out, type(raw) == 'string' and raw or false)
+    redis.call('SET', KEYS[first + 2 * c], lock, 'NX', 'PX', ARGV[8])
+  end
+end
+for i = 1, ntags do redis.call('SET', KEYS[i], ARGV[8 + 2 * i], 'PX', ARGV[4]) end
+for i = ntags + 1, first do redis.call('SET', KEYS[i], ARGV[6], 'PX', ARGV[5]) end
+if #KEYS > first + 2 * ncand then redis.call('DEL', unpack(KEYS, first + 2 * ncand + 1)) end
+return out
+""", writes=True)

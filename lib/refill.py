@@ -5,7 +5,7 @@
     cache.invalidate(tags, refills=[refill.Refill(keys.property_detail(123), lambda old: row, fresh=True)],
                      seen=seen)
 
-The bump (lib/cache's BUMP) reads each refill's entry as it was just before the bump and takes its
+The bump (lib/entries' BUMP, run by lib/cache.invalidate) reads each refill's entry as it was just before the bump and takes its
 fill lock, in the same command; `fill` then stores the new values through the same check as a
 reader's fill (lib/entries' `_STORE`: every tag still at the version the bump gave it) and
 releases the locks. Why a refill is never wrong data:
@@ -60,7 +60,7 @@ class Smoothed:
     """A duration this instance measures again and again, smoothed as TCP smooths a round trip
     (RFC 6298: srtt ← 7/8 srtt + 1/8 m, dev ← 3/4 dev + 1/4 |srtt − m|); `expected()` is srtt + dev."""
 
-    def __init__(self, first_guess_ms: float):
+    def __init__(self, first_guess_ms: float) -> None:
         self._lock = threading.Lock()
         self._srtt: float | None = None
         self._dev = 0.0
