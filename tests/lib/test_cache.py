@@ -13,21 +13,9 @@ import respx
 from lib import breaker as breaker_module
 from lib import cache, context, entries, keys, metrics, upstash
 from tests.fakes import FakeUpstash
+from tests.support import FakeClock
 
 URL = "https://upstash.test"
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
