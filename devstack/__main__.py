@@ -39,6 +39,8 @@ ANON_KEY = "dev-anon-key"
 SERVICE_ROLE_KEY = "dev-service-role-key"
 UPSTASH_TOKEN = "dev-upstash-token"
 METRICS_TOKEN = "dev-metrics-token"
+DATABASE_WEBHOOK_SECRET = "dev-database-webhook-secret"  # issue 12: the webhook and the cron (docs/invalidation.md)
+CRON_SECRET = "dev-cron-secret"
 PAYDUNYA_KEYS = {
     "PAYDUNYA_MASTER_KEY": "dev-paydunya-master-key",
     "PAYDUNYA_PRIVATE_KEY": "test_private_dev-paydunya-private-key",
@@ -87,6 +89,8 @@ def function_env(ports: Ports) -> dict[str, str]:
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{ports.api}",
         "CACHE_NAMESPACE": "dousell",
         "METRICS_TOKEN": METRICS_TOKEN,
+        "DATABASE_WEBHOOK_SECRET": DATABASE_WEBHOOK_SECRET,
+        "CRON_SECRET": CRON_SECRET,
     }
 
 
@@ -177,7 +181,7 @@ class Stack:
         self.supabase: Any = None
 
     def start_services(self) -> None:
-        from devstack import paydunya, supabase, upstash
+        from devstack import paydunya, supabase, supabase_net, upstash
         from devstack.postgres import Cluster
         from devstack.redis_server import RedisServer
 
@@ -203,6 +207,8 @@ class Stack:
             "127.0.0.1", self.ports.supabase, dsn=dsn, anon_key=ANON_KEY, service_role_key=SERVICE_ROLE_KEY,
             public_url=f"http://127.0.0.1:{self.ports.supabase}")
         self.servers.append(self.supabase)
+        supabase_net.configure_webhook(dsn, f"http://127.0.0.1:{self.ports.api}/api/hooks/database",
+                                       DATABASE_WEBHOOK_SECRET)  # what the operator puts in Vault
         server, _ = paydunya.serve_in_thread(
             "127.0.0.1", self.ports.paydunya, master_key=PAYDUNYA_KEYS["PAYDUNYA_MASTER_KEY"],
             private_key=PAYDUNYA_KEYS["PAYDUNYA_PRIVATE_KEY"], token=PAYDUNYA_KEYS["PAYDUNYA_TOKEN"])
@@ -280,6 +286,9 @@ def up(args: argparse.Namespace) -> int:
             print(f"· vercel dev on 127.0.0.1:{ports.api} (log in "
                   f"{state / 'vercel-dev.log'})", flush=True)
             stack.start_api(args.timeout)
+            from devstack.cron import CronCaller  # Vercel Cron: vercel dev runs none
+
+            stack.servers.append(CronCaller(f"http://127.0.0.1:{ports.api}", CRON_SECRET).start())
         _banner(ports, args.api)
         (state / "ready").write_text("ready\n")
         while not stopping.is_set():

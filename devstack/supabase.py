@@ -13,6 +13,9 @@ answers a PostgREST-style 400 saying so.
   connection logged in as ``authenticator`` (bootstrap.sql's PostgREST role) when the
   database has it, with ``set_config('role', ...)`` and ``request.jwt.claims``: RLS is real.
 - /auth/v1: see devstack/supabase_auth.py (password grant, refresh, user, logout, JWKS).
+- pg_net: devstack/supabase_net.py sends what `net.http_post` queued (the database webhook),
+  after commit, as pg_net's background worker does; ``POST /__devstack/webhooks {"mode":
+  "deliver"|"drop"|"hold"}`` loses or holds them for drills.
 
 Drills and benchmarks, loopback only, no key: ``POST /__devstack/delay {"ms": 300}`` (sleep
 before every /rest/v1 request; env ``DEVSTACK_DB_DELAY_MS`` sets the start value),
@@ -54,6 +57,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from devstack._server import StandInHandler, StandInServer, serve_until_stopped
 from devstack.supabase_auth import AuthResult, AuthService, SigningKey, TokenError
+from devstack.supabase_net import NetWorker
 from devstack.supabase_rest import (
     ApiError,
     DatabaseUnreachable,
@@ -186,7 +190,7 @@ class SupabaseStandIn(StandInServer):
     def __init__(self, address: tuple[str, int], *, dsn: str, anon_key: str = DEFAULT_ANON_KEY,
                  service_role_key: str = DEFAULT_SERVICE_ROLE_KEY,
                  signing_key: SigningKey | Any | bytes | str | None = None, public_url: str | None = None,
-                 delay_ms: float | None = None, pool_size: int = 10, verbose: bool = False):
+                 delay_ms: float | None = None, pool_size: int = 10, verbose: bool = False, pg_net: bool = True):
         super().__init__(address, _Handler)
         if not anon_key or not service_role_key or anon_key == service_role_key:
             raise ValueError("anon_key and service_role_key must be two different non-empty strings")
@@ -211,6 +215,7 @@ class SupabaseStandIn(StandInServer):
         self._hanging = 0
         self._stats_lock = threading.Lock()
         self._stats = self._empty_stats()
+        self.net = NetWorker(dsn).start() if pg_net else None  # hosted Supabase always runs pg_net
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -362,6 +367,11 @@ class SupabaseStandIn(StandInServer):
                 return 200, {"previous": self.reset_stats()}
             if path == "/__devstack/reload" and method == "POST":
                 return 200, self.reload_schema()
+            if path == "/__devstack/webhooks" and self.net is not None:
+                if method == "POST":
+                    self.net.mode = str(data.get("mode", ""))
+                    log.info("supabase stand-in: pg_net worker mode %s", self.net.mode)
+                return 200, self.net.stats()
             if path == "/__devstack/status" and method == "GET":
                 return 200, {"url": self.url, "public_url": self.public_url, "mode": self.mode,
                              "hanging": self.hanging, "delay_ms": self.delay_ms,
@@ -385,6 +395,8 @@ class SupabaseStandIn(StandInServer):
             self._closing = True
             self._state.notify_all()
         super().server_close()
+        if self.net is not None:
+            self.net.stop()
         self.rest_pool.close()
         self.admin_pool.close()
 

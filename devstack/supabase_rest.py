@@ -704,6 +704,18 @@ def _accept(headers: Mapping[str, str]) -> str:
     raise ApiError(406, "PGRST107", "None of these media types are available: " + ", ".join(offered))
 
 
+def _header_settings(headers: Any) -> list[tuple[str, str]]:
+    """`request.headers` (names lower-cased) and `request.cookies`, as PostgREST sets them: the Cookie
+    header goes to the second only (PostgREST src/library/PostgREST/ApiRequest.hs, Query/PreQuery.hs)."""
+    named = {k.lower(): v for k, v in headers.items() if k.lower() != "cookie"}
+    cookies = {}
+    for part in (headers.get("Cookie") or "").split(";"):
+        name, eq, value = part.strip().partition("=")
+        if name and eq:
+            cookies[name] = value
+    return [("request.headers", json.dumps(named)), ("request.cookies", json.dumps(cookies))]
+
+
 class RestEngine:
     """Answers /rest/v1 requests: parse, build one statement, run it in a transaction as the request's role."""
 
@@ -813,7 +825,7 @@ class RestEngine:
         settings = [("search_path", SEARCH_PATH), ("role", request.role),
                     ("request.jwt.claims", json.dumps(dict(request.claims), separators=(",", ":"))),
                     ("request.method", request.method), ("request.path", request.path),
-                    ("request.headers", json.dumps({k.lower(): v for k, v in request.headers.items()}))]
+                    *_header_settings(request.headers)]
         settings += list(cache.role_settings.get(request.role, ()))
         statement = "SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(settings))
         try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
-HEAD = ("drill", "requests sent", "answers by status", "5xx not in contract", "lost/doubled", "leaked", "notes")
+HEAD = ("drill", "requests sent", "answers by status", "5xx not in contract", "lost/doubled", "leaked",
+        "stale after window", "notes")
 
 
 def render(rows, seconds: float) -> str:
@@ -12,7 +13,7 @@ def render(rows, seconds: float) -> str:
     for r in rows:
         notes = "; ".join(([f"FAILED: {r.failed}"] if r.failed else []) + r.notes + [f"{r.seconds:.1f} s"])
         table.append((r.name, str(r.sent), r.by_status(), str(r.bad_5xx), str(r.lost_or_doubled), str(r.leaked),
-                      notes))
+                      str(r.stale), notes))
     widths = [max(len(row[i]) for row in table) for i in range(len(HEAD) - 1)]
     notes_width = 70
     lines = []
@@ -27,5 +28,5 @@ def render(rows, seconds: float) -> str:
     total = sum(r.sent for r in rows)
     lines.append("")
     lines.append(f"{len(rows)} drills, {total} requests, {seconds:.0f} s wall (stack start and warm-up included). "
-                 "The three middle columns must be 0.")
+                 "The four middle columns must be 0.")
     return "\n".join(lines)

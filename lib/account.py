@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lib import cache, db, keys
+from lib import cache, db, keys, outbox
 from lib.errors import Forbidden, NotFound
 
 PROFILE_COLUMNS = "id,email,full_name,phone,role,created_at,updated_at"
@@ -31,10 +31,11 @@ def profile(user: Any) -> dict[str, Any]:
 
 def update_profile(user: Any, changes: dict[str, Any]) -> dict[str, Any]:
     client = db.as_user(user.token)
-    rows = db.run(lambda: client.from_("profiles").update(changes).eq("id", user.id).execute()).data
+    writes = outbox.Writes()
+    rows = db.run(lambda: writes.stamp(client.from_("profiles").update(changes).eq("id", user.id)).execute()).data
     if not rows:
         raise NotFound("Profil introuvable.")
-    cache.invalidate([keys.profile(user.id).tags[0]], delete=[keys.profile(user.id).key])
+    writes.applied(keys.change_tags("profiles", None, rows[0]))
     return {name: rows[0].get(name) for name in PROFILE_COLUMNS.split(",")}
 
 

@@ -1,7 +1,7 @@
 """Cache-aside over Upstash: a hit is one plain read command, stampede protection, tag invalidation, a fail-safe.
 
     value = cache.fetch(keys.property_detail(123), lambda: db_read_property(123))
-    cache.invalidate(keys.property_changed(123, owner_id, {"Dakar"}))
+    cache.invalidate(keys.change_tags("properties", before, after), changes=[change_id])
 
 An entry is a string: a header (when it expires by Redis's clock, how long it took to load, its
 stale window, the version of each tag when the database was read) and the JSON value. A tag's
@@ -24,6 +24,10 @@ A miss is three commands. When Upstash fails or times out, the read goes to the 
 costs one timeout per warm instance, not one per request. A full database (Upstash's default: no
 eviction) refuses the claim or the fill: the value is answered from the database and not
 stored; hits go on.
+
+An invalidation that cannot reach Redis is not kept here: every change is in the database's
+outbox until its tags are bumped (lib/outbox, docs/invalidation.md). The read that probes
+Redis after an outage first runs the recovery hooks (the outbox drain) before it trusts an entry.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ import json
 import logging
 import random
 import secrets
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -64,17 +67,23 @@ def stale_window(ttl: int) -> int:
     return max(5, min(ttl // 2, 300))
 
 
-# KEYS[1..ARGV[1]] tag version keys, then the keys to delete. ARGV[2] the tag ttl ms, ARGV[3..] a
-# new random version per tag. Returns the number of tags bumped.
+# KEYS: the tag version keys, then one applied-change marker per change id (lib/outbox), then the
+# keys to delete. ARGV[1] number of tags, ARGV[2] number of markers, ARGV[3] tag ttl ms, ARGV[4]
+# marker ttl ms, ARGV[5] marker value (the tags, JSON), ARGV[6..] a new random version per tag.
+# The markers are written after the tags, in the same script: a marker never claims a bump that
+# did not happen. Returns the number of tags bumped.
 BUMP = upstash.Script("""
-local ntags = tonumber(ARGV[1])
-for i = 1, ntags do redis.call('SET', KEYS[i], ARGV[2 + i], 'PX', ARGV[2]) end
-if #KEYS > ntags then redis.call('DEL', unpack(KEYS, ntags + 1)) end
+local ntags, nmarks = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 1, ntags do redis.call('SET', KEYS[i], ARGV[5 + i], 'PX', ARGV[3]) end
+for i = ntags + 1, ntags + nmarks do redis.call('SET', KEYS[i], ARGV[5], 'PX', ARGV[4]) end
+if #KEYS > ntags + nmarks then redis.call('DEL', unpack(KEYS, ntags + nmarks + 1)) end
 return ntags
 """, writes=True)
 
-_pending_lock = threading.Lock()
-_pending_tags: set[str] = set()  # invalidations that could not reach Redis, sent at the next chance
+# Run by the read that probes Redis after an outage, before it reads an entry (lib/outbox
+# registers its drain, which sends with force=True: the breaker is half-open). Each returns False
+# if Redis failed again. Kept as a list, not an import, so lib/cache imports nothing that imports it.
+_recovery_hooks: list[Callable[[], bool]] = []
 
 
 def _bypass(loader: Callable[[], T], family: str) -> T:
@@ -95,7 +104,7 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
     Never raises for a Redis problem: the database answers instead. A bug raises.
     """
     loader = metrics.attributed(family, loader)  # its queries count for the queries-avoided estimate
-    if _pending_tags and not _flush_pending():
+    if upstash.breaker.state != "closed" and upstash.breaker.allow() and not _after_outage():
         return _bypass(loader, family)
     keys_ = [key, keys.fill_lock_key(key), *(keys.tag_key(tag) for tag in tags)]
     odds = [max(draw(), 1e-12), XFETCH_BETA]
@@ -181,36 +190,57 @@ def _release(fill_key: str, token: str) -> None:
         pass  # the fill lock expires by itself after FILL_LOCK_MS; a failure already opened the breaker
 
 
-def invalidation_command(tags: Sequence[str], delete: Sequence[str] = ()) -> list[Any]:
+def invalidation_command(tags: Sequence[str], delete: Sequence[str] = (), changes: Sequence[str] = ()) -> list[Any]:
     """The one command that invalidates `tags` (a new random version each: every entry built on
-    the old one is a miss, and a fill that read the database before is refused) and removes the
-    `delete` keys: one billed command however many tags."""
-    return BUMP.command([*(keys.tag_key(tag) for tag in tags), *delete],
-                        [len(tags), TAG_TTL_MS, *(secrets.token_hex(6) for _ in tags)])
+    the old one is a miss, and a fill that read the database before is refused), records `changes`
+    (ids of the API's own writes, lib/outbox) as applied with these tags, and removes the `delete`
+    keys: one billed command however many tags."""
+    tags = sorted(set(tags))
+    markers = [keys.applied_change(change) for change in changes]
+    return BUMP.command([*(keys.tag_key(tag) for tag in tags), *markers, *delete],
+                        [len(tags), len(markers), TAG_TTL_MS, keys.APPLIED_CHANGE_TTL * 1000,
+                         json.dumps(tags, separators=(",", ":")), *(secrets.token_hex(6) for _ in tags)])
 
 
-def invalidate(tags: Sequence[str], *, delete: Sequence[str] = ()) -> bool:
-    """Give each tag a new version (every entry built on the old one becomes a miss) and delete
-    `delete` keys, in one command. Returns False if Redis could not be told: the tags are kept
-    and sent with this instance's next Redis call."""
-    with _pending_lock:
-        _pending_tags.update(tags)
-    return _flush_pending(delete)
+def invalidate(tags: Sequence[str], *, changes: Sequence[str] = (), delete: Sequence[str] = (),
+               force: bool = False) -> bool:
+    """Give each tag a new version (every entry built on the old one becomes a miss), mark `changes`
+    applied and delete `delete` keys, in one command. `force`: send it while the breaker is
+    half-open (the probe's recovery hook).
 
-
-def _flush_pending(delete: Sequence[str] = ()) -> bool:
-    with _pending_lock:
-        tags = sorted(_pending_tags)
-    if not tags and not delete:
+    Returns False if Redis could not be told. Nothing is kept in memory for later: the change
+    waits in the database's outbox, and the webhook, the cron or the first read after the
+    outage applies it (lib/outbox).
+    """
+    if not (tags or changes or delete):
         return True
     try:
         with context.timed("cache"):
             try:
-                upstash.execute(invalidation_command(tags, delete))
-            except RedisFull:  # no room for new versions: dropping them invalidates just as well
-                upstash.execute(["DEL", *(keys.tag_key(tag) for tag in tags), *delete])
-    except RedisError:  # down, slow or skipped (lib/upstash's breaker): kept for the next call
+                upstash.execute(invalidation_command(tags, delete, changes), force=force)
+            except RedisFull:
+                # No room for new versions: dropping them invalidates just as well. No marker then:
+                # the outbox's drain does it again, which is harmless.
+                upstash.execute(["DEL", *(keys.tag_key(tag) for tag in set(tags)), *delete], force=force)
+    except RedisError:  # down, slow or skipped (lib/upstash's breaker): the outbox keeps the change
         return False
-    with _pending_lock:
-        _pending_tags.difference_update(tags)
+    return True
+
+
+def on_recovery(hook: Callable[[], bool]) -> None:
+    """Run `hook` when a read probes Redis after an outage (see `_recovery_hooks`); once per hook."""
+    if hook not in _recovery_hooks:
+        _recovery_hooks.append(hook)
+
+
+def _after_outage() -> bool:
+    """This caller is the breaker's probe: it applies what the outage held back before it reads an
+    entry. False if Redis failed again (the caller bypasses it)."""
+    if not all(hook() for hook in list(_recovery_hooks)):
+        return False
+    if upstash.breaker.state == "half-open":  # nothing to drain: the probe is still to be made
+        try:
+            upstash.execute(["PING"], force=True)
+        except RedisError:
+            return False
     return True

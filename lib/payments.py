@@ -12,7 +12,8 @@ Starting a payment, the seed's seven steps made safe (DESIGN.md, Principle 1):
                                           marked failed, reserved again
     PayDunya create (10 s at most)        failure → the row is marked failed, 502
     store token + checkout_url            only on a row still pending and without a url
-    invalidate payments:lease:{id} and the owner's dashboard, release, 201
+    invalidate what the payment row shows keys.change_tags("rental_payments", ...): the lease's
+                                          payments and the owner's dashboard; release, 201
 
 A checkout_url reaches a user only once it is stored on a pending row, so an invoice made
 by a request that lost its row (it outlived the lock and was declared abandoned) can never
@@ -28,7 +29,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs
 
-from lib import cache, config, db, keys, paydunya
+from lib import cache, config, db, keys, outbox, paydunya
 from lib.db import DatabaseError
 from lib.errors import (
     AlreadyPaid,
@@ -54,7 +55,6 @@ ABANDONED_AFTER = timedelta(seconds=LOCK_TTL)
 PAST_MONTHS = 24  # a period may be paid up to two years late...
 AHEAD_MONTHS = 12  # ...and up to a year ahead; outside that it is a typo (422)
 LIST_LIMIT = 200
-PARTIES_TTL = 3600  # who the tenant and owner of a lease are changes never in practice
 PAYMENT_FIELDS = ("id", "lease_id", "period", "amount", "currency", "status", "checkout_url")
 LIST_COLUMNS = "id,lease_id,period,amount,currency,status,checkout_url,paid_at,created_at,updated_at"
 LEASE_COLUMNS = "id,property_id,tenant_id,status,monthly_rent,starts_on,ends_on"
@@ -146,11 +146,11 @@ _RESERVE_ERRORS: dict[str, Callable[[], DousellError]] = {
 }
 
 
-def _reserve(lease_id: int, tenant_id: str, period: str) -> dict[str, Any]:
+def _reserve(lease_id: int, tenant_id: str, period: str, writes: outbox.Writes) -> dict[str, Any]:
     client = db.service()
     try:
-        return db.run(lambda: client.rpc("reserve_payment", {
-            "p_lease_id": lease_id, "p_tenant_id": tenant_id, "p_period": period}).execute()).data
+        return db.run(lambda: writes.stamp(client.rpc("reserve_payment", {
+            "p_lease_id": lease_id, "p_tenant_id": tenant_id, "p_period": period})).execute()).data
     except DatabaseError as exc:
         error = _RESERVE_ERRORS.get(exc.message)
         if error is None:
@@ -169,25 +169,20 @@ def _abandoned(payment: dict[str, Any]) -> bool:
     return now() - created > ABANDONED_AFTER
 
 
-def _mark_failed(payment_id: int) -> bool:
+def _mark_failed(payment_id: int, writes: outbox.Writes) -> bool:
     """Fail a pending row that never got a checkout_url (ours, or an abandoned one). True if it changed."""
     client = db.service()
     try:
-        rows = db.run(lambda: client.from_("rental_payments").update({"status": "failed"})
-                      .eq("id", payment_id).eq("status", "pending").is_("checkout_url", "null").execute()).data
+        rows = db.run(lambda: writes.stamp(client.from_("rental_payments").update({"status": "failed"})
+                      .eq("id", payment_id).eq("status", "pending").is_("checkout_url", "null")).execute()).data
     except DousellError as exc:  # the database is down: the row is abandoned after ABANDONED_AFTER
         log.warning("payment %s could not be marked failed (%s)", payment_id, exc.code)
         return False
     return bool(rows)
 
 
-def _invalidate_payment(lease_id: int, owner_id: str | None) -> None:
-    tags = list(keys.payments(lease_id).tags)
-    delete = [keys.payments(lease_id).key]
-    if owner_id:
-        tags += keys.dashboard(owner_id).tags
-        delete.append(keys.dashboard(owner_id).key)
-    cache.invalidate(tags, delete=delete)
+def _invalidate_payment(writes: outbox.Writes, payment: dict[str, Any], owner_id: str | None) -> None:
+    writes.applied(keys.change_tags("rental_payments", None, payment, [owner_id]))
 
 
 def start(user: Any, lease_id: int, period: str | None = None) -> Reply:
@@ -202,8 +197,9 @@ def start(user: Any, lease_id: int, period: str | None = None) -> Reply:
 
 
 def _reserve_and_invoice(user: Any, lease_id: int, period: str, base: str) -> Reply:
+    writes = outbox.Writes()
     for _attempt in range(2):
-        reserved = _reserve(lease_id, user.id, period)
+        reserved = _reserve(lease_id, user.id, period, writes)
         payment, owner_id = reserved["payment"], reserved.get("owner_id")
         if reserved.get("created"):
             break
@@ -213,8 +209,8 @@ def _reserve_and_invoice(user: Any, lease_id: int, period: str, base: str) -> Re
             raise PaymentInProgress()
         log.warning("payment %s: pending without an invoice since %s; marked failed", payment["id"],
                     payment.get("created_at"))
-        if _mark_failed(payment["id"]):
-            _invalidate_payment(lease_id, owner_id)
+        if _mark_failed(payment["id"], writes):
+            _invalidate_payment(writes, payment, owner_id)
     else:
         raise PaymentInProgress()  # someone else reserved again between our two attempts
 
@@ -231,17 +227,17 @@ def _reserve_and_invoice(user: Any, lease_id: int, period: str, base: str) -> Re
             },
         )
     except Exception as exc:
-        _mark_failed(pid)
-        _invalidate_payment(lease_id, owner_id)
+        _mark_failed(pid, writes)
+        _invalidate_payment(writes, payment, owner_id)
         if isinstance(exc, PaymentProviderError):
             log.warning("payment %s: PayDunya failed (%s); marked failed", pid, getattr(exc, "reason", ""))
         raise
 
     client = db.service()
-    stored = db.run(lambda: client.from_("rental_payments")
+    stored = db.run(lambda: writes.stamp(client.from_("rental_payments")
                     .update({"provider_token": token, "checkout_url": checkout_url})
-                    .eq("id", pid).eq("status", "pending").is_("checkout_url", "null").execute()).data
-    _invalidate_payment(lease_id, owner_id)
+                    .eq("id", pid).eq("status", "pending").is_("checkout_url", "null")).execute()).data
+    _invalidate_payment(writes, payment, owner_id)
     if not stored:
         # Our row was declared abandoned while we waited on PayDunya: the invoice just made is
         # never shown to anyone. The tenant's retry finds whatever is pending now.
@@ -253,12 +249,9 @@ def _reserve_and_invoice(user: Any, lease_id: int, period: str, base: str) -> Re
 # -- listing -----------------------------------------------------------------------------------
 
 
-def lease_parties_key(lease_id: int) -> str:
-    return keys.name("meta", "lease", int(lease_id))
-
-
 def _parties(lease_id: int) -> dict[str, Any] | None:
-    """`{"tenant_id", "owner_id"}` of a lease (cached 1 h under dousell:meta:lease:{id}), None if none."""
+    """`{"tenant_id", "owner_id"}` of a lease (cached 1 h under dousell:meta:lease:{id}), None if none:
+    a lease created later bumps `lease:{id}`, so the cached None goes with it."""
     def load() -> dict[str, Any] | None:
         client = db.service()
         leases = db.run(lambda: client.from_("leases").select("tenant_id,property_id")
@@ -269,8 +262,7 @@ def _parties(lease_id: int) -> dict[str, Any] | None:
                        .eq("id", leases[0]["property_id"]).limit(1).execute()).data
         return {"tenant_id": leases[0]["tenant_id"], "owner_id": props[0]["owner_id"] if props else None}
 
-    return cache.get_or_load(lease_parties_key(lease_id), load, PARTIES_TTL, (f"lease:{int(lease_id)}",),
-                             family="lease_parties")
+    return cache.fetch(keys.lease_parties(lease_id), load)
 
 
 def list_for(user: Any, lease_id: int) -> list[dict[str, Any]]:
@@ -340,9 +332,10 @@ def receive_ipn(raw: bytes, content_type: str | None) -> dict[str, Any]:
         log.info("IPN for %s says %s, PayDunya says %s: applying PayDunya's", token[:12],
                  form.get("data[status]"), verdict["status"])
     client = db.service()
+    writes = outbox.Writes()
     try:
-        result = db.run(lambda: client.rpc("confirm_payment", {
-            "p_token": token, "p_status": verdict["status"], "p_amount": amount}).execute()).data
+        result = db.run(lambda: writes.stamp(client.rpc("confirm_payment", {
+            "p_token": token, "p_status": verdict["status"], "p_amount": amount})).execute()).data
     except DatabaseError as exc:
         if exc.message == "already_paid":
             log.error("IPN for %s: this month was already paid by another invoice: refund needed", token[:12])
@@ -352,16 +345,10 @@ def receive_ipn(raw: bytes, content_type: str | None) -> dict[str, Any]:
         raise error() from exc
     payment = result["payment"]
     if result.get("changed"):
+        # The payment row, and the two notifications a completion adds (one each).
         tenant_id, owner_id = result.get("tenant_id"), result.get("owner_id")
-        lease_id = result.get("lease_id") or payment["lease_id"]
-        tags = list(keys.payments(lease_id).tags)
-        delete = [keys.payments(lease_id).key]
+        tags = set(keys.change_tags("rental_payments", None, payment, [owner_id]))
         for who in (tenant_id, owner_id):
-            if who:
-                tags += keys.notifications(who).tags
-                delete.append(keys.notifications(who).key)
-        if owner_id:
-            tags += keys.dashboard(owner_id).tags
-            delete.append(keys.dashboard(owner_id).key)
-        cache.invalidate(tags, delete=delete)
+            tags |= set(keys.change_tags("notifications", None, {"user_id": who}))
+        writes.applied(tags)
     return {"received": True, "status": payment["status"]}

@@ -2,7 +2,8 @@
 
 Reads go through the cache (lib/cache) with the anon client, so RLS shows published rows
 only; an update goes through the owner's own token (RLS checks ownership again) and
-invalidates, before it answers, every key that can show the property.
+invalidates, before it answers, every key that can show the property (keys.change_tags,
+the map the database webhook uses too).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-from lib import cache, config, db, keys
+from lib import cache, config, db, keys, outbox
 from lib.errors import Forbidden, InvalidFilter, NotFound, ValidationFailed
 
 COLUMNS = "id,owner_id,title,description,city,district,type,price,currency,bedrooms,status,created_at,updated_at"
@@ -146,16 +147,10 @@ def update(user: Any, property_id: int, changes: dict[str, Any]) -> dict[str, An
         raise Forbidden("Seul le propriétaire de ce bien peut le modifier.")
     if "city" in changes:
         changes["city"] = canonical_city(changes["city"], error=ValidationFailed)
-    updated = db.run(lambda: client.from_("properties").update(changes).eq("id", property_id).execute()).data
+    writes = outbox.Writes()
+    updated = db.run(lambda: writes.stamp(client.from_("properties").update(changes).eq("id", property_id)).execute()).data
     if not updated:  # RLS refused it after all (ownership changed meanwhile)
         raise Forbidden("Seul le propriétaire de ce bien peut le modifier.")
     after = updated[0]
-
-    cities = {city for city in map(listed_under, (before["city"], after["city"])) if city}
-    cache.invalidate(
-        keys.property_changed(property_id, after["owner_id"], cities),
-        delete=[keys.property_detail(property_id).key, keys.properties_all().key,
-                *(keys.properties_city(c).key for c in cities)],
-    )
-
+    writes.applied(keys.change_tags("properties", before, after))
     return after

@@ -8,13 +8,14 @@ Booking a slot:
                                           Redis down: no lock
     book_visit RPC (service role)         the fence: a unique index per slot and an exclusion
                                           constraint on overlapping booked visits
-    invalidate visits:available_slots:{id} and the owner's dashboard, release, 201
+    invalidate what the visit row shows   keys.change_tags("visits", ...): the slots, the owner's
+                                          dashboard, both parties' visit lists; release, 201
 
 A slot that is not in the free list, and the RPC's `slot_taken` and `slot_not_found`, all
 answer 409 `slot_taken` ("ce créneau n'est plus disponible"): to the visitor a slot that was
 just booked, removed or has started is the same thing, and telling them apart would cost a
-database read per refused click. The cached list is invalidated by every booking made here;
-a slot an owner opens directly in the database can be refused for up to its 2 min TTL.
+database read per refused click. The cached list is invalidated by every change to a slot or
+a visit, whoever makes it (the database's outbox and webhook, docs/invalidation.md).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from lib import cache, db, keys
+from lib import cache, db, keys, outbox
 from lib.db import DatabaseError
 from lib.errors import BookingInProgress, DousellError, NotFound, SlotTaken
 
@@ -68,24 +69,16 @@ _BOOK_ERRORS = {
 
 
 def _owner_of(property_id: int) -> str | None:
-    """The property's owner, from its cached detail; None if it cannot be had (no invalidation then)."""
+    """The property's owner, from its cached detail; None if it cannot be had (the outbox row of the
+    visit carries the owner, so the drain bumps their dashboard instead)."""
     from lib import properties
 
     try:
         return properties.get_public(property_id).get("owner_id")
     except DousellError as exc:
-        log.warning("visit booked on %s but its owner is unknown (%s): dashboard not invalidated",
+        log.warning("visit booked on %s but its owner is unknown (%s): its dashboard is left to the outbox",
                     property_id, exc.code)
         return None
-
-
-def invalidate_slots(property_id: int, owner_id: str | None) -> None:
-    entry = keys.visit_slots(property_id)
-    tags, delete = list(entry.tags), [entry.key]
-    if owner_id:
-        tags += keys.dashboard(owner_id).tags
-        delete.append(keys.dashboard(owner_id).key)
-    cache.invalidate(tags, delete=delete)
 
 
 def book(user: Any, property_id: int, starts_at: datetime) -> dict[str, Any]:
@@ -97,18 +90,20 @@ def book(user: Any, property_id: int, starts_at: datetime) -> dict[str, Any]:
 
     def work() -> dict[str, Any]:
         client = db.service()
+        writes = outbox.Writes()
         try:
-            data = db.run(lambda: client.rpc("book_visit", {
+            data = db.run(lambda: writes.stamp(client.rpc("book_visit", {
                 "p_property_id": property_id, "p_starts_at": starts_at.isoformat(),
-                "p_visitor_id": user.id}).execute()).data
+                "p_visitor_id": user.id})).execute()).data
         except DatabaseError as exc:
             error = _BOOK_ERRORS.get(exc.message)
             if error is None:
                 raise
             if exc.message in ("slot_taken", "slot_not_found"):
-                invalidate_slots(property_id, None)  # our cached list said free: it was wrong
+                cache.invalidate(keys.visit_slots(property_id).tags)  # our cached list said free: it was wrong
             raise error() from exc
-        invalidate_slots(property_id, _owner_of(property_id))
-        return data["visit"]
+        visit = data["visit"]
+        writes.applied(keys.change_tags("visits", None, visit, [_owner_of(property_id)]))
+        return visit
 
     return under_lock(keys.visit_lock(property_id, starts_at), BookingInProgress, work)

@@ -25,7 +25,7 @@ import respx
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from lib import auth, cache, db, keys, locks, paydunya, payments, upstash
+from lib import auth, db, keys, locks, paydunya, payments, upstash
 from tests.fakes import FakeUpstash
 
 SUPABASE = "https://project.supabase.test"
@@ -66,7 +66,6 @@ def reset_clients() -> None:
     db.set_http_client(None)
     paydunya.set_http_client(None)
     upstash.breaker.reset()
-    cache._pending_tags.clear()
 
 
 class WallClock:

@@ -131,3 +131,129 @@ grant usage on schema public to anon, authenticated, service_role;
 alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
 alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
 alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
+
+-- pg_net: `net.http_post` as the extension defines it ------------------------------------
+-- Hosted Supabase has the pg_net extension; a bare PostgreSQL has none. Same tables and
+-- signature as pg_net (supabase/pg_net sql/pg_net.sql): a request is a row in an
+-- UNLOGGED queue, sent after its transaction commits by a background worker, which
+-- deletes it and logs the answer in net._http_response (no retry: a webhook can be lost).
+-- Here the worker is the Supabase stand-in (devstack/supabase_net.py); `net.wake()` wakes
+-- it with a NOTIFY, which PostgreSQL delivers only at commit, as pg_net's worker sees only
+-- committed rows. A params object is refused rather than silently ignored.
+create schema if not exists net;
+
+create unlogged table if not exists net.http_request_queue (
+  id bigserial,
+  method text not null check (method ilike 'get' or method ilike 'post' or method ilike 'delete'),
+  url text not null,
+  headers jsonb,
+  body bytea,
+  timeout_milliseconds int not null
+);
+
+create unlogged table if not exists net._http_response (
+  id bigint,
+  status_code integer,
+  content_type text,
+  headers jsonb,
+  content text,
+  timed_out bool,
+  error_msg text,
+  created timestamptz not null default now()
+);
+create index if not exists _http_response_created_idx on net._http_response (created);
+
+create or replace function net.wake() returns void
+language sql
+as $$
+  select pg_notify('devstack_pg_net', '')
+$$;
+
+create or replace function net.http_post(
+  url text,
+  body jsonb default '{}'::jsonb,
+  params jsonb default '{}'::jsonb,
+  headers jsonb default '{"Content-Type": "application/json"}'::jsonb,
+  timeout_milliseconds int default 5000
+) returns bigint
+language plpgsql
+security definer
+set search_path = net
+as $$
+declare
+  request_id bigint;
+  content_type text;
+begin
+  select header_value into content_type
+  from jsonb_each_text(coalesce(headers, '{}'::jsonb)) r(header_name, header_value)
+  where lower(header_name) = 'content-type'
+  limit 1;
+  if content_type is null then
+    headers := coalesce(headers, '{}'::jsonb) || '{"Content-Type": "application/json"}'::jsonb;
+  elsif content_type <> 'application/json' then
+    raise exception 'Content-Type header must be "application/json"';
+  end if;
+  if params is not null and params <> '{}'::jsonb then
+    raise exception 'net.http_post params are not supported by the devstack pg_net stand-in';
+  end if;
+  insert into net.http_request_queue (method, url, headers, body, timeout_milliseconds)
+  values ('POST', url, headers, convert_to(body::text, 'UTF8'), timeout_milliseconds)
+  returning id into request_id;
+  perform net.wake();
+  return request_id;
+end;
+$$;
+
+-- Supabase's grants on it (docker/volumes/db/webhooks.sql).
+grant usage on schema net to postgres, anon, authenticated, service_role;
+revoke all on function net.http_post(text, jsonb, jsonb, jsonb, integer) from public;
+grant execute on function net.http_post(text, jsonb, jsonb, jsonb, integer) to postgres, anon, authenticated, service_role;
+
+-- Vault: named secrets read through vault.decrypted_secrets ------------------------------
+-- Hosted Supabase encrypts `secret` at rest (supabase/vault); this stand-in keeps it in
+-- clear, which is fine for the local stack's development secrets. Same table, view and
+-- functions (create_secret, update_secret) as the extension.
+create schema if not exists vault;
+revoke all on schema vault from public;
+
+create table if not exists vault.secrets (
+  id uuid primary key default gen_random_uuid(),
+  name text,
+  description text not null default '',
+  secret text not null,
+  key_id uuid,
+  nonce bytea,
+  created_at timestamptz not null default current_timestamp,
+  updated_at timestamptz not null default current_timestamp
+);
+create unique index if not exists secrets_name_idx on vault.secrets (name) where name is not null;
+
+create or replace view vault.decrypted_secrets as
+select s.id, s.name, s.description, s.secret, s.secret as decrypted_secret, s.key_id, s.nonce,
+       s.created_at, s.updated_at
+from vault.secrets s;
+
+create or replace function vault.create_secret(new_secret text, new_name text = null, new_description text = '',
+                                               new_key_id uuid = null)
+returns uuid
+language sql
+set search_path = ''
+as $$
+  insert into vault.secrets (secret, name, description) values (new_secret, new_name, new_description)
+  returning id
+$$;
+
+create or replace function vault.update_secret(secret_id uuid, new_secret text = null, new_name text = null,
+                                               new_description text = null, new_key_id uuid = null)
+returns void
+language sql
+set search_path = ''
+as $$
+  update vault.secrets s
+  set secret = coalesce(new_secret, s.secret), name = coalesce(new_name, s.name),
+      description = coalesce(new_description, s.description), updated_at = now()
+  where s.id = secret_id
+$$;
+
+revoke all on function vault.create_secret(text, text, text, uuid), vault.update_secret(uuid, text, text, text, uuid)
+  from public;

@@ -174,6 +174,10 @@ def test_signed_in_operations_declare_the_supabase_scheme_and_public_ones_none()
             assert not operation.get("security"), (method, path)
         elif path == "/api/metrics":
             assert operation["security"] == [{"metricsToken": []}]
+        elif path == "/api/hooks/database":
+            assert operation["security"] == [{"databaseWebhookSecret": []}]
+        elif path == "/api/cron/reconcile":
+            assert operation["security"] == [{"cronSecret": []}]
         else:
             assert operation["security"] == [{"supabaseAuth": []}], (method, path)
 

@@ -715,6 +715,21 @@ def test_a_function_created_after_start_is_found_and_void_answers_204(
     assert (response.status_code, response.content) == (204, b"")
 
 
+def test_request_headers_are_lower_cased_and_the_cookie_goes_to_request_cookies_as_postgrest_does(
+    writes: None, http: httpx.Client, admin_sql: Callable[..., list[tuple]]
+) -> None:
+    # What the outbox trigger reads the API's change id from (supabase/migrations/20261202000020).
+    admin_sql("create function public.echo_request() returns jsonb language sql as $$ select jsonb_build_object("
+              "'headers', current_setting('request.headers', true)::jsonb, "
+              "'cookies', current_setting('request.cookies', true)::jsonb) $$")
+    response = http.post("/rest/v1/rpc/echo_request", json={}, headers=anon_headers(
+        **{"X-Dousell-Change": "0a" * 16, "Cookie": "sb-token=abc; theme=dark"}))
+    echoed = response.json()
+    assert echoed["headers"]["x-dousell-change"] == "0a" * 16
+    assert all(name == name.lower() for name in echoed["headers"]) and "cookie" not in echoed["headers"]
+    assert echoed["cookies"] == {"sb-token": "abc", "theme": "dark"}
+
+
 # -- keys and tokens ------------------------------------------------------------------------
 
 

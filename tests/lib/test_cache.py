@@ -43,7 +43,6 @@ def clock(monkeypatch):
 def reset():
     upstash.set_client(None)
     upstash.breaker.reset()
-    cache._pending_tags.clear()
     metrics.pending.clear()
 
 
@@ -52,6 +51,7 @@ def redis(monkeypatch, clock):
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
     monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "t")
     monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
+    monkeypatch.setattr(cache, "_recovery_hooks", [])  # lib/outbox's drain is tested in tests/lib/test_outbox.py
     reset()
     with respx.mock(assert_all_called=False) as router:
         yield FakeUpstash(router, URL)
@@ -201,6 +201,18 @@ def test_an_invalidation_is_one_command_however_many_tags_and_keys(redis):
     assert cache.invalidate(tags, delete=[keys.property_detail(123).key, keys.properties_all().key]) is True
     assert len(tags) == 7 and billed(redis) == 1
     assert redis.stats.scripts_global_lock == 0
+
+
+def test_the_apis_applied_marker_rides_in_the_same_command_after_the_tags(redis):
+    import json
+
+    cache.invalidate(["warm"])
+    billed(redis)
+    assert cache.invalidate(["property:1", "search"], changes=["ab" * 16]) is True
+    assert billed(redis) == 1
+    marker = redis.redis.get(keys.applied_change("ab" * 16))
+    assert json.loads(marker) == ["property:1", "search"]
+    assert 3_500 < redis.redis.ttl(keys.applied_change("ab" * 16)) <= keys.APPLIED_CHANGE_TTL
 
 
 def test_invalidating_one_tag_leaves_other_families_alone(redis):
@@ -403,15 +415,58 @@ def test_an_outage_costs_one_call_then_reads_bypass_redis_until_it_answers_again
     assert fetch(entry, loader)[1] == "HIT"
 
 
-def test_an_invalidation_that_cannot_reach_redis_is_sent_with_the_next_call(redis, clock):
-    entry = keys.property_detail(11)
-    fetch(entry, Loader("old"))
+def test_an_invalidation_that_cannot_reach_redis_leaves_nothing_in_this_instance(redis, clock):
+    # The change waits in the database's outbox (lib/outbox), never in one instance's memory.
     redis.down = httpx.ConnectError("refused")
     assert cache.invalidate(["property:11"]) is False
     redis.down = None
     clock.now += 1.0
-    assert fetch(entry, Loader("new")) == ("new", "MISS"), "the entry from before the write was served"
-    assert not cache._pending_tags
+    redis.calls.clear()
+    fetch(keys.property_detail(12), Loader("other"))
+    assert "property:11" not in str(redis.calls), "a failed invalidation was replayed from memory"
+
+
+def test_the_read_that_probes_redis_after_an_outage_runs_the_recovery_hooks_before_reading(redis, clock):
+    entry = keys.property_detail(11)
+    fetch(entry, Loader("old"))
+    redis.down = httpx.ConnectError("refused")
+    assert fetch(entry, Loader("db")) == ("db", "BYPASS")
+    redis.down = None
+    clock.now += 1.0
+    ran = []
+    # What lib/outbox's drain does: the breaker is half-open, so it sends with force=True.
+    cache.on_recovery(lambda: ran.append("drain") or cache.invalidate(["property:11"], force=True))
+    assert fetch(entry, Loader("new")) == ("new", "MISS"), "the entry from before the outage was served"
+    assert ran == ["drain"] and upstash.breaker.state == "closed"
+    assert fetch(entry, Loader("unused")) == ("new", "HIT") and ran == ["drain"], "once per recovery"
+
+
+def test_a_probe_with_nothing_to_drain_still_closes_the_breaker(redis, clock):
+    entry = keys.property_detail(13)
+    fetch(entry, Loader("cached"))
+    upstash.breaker.failure()
+    clock.now += 1.0
+    cache.on_recovery(lambda: True)  # an empty outbox: no Redis call made
+    assert fetch(entry, Loader("unused")) == ("cached", "HIT")
+    assert upstash.breaker.state == "closed"
+
+
+def test_a_recovery_hook_that_finds_redis_down_again_leaves_the_read_to_the_database(redis, clock):
+    entry = keys.property_detail(11)
+    fetch(entry, Loader("old"))
+    upstash.breaker.failure()
+    clock.now += 1.0
+    cache.on_recovery(lambda: False)
+    assert fetch(entry, Loader("db")) == ("db", "BYPASS")
+
+
+def test_a_hook_is_registered_once(redis):
+    def hook():
+        return True
+
+    cache.on_recovery(hook)
+    cache.on_recovery(hook)
+    assert cache._recovery_hooks == [hook]
 
 
 # -- a full database (Upstash's default: no eviction) -------------------------------------------
@@ -459,6 +514,7 @@ def test_an_invalidation_still_works_at_capacity(redis):
     entry = keys.property_detail(6)
     fetch(entry, Loader("old"))
     fill_up(redis)
-    assert cache.invalidate(["property:6"], delete=[entry.key]) is True
+    assert cache.invalidate(["property:6"], delete=[entry.key], changes=["cd" * 16]) is True
     assert fetch(entry, Loader("new")) == ("new", "MISS"), "no stale value served after the write"
     assert upstash.breaker.state == "closed"
+    assert redis.redis.exists(keys.applied_change("cd" * 16)) == 0, "a marker for a bump that did not happen"

@@ -75,7 +75,6 @@ def clocks(monkeypatch):
 def reset():
     upstash.set_client(None)
     upstash.breaker.reset()
-    cache._pending_tags.clear()
     metrics.pending.clear()
     metrics.stats.reset()
     metrics._last_flush = float("-inf")  # a fresh instance

@@ -92,11 +92,17 @@ def test_the_lock_is_taken_for_thirty_seconds_and_released(world):
 
 def test_a_new_payment_invalidates_the_leases_payments_and_the_owners_dashboard(world):
     before = {tag: world.tag_version(tag) for tag in ("payments:lease:123", f"dashboard:{AWA}")}
-    world.redis.redis.set(keys.payments(123).key, "stale")
     start()
     for tag, version in before.items():
         assert world.tag_version(tag) not in (None, version), tag
-    assert world.redis.redis.exists(keys.payments(123).key) == 0
+
+
+def test_the_payments_writes_are_marked_applied_with_the_tags_it_bumped(world):
+    start()
+    markers = world.redis.redis.keys(keys.applied_change("*").replace("%2A", "*"))
+    assert len(markers) == 2  # reserve_payment, then storing the checkout URL: one change id each
+    for marker in markers:
+        assert set(json.loads(world.redis.redis.get(marker))) == {"payments:lease:123", f"dashboard:{AWA}"}
 
 
 def test_a_second_request_gets_the_same_pending_payment_and_no_second_invoice(world):

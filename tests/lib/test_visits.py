@@ -150,14 +150,26 @@ def test_redis_down_bookings_still_never_double(world):
     assert ("POST", "/rpc/book_visit", "service_role") in db.calls
 
 
-def test_redis_down_the_invalidation_is_sent_once_redis_is_back(world):
+def test_redis_down_the_visit_is_booked_and_nothing_waits_in_memory(world):
+    # The booking's invalidation is in the database's outbox (tests/lib/test_outbox.py), not here.
     db, redis = world
     visits.free_slots(789)
     redis.down = httpx.ConnectError("redis down")
-    book(db)
+    assert book(db)["status"] == "booked"
     redis.down = None
     upstash.breaker.reset()
-    assert len(visits.free_slots(789)) == 2  # the pending tag went out before the read
+    redis.calls.clear()
+    visits.free_slots(789)
+    assert "slots:789" not in str([c for c in redis.calls if "SET" in str(c)]), "replayed from memory"
+
+
+def test_a_booking_bumps_the_slots_the_owners_dashboard_and_both_visit_lists(world):
+    db, redis = world
+    tags = ("slots:789", f"dashboard:{AWA}", f"visits:user:{FATOU}", f"visits:user:{AWA}")
+    before = {tag: redis.redis.get(keys.tag_key(tag)) for tag in tags}
+    book(db)
+    for tag in tags:
+        assert redis.redis.get(keys.tag_key(tag)) not in (None, before[tag]), tag
 
 
 def test_a_lock_held_by_someone_else_is_retried_once(world, monkeypatch):

@@ -1,0 +1,15 @@
+"""GET /api/cron/reconcile: Vercel Cron, every minute (`crons` in vercel.json); each job catches up on what was missed."""
+
+from lib import outbox, platform
+from lib.http import Endpoint
+
+JOBS: list[platform.Job] = [
+    ("invalidations", outbox.reconcile),  # the outbox: lost webhooks, changes made while Redis was down
+]
+
+
+class handler(Endpoint):
+    def get(self, req):
+        platform.require_secret(req.header("Authorization"), "CRON_SECRET", "cron")
+        req.refuse_unknown_query(set())
+        return platform.run_jobs(JOBS)

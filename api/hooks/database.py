@@ -1,0 +1,38 @@
+"""POST /api/hooks/database: Supabase's database webhook; the changed row's keys are invalidated, whoever wrote it."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from lib import keys, outbox, platform
+from lib.http import Endpoint
+
+Table = Literal[keys.TABLES]  # type: ignore[valid-type]
+
+
+class DatabaseChange(BaseModel):
+    """The body a Supabase Database Webhook sends (supabase_functions.http_request); other fields ignored."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    type: Literal["INSERT", "UPDATE", "DELETE"]
+    table: Table
+    schema_: Literal["public"] = Field(alias="schema")
+    record: dict[str, Any] | None = Field(default=None, validate_default=True)
+    old_record: dict[str, Any] | None = Field(default=None, validate_default=True)
+
+    @field_validator("record", "old_record")
+    @classmethod
+    def present_for_its_type(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        needs = {"record": ("INSERT", "UPDATE"), "old_record": ("UPDATE", "DELETE")}[info.field_name]
+        if value is None and info.data.get("type") in needs:
+            raise PydanticCustomError("missing", f"{info.field_name} is required for {info.data['type']}")
+        return value
+
+
+class handler(Endpoint):
+    def post(self, req):
+        platform.require_secret(req.header("Authorization"), "DATABASE_WEBHOOK_SECRET", "database-webhook")
+        change = req.body_as(DatabaseChange)
+        return outbox.on_database_change(change.model_dump(by_alias=True))

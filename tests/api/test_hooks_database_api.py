@@ -1,0 +1,227 @@
+"""POST /api/hooks/database on a real loopback server: the secret first, the body as Supabase sends it, every bad
+input refused before the outbox is touched, and the outbox drained. PostgREST is faked at the network boundary
+(respx); Redis is a real Valkey behind the Upstash stand-in."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import httpx
+import pytest
+import redis as redis_py
+import respx
+
+from devstack.redis_server import RedisServer, free_port
+from devstack.upstash import serve_in_thread
+from lib import cache, db, keys, upstash
+from tests.support import serve
+
+hook_api = importlib.import_module("api.hooks.database")
+SUPABASE = "https://project.supabase.test"
+SECRET = "s3cret-webhook-secret"
+TOKEN = "test-upstash-token"
+AWA = "11111111-1111-4111-8111-111111111111"
+CHANGE = {"type": "UPDATE", "table": "properties", "schema": "public",
+          "record": {"id": 123, "owner_id": AWA, "city": "Dakar", "status": "published", "price": 55000},
+          "old_record": {"id": 123, "owner_id": AWA, "city": "Dakar", "status": "published", "price": 50000}}
+
+
+@pytest.fixture(scope="module")
+def valkey(tmp_path_factory):
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("valkey"))
+    server.start()
+    standin, thread = serve_in_thread(port=0, token=TOKEN, redis_url=server.url)
+    yield server, standin
+    standin.shutdown()
+    standin.server_close()
+    thread.join(timeout=5)
+    server.stop()
+
+
+class Outbox:
+    """PostgREST's drain RPCs answered from a list of rows; records every call."""
+
+    def __init__(self, router: respx.Router):
+        self.rows: list[dict] = []
+        self.calls: list[tuple[str, dict]] = []
+        self.down = False
+        router.post(url__regex=rf"{SUPABASE}/rest/v1/rpc/(?P<name>\w+)").mock(side_effect=self._rpc)
+
+    def _rpc(self, request: httpx.Request, name: str) -> httpx.Response:
+        args = json.loads(request.content)
+        self.calls.append((name, args))
+        if self.down:
+            return httpx.Response(503, json={"code": "PGRST001", "message": "down", "details": None, "hint": None})
+        if name == "claim_invalidations":
+            taken, self.rows = self.rows[:args["p_limit"]], self.rows[args["p_limit"]:]
+            return httpx.Response(200, json=taken)
+        if name in ("complete_invalidations", "release_invalidations"):
+            return httpx.Response(200, json=len(args["p_ids"]))
+        if name == "invalidation_backlog":
+            return httpx.Response(200, json={"pending": len(self.rows), "oldest_seconds": None})
+        return httpx.Response(404, json={"code": "PGRST202", "message": name, "details": None, "hint": None})
+
+
+@pytest.fixture
+def outbox(monkeypatch, valkey):
+    server, standin = valkey
+    for name, value in {"SUPABASE_URL": SUPABASE, "SUPABASE_ANON_KEY": "anon", "SUPABASE_SERVICE_ROLE_KEY": "service",
+                        "UPSTASH_REDIS_REST_URL": standin.url, "UPSTASH_REDIS_REST_TOKEN": TOKEN,
+                        "DATABASE_WEBHOOK_SECRET": SECRET}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
+    db.set_http_client(None)
+    upstash.set_client(None)
+    upstash.breaker.reset()
+    direct = redis_py.Redis(host=server.host, port=server.port, decode_responses=True)
+    direct.flushdb()
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()  # the handler's server and the Upstash stand-in
+        fake = Outbox(router)
+        fake.redis = direct
+        yield fake
+    direct.close()
+    db.set_http_client(None)
+    upstash.set_client(None)
+
+
+@pytest.fixture(scope="module")
+def base():
+    with serve(hook_api.handler) as url:
+        yield url
+
+
+@pytest.fixture
+def client(outbox, base):
+    with httpx.Client(base_url=base, timeout=10) as http:
+        yield http
+
+
+def post(client, body=CHANGE, secret=SECRET, **headers):
+    if secret is not None:
+        headers.setdefault("Authorization", f"Bearer {secret}")
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return client.post("/api/hooks/database", content=content, headers={"Content-Type": "application/json", **headers})
+
+
+def error(response):
+    return response.json()["error"]
+
+
+def row(change=CHANGE, change_id=None, owners=()):
+    return {"id": 1, "table_name": change["table"], "op": change["type"], "record": change["record"],
+            "old_record": change["old_record"], "owner_ids": list(owners), "change_id": change_id}
+
+
+# -- the secret ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers, code", [
+    ({}, "authentication_required"),  # no Authorization
+    ({"Authorization": "Bearer wrong-secret"}, "invalid_token"),
+    ({"Authorization": f"Basic {SECRET}"}, "invalid_token"),  # the right value under another scheme
+    ({"Authorization": f"Bearer {SECRET}x"}, "invalid_token"),
+    ({"Authorization": "Bearer"}, "invalid_token"),  # the scheme alone
+])
+def test_without_the_secret_it_is_401_and_the_outbox_is_not_touched(client, outbox, headers, code):
+    outbox.rows = [row()]
+    response = post(client, secret=None, **headers)
+    assert (response.status_code, error(response)["code"]) == (401, code)
+    assert response.headers["www-authenticate"] == 'Bearer realm="database-webhook"'
+    assert outbox.calls == []
+
+
+def test_a_bad_body_with_a_wrong_secret_is_still_401_first(client, outbox):
+    assert post(client, body=b"{not json", secret="nope").status_code == 401
+
+
+def test_with_no_secret_configured_the_hook_is_closed(client, outbox, monkeypatch):
+    monkeypatch.delenv("DATABASE_WEBHOOK_SECRET")
+    response = post(client, secret="anything")
+    assert (response.status_code, error(response)["code"]) == (500, "configuration_error")
+    assert error(response)["details"] == {"variable": "DATABASE_WEBHOOK_SECRET"}
+    assert SECRET not in response.text and outbox.calls == []
+
+
+# -- the body ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body, status, code", [
+    (b"{not json", 400, "malformed_json"),
+    (b"", 400, "malformed_json"),
+    (b"[]", 400, "malformed_json"),
+    ({**CHANGE, "type": "TRUNCATE"}, 422, "validation_error"),  # Supabase's webhooks are per row
+    ({**CHANGE, "table": "auth_users"}, 422, "validation_error"),  # a table the API does not show
+    ({**CHANGE, "schema": "auth"}, 422, "validation_error"),
+    ({**CHANGE, "record": None}, 422, "validation_error"),  # an UPDATE without its new row
+    ({**CHANGE, "type": "DELETE", "old_record": None}, 422, "validation_error"),
+    ({**CHANGE, "record": "123"}, 422, "validation_error"),
+    ({"type": "INSERT", "table": "properties", "schema": "public"}, 422, "validation_error"),
+    (b"{" + b'"x":"' + b"a" * 70_000 + b'"}', 413, "payload_too_large"),
+])
+def test_every_bad_body_is_refused_in_the_contracts_shape_and_changes_nothing(client, outbox, body, status, code):
+    outbox.rows = [row()]
+    response = post(client, body=body)
+    assert (response.status_code, error(response)["code"]) == (status, code), response.text
+    assert error(response)["message"]
+    assert outbox.calls == []
+
+
+def test_each_bad_field_is_named(client):
+    response = post(client, body={"type": "UPSERT", "table": "nope", "schema": "public", "record": None})
+    fields = {d["field"] for d in error(response)["details"]}
+    assert fields == {"type", "table"}
+
+
+def test_fields_supabase_may_add_are_ignored(client, outbox):
+    response = post(client, body={**CHANGE, "commit_timestamp": "2026-11-28T10:00:00Z"})
+    assert response.status_code == 200
+
+
+def test_only_post_is_answered(client):
+    response = client.get("/api/hooks/database")
+    assert response.status_code == 405 and response.headers["allow"] == "POST, OPTIONS"
+
+
+# -- what it does --------------------------------------------------------------------------------
+
+
+def test_it_drains_the_outbox_and_answers_the_tags_it_bumped(client, outbox):
+    outbox.rows = [row(owners=[AWA])]
+    response = post(client)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["invalidated"] == keys.change_tags("properties", CHANGE["old_record"], CHANGE["record"], [AWA])
+    assert (body["applied"], body["already_applied"], body["deferred"]) == (1, 0, 0)
+    assert [name for name, _ in outbox.calls] == ["claim_invalidations", "complete_invalidations"]
+    for tag in body["invalidated"]:
+        assert outbox.redis.exists(keys.tag_key(tag)) == 1, tag
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_a_change_the_api_applied_itself_is_deleted_without_a_second_bump(client, outbox):
+    change_id = "c" * 32
+    tags = keys.change_tags("properties", CHANGE["old_record"], CHANGE["record"], [AWA])
+    assert cache.invalidate(tags, changes=[change_id])
+    versions = {tag: outbox.redis.get(keys.tag_key(tag)) for tag in tags}
+    outbox.rows = [row(change_id=change_id, owners=[AWA])]
+    body = post(client).json()
+    assert (body["invalidated"], body["applied"], body["already_applied"]) == ([], 1, 1)
+    assert {tag: outbox.redis.get(keys.tag_key(tag)) for tag in tags} == versions
+
+
+def test_the_outbox_unreachable_the_bodys_row_is_invalidated(client, outbox):
+    outbox.down = True
+    body = post(client).json()
+    assert body["outbox"] == "unreachable"
+    assert body["invalidated"] == keys.change_tags("properties", CHANGE["old_record"], CHANGE["record"])
+
+
+def test_redis_refusing_is_a_503_and_the_rows_are_released(client, outbox, monkeypatch):
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", f"http://127.0.0.1:{free_port()}")
+    upstash.set_client(None)
+    outbox.rows = [row()]
+    response = post(client)
+    assert (response.status_code, error(response)["code"]) == (503, "service_unavailable")
+    assert [name for name, _ in outbox.calls] == ["claim_invalidations", "release_invalidations"]
