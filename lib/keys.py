@@ -79,14 +79,29 @@ class CacheKey:
 # -- the families ------------------------------------------------------------------------------
 
 
-def properties_all() -> CacheKey:
-    return CacheKey(name("properties", "all_public"), "properties_list", ("properties:public",))
+# The page size of the lists' first page, whose keys keep the seed's names (`properties:all_public`).
+LIST_PER_PAGE = 20
 
 
-def properties_city(city: str) -> CacheKey:
-    """`city` is the canonical name (`Dakar`); the tag is its folded form, so a row stored as `dakar`
-    or `DAKAR` (the web app writes what owners type) invalidates the list that shows it."""
-    return CacheKey(name("properties", "city", escape(city)), "properties_list", (city_tag(city),))
+def _page(base: str, page: int, per_page: int) -> str:
+    """`base` for the first page at the default size, `base:page:{n}:{per_page}` for any other: each
+    page of a list is its own entry, so a hit moves one page, whatever the catalogue's size."""
+    page, per_page = int(page), int(per_page)
+    return base if (page, per_page) == (1, LIST_PER_PAGE) else f"{base}:page:{page}:{per_page}"
+
+
+def properties_all(page: int = 1, per_page: int = LIST_PER_PAGE) -> CacheKey:
+    """A page of the public list; every page carries the list's tag, so one bump voids them all."""
+    return CacheKey(_page(name("properties", "all_public"), page, per_page), "properties_list",
+                    ("properties:public",))
+
+
+def properties_city(city: str, page: int = 1, per_page: int = LIST_PER_PAGE) -> CacheKey:
+    """A page of a city's list. `city` is the canonical name (`Dakar`); the tag is its folded form,
+    so a row stored as `dakar` or `DAKAR` (the web app writes what owners type) invalidates every
+    page of the list that shows it."""
+    return CacheKey(_page(name("properties", "city", escape(city)), page, per_page), "properties_list",
+                    (city_tag(city),))
 
 
 def property_detail(property_id: int) -> CacheKey:

@@ -190,7 +190,12 @@ def this_period(months: int = 0) -> str:
     ("/api/search", "/api/search", 200),
     ("/api/search?city=Thies&type=house&min_price=0&max_price=1000000000&bedrooms=1&q=jardin&page=1&per_page=5",
      "/api/search", 200),
-    ("/api/search?page=500&per_page=50", "/api/search", 200),
+    ("/api/search?page=20&per_page=50", "/api/search", 200),  # past the end, the deepest page paging reaches
+    ("/api/search?page=500&per_page=50", "/api/search", 422),  # past the first 1,000 listings
+    ("/api/properties?page=3&per_page=7", "/api/properties", 200),
+    ("/api/properties?page=50", "/api/properties", 200),
+    ("/api/properties?per_page=101", "/api/properties", 422),
+    ("/api/properties?page=51", "/api/properties", 422),
     ("/api/search?min_price=", "/api/search", 200),
     ("/api/search?min_price=500&max_price=100", "/api/search", 422),
     ("/api/search?colour=red&bedrooms=-1", "/api/search", 422),

@@ -27,6 +27,24 @@ def test_the_contract_names_are_what_an_operator_finds():
     assert keys.visit_lock(789, slot) == "dousell:lock:visit:prop789:20261127T140000Z"
 
 
+@pytest.mark.parametrize("entry, name", [
+    (keys.properties_all(1, 20), "dousell:properties:all_public"),  # the first page at the default size: the seed's key
+    (keys.properties_all(2, 20), "dousell:properties:all_public:page:2:20"),
+    (keys.properties_all(1, 100), "dousell:properties:all_public:page:1:100"),  # another size is another entry
+    (keys.properties_city("Dakar", 1, 20), "dousell:properties:city:Dakar"),
+    (keys.properties_city("Dakar", 3, 5), "dousell:properties:city:Dakar:page:3:5"),
+])
+def test_each_page_of_a_list_is_its_own_key_under_the_lists_tag(entry, name):
+    assert entry.key == name
+    first = keys.properties_city("Dakar") if ":city:" in name else keys.properties_all()
+    assert (entry.tags, entry.family, entry.ttl) == (first.tags, "properties_list", 300)
+
+
+def test_every_page_of_a_city_is_invalidated_by_a_change_to_a_row_stored_in_any_case():
+    tags = keys.change_tags("properties", None, {"id": 5, "owner_id": "o", "city": "DAKAR", "status": "published"})
+    assert keys.properties_city("Dakar", 7, 50).tags[0] in tags and keys.properties_all(9, 10).tags[0] in tags
+
+
 def test_one_instant_is_one_lock_whatever_its_offset():
     utc = datetime(2026, 11, 27, 14, 0, tzinfo=UTC)
     paris = utc.astimezone(timezone(timedelta(hours=1)))
