@@ -31,15 +31,21 @@ from lib.errors import BookingInProgress, DousellError, NotFound, SlotTaken
 log = logging.getLogger(__name__)
 
 
+# The soonest free slots shown (a month of hourly slots; ~21 KB cached): a busy agency's listing can
+# hold thousands, and PostgREST's max-rows would cut an unbounded read at 1,000 without a word.
+SLOTS_SHOWN = 300
+
+
 def free_slots(property_id: int) -> list[dict[str, Any]]:
-    """Future unbooked slots of a published property, soonest first (404 if no such property)."""
+    """The SLOTS_SHOWN soonest future unbooked slots of a published property (404 if no such property)."""
     def load() -> list[dict[str, Any]] | None:
         client = db.anon()
         found = db.run(lambda: client.from_("properties").select("id").eq("id", property_id)
                        .eq("status", "published").limit(1).execute()).data
         if not found:
             return None  # cached too: a missing property is answered from Redis next time
-        return db.run(lambda: client.rpc("available_slots", {"p_property_id": property_id}).execute()).data
+        return db.run(lambda: client.rpc("available_slots", {"p_property_id": property_id})
+                      .limit(SLOTS_SHOWN).execute()).data
 
     slots = cache.fetch(keys.visit_slots(property_id), load)
     if slots is None:
@@ -56,8 +62,12 @@ def _instant(value: Any) -> datetime | None:
 
 
 def is_free(property_id: int, starts_at: datetime) -> bool:
-    """True if a free slot of the property starts at this instant (from the cached list)."""
-    return any(_instant(slot.get("starts_at")) == starts_at for slot in free_slots(property_id))
+    """True if a free slot of the property starts at this instant (from the cached list); a slot past
+    the list's SLOTS_SHOWN is left to the database's fence (book_visit), which has the last word."""
+    slots = free_slots(property_id)
+    if len(slots) >= SLOTS_SHOWN and (last := _instant(slots[-1].get("starts_at"))) and starts_at > last:
+        return True
+    return any(_instant(slot.get("starts_at")) == starts_at for slot in slots)
 
 
 _BOOK_ERRORS = {
