@@ -129,7 +129,11 @@ class Database:
             for table in TABLES:
                 self.conn.execute(f"delete from public.{table}")
             for table in reversed(TABLES):
-                self.conn.execute(f"insert into public.{table} select * from {name}.{table}")
+                # Generated columns (properties.city_lower) are the database's to fill: never copied back.
+                columns = ", ".join(c for (c,) in self.conn.execute(
+                    "select quote_ident(column_name) from information_schema.columns where table_schema = 'public' "
+                    "and table_name = %s and is_generated = 'NEVER' order by ordinal_position", (table,)))
+                self.conn.execute(f"insert into public.{table} ({columns}) select {columns} from {name}.{table}")
         self.conn.execute(f"drop schema {name} cascade")
 
     def close(self) -> None:
