@@ -19,7 +19,7 @@ class SearchFilters(BaseModel):
     max_price: int | None = Field(default=None, ge=0, le=1_000_000_000)
     bedrooms: int | None = Field(default=None, ge=0, le=50)
     q: str | None = Field(default=None, max_length=100)
-    page: int = Field(default=1, ge=1, le=500)
+    page: int = Field(default=1, ge=1)
     per_page: int = Field(default=20, ge=1, le=50)
 
     @model_validator(mode="before")
@@ -43,10 +43,15 @@ def canonical(filters: SearchFilters) -> dict:
         values["city"] = properties.canonical_city(values["city"])
     if "q" in values:
         values["q"] = properties.clean_words(values["q"], field="q", max_length=100).casefold()
+        if len(values["q"]) < properties.MIN_QUERY:
+            # A trigram index needs three characters in a row: a shorter `q` would read every listing.
+            raise InvalidFilter(details=[{"field": "q", "code": "too_short",
+                                          "message": f"Au moins {properties.MIN_QUERY} caractères."}])
     return values
 
 
 class handler(Endpoint):
     def get(self, req):
         filters = canonical(req.query_as(SearchFilters, InvalidFilter))
+        properties.refuse_too_deep(filters["page"], filters["per_page"])
         return properties.search(filters)

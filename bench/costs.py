@@ -19,7 +19,20 @@ import httpx
 
 from bench.stack import LocalStack
 from bench.strategies import NaiveCacheAside, SeedCard, Strategy, installed, timed_request
-from lib import auth, cache, db, keys, metrics, metrics_report, payments, properties, upstash, visits, writes
+from lib import (
+    auth,
+    cache,
+    db,
+    invalidation,
+    keys,
+    metrics,
+    metrics_report,
+    payments,
+    properties,
+    upstash,
+    visits,
+    writes,
+)
 from lib.errors import PaymentInProgress
 
 RUNS = 3
@@ -85,7 +98,7 @@ def per_kind(stack: LocalStack, rows: list[dict[str, Any]]) -> dict[str, dict[st
     read(0)
     out["hit"][ours] = measure(stack, read)
     out["miss"][ours] = measure(stack, read, lambda i: cache.invalidate(
-        keys.property_changed(detail["id"], detail["owner_id"], {detail["city"]})))
+        invalidation.property_changed(detail["id"], detail["owner_id"], {detail["city"]})))
     out["stale refresh (past its TTL, inside its stale window)"] = {ours: measure(stack, read, _age(detail["id"]))}
     out["PATCH (a property's update)"][ours] = measure(
         stack, lambda i: properties.update(owner, detail["id"], {"price": detail["price"] + 100 + i}))

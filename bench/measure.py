@@ -260,7 +260,7 @@ class _Read:
 def _read(op: Op) -> Any:
     if op.kind == "detail":
         return properties.get_public(op.arg)
-    return properties.list_public(op.arg if op.kind == "city" else None)
+    return properties.list_public(op.arg if op.kind == "city" else None)["properties"]  # the first page
 
 
 def _recorded(path: str, method: str, call: Callable[[], Any]) -> tuple[Any, int]:
@@ -433,7 +433,7 @@ def forced_race(strategy: Strategy, shim: Shim, row: dict[str, Any], follow_ups:
     out = Race()
     readers: dict[str, Callable[[], Any]] = {
         "detail": lambda: [properties.get_public(pid)],
-        "list": lambda: properties.list_public(None),
+        "list": lambda: properties.list_public(None)["properties"],  # `row` must be on the first page
     }
     for kind, read in readers.items():
         price = next(r["price"] for r in published() if r["id"] == pid) + 1  # a new value

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from lib import cache, context, db, keys, outbox, properties, refill, upstash
+from lib import cache, context, db, invalidation, keys, outbox, properties, refill, upstash
 from lib.upstash import RedisError
 
 T = TypeVar("T")
@@ -115,7 +115,7 @@ class ThisProject(Strategy):
 
     def invalidate_property(self, property_id: int, owner_id: str, city: str | None) -> None:
         # What lib.properties.update does after its UPDATE, for a write that returned no row.
-        cache.invalidate(keys.property_changed(property_id, owner_id, {city} if city else set()),
+        cache.invalidate(invalidation.property_changed(property_id, owner_id, {city} if city else set()),
                          delete=_property_keys(property_id, city))
 
     def write_price(self, property_id: int, owner_id: str, city: str | None, price: int) -> None:
@@ -129,7 +129,7 @@ class ThisProject(Strategy):
         if not rows:
             raise RuntimeError(f"property {property_id} was not updated")
         row = rows[0]
-        writes.applied(keys.change_tags("properties", row, row), refills=properties.refills_after(row, row), seen=seen)
+        writes.applied(invalidation.change_tags("properties", row, row), refills=properties.refills_after(row, row), seen=seen)
 
     def invalidate(self, tags: Any, **kwargs: Any) -> bool:
         return cache.invalidate(tags, **kwargs)

@@ -19,7 +19,7 @@ answers a PostgREST-style 400 saying so.
 
 Drills and benchmarks, loopback only, no key: ``POST /__devstack/delay {"ms": 300}`` (sleep
 before every /rest/v1 request; env ``DEVSTACK_DB_DELAY_MS`` sets the start value),
-``GET /__devstack/stats`` ``{"rest_requests", "by_table", "rpc", "auth_requests"}``,
+``GET /__devstack/stats`` ``{"rest_requests", "by_table", "rpc", "auth_requests", "most_rows", "at_max_rows"}``,
 ``POST /__devstack/stats/reset``, ``POST /__devstack/mode {"mode": "normal"|"down"|"hang",
 "hang_seconds"?}`` (down: 503 PGRST001; hang: requests wait until the mode changes or
 ``hang_seconds`` pass, then 504 PGRST003), ``POST /__devstack/reload`` (schema cache),
@@ -202,7 +202,8 @@ class SupabaseStandIn(StandInServer):
         self.signing_key = SigningKey.coerce(signing_key)
         self.admin_pool = ConnectionPool(dsn, size=4, name="devstack-supabase-admin")
         self.rest_pool = ConnectionPool(_rest_conninfo(dsn), size=pool_size, name="devstack-supabase-rest")
-        self.rest = RestEngine(self.rest_pool.connection, self.admin_pool.connection, on_query=self._count)
+        self.rest = RestEngine(self.rest_pool.connection, self.admin_pool.connection, on_query=self._count,
+                               on_rows=self._count_rows)
         self.auth = AuthService(self.signing_key, f"{self.public_url}/auth/v1", self.admin_pool.connection)
         if delay_ms is None:
             delay_ms = float(os.environ.get("DEVSTACK_DB_DELAY_MS", "0") or 0)
@@ -303,7 +304,8 @@ class SupabaseStandIn(StandInServer):
 
     @staticmethod
     def _empty_stats() -> dict[str, Any]:
-        return {"rest_requests": 0, "by_table": {}, "rpc": {}, "auth_requests": 0}
+        return {"rest_requests": 0, "by_table": {}, "rpc": {}, "auth_requests": 0, "most_rows": 0,
+                "at_max_rows": 0}
 
     def _count(self, kind: str, name: str = "") -> None:
         """Count a request that goes to the database: kind ``table``, ``rpc`` or ``auth``."""
@@ -315,8 +317,16 @@ class SupabaseStandIn(StandInServer):
             bucket = self._stats["rpc" if kind == "rpc" else "by_table"]
             bucket[name] = bucket.get(name, 0) + 1
 
+    def _count_rows(self, rows: int, at_max_rows: bool) -> None:
+        """A read or a function answered `rows` rows; `at_max_rows`: max-rows bounded it (maybe cut)."""
+        with self._stats_lock:
+            self._stats["most_rows"] = max(self._stats["most_rows"], rows)
+            self._stats["at_max_rows"] += at_max_rows
+
     def stats(self) -> dict[str, Any]:
-        """Requests that reached the database: ``{"rest_requests", "by_table", "rpc", "auth_requests"}``."""
+        """Requests that reached the database: ``{"rest_requests", "by_table", "rpc", "auth_requests"}``,
+        and the most rows one read or function answered (``most_rows``), and how many answers
+        max-rows bounded (``at_max_rows``)."""
         with self._stats_lock:
             return json.loads(json.dumps(self._stats))
 

@@ -10,13 +10,17 @@ The subset (devstack/README.md lists it for readers):
 - ``GET|HEAD /rest/v1/<table or view>``: ``select=*`` or ``col,alias:col``; filters
   ``eq neq gt gte lt lte like ilike match imatch in is isdistinct`` with ``not.``, several per
   column, ``or=(...)``/``and=(...)`` (nested too); ``order=col.desc.nullslast,...``; ``limit``,
-  ``offset``; ``Prefer: count=exact|planned|estimated`` (all exact) -> ``Content-Range`` and
-  200/206/416 as PostgREST; ``Accept: application/vnd.pgrst.object+json`` -> one object or 406.
+  ``offset``; ``Prefer: count=exact|planned|estimated`` (planned: the planner's rows;
+  estimated: exact up to max-rows, planned above) -> ``Content-Range`` and 200/206/416 as
+  PostgREST; ``Accept: application/vnd.pgrst.object+json`` -> one object or 406.
+- max-rows, as hosted Supabase sets it (1,000): no read and no function's result answers more
+  rows, whatever ``limit`` says, and nothing tells the client but ``Content-Range``.
 - ``POST`` insert (object or array, ``columns=``, ``Prefer: return=minimal|representation|
   headers-only``, ``missing=default``, ``resolution=merge-duplicates|ignore-duplicates`` with
   ``on_conflict=``), ``PATCH`` and ``DELETE`` with filters (a filter is required, as with
   Supabase's pg-safeupdate), ``Prefer: max-affected=n`` with ``handling=strict``.
-- ``POST /rest/v1/rpc/<fn>`` with named JSON arguments (or one unnamed json/jsonb parameter).
+- ``POST /rest/v1/rpc/<fn>`` with named JSON arguments (or one unnamed json/jsonb parameter);
+  ``limit`` and ``offset`` on a set-returning function's result.
 
 Anything else answers a PostgREST-style 400 naming what the stand-in does not support, never
 a silently different result.
@@ -62,6 +66,11 @@ SUPPORTED = "devstack/README.md lists the PostgREST subset the stand-in implemen
 # length of the empty page `[]`: `{"` (PostgREST#4455, fixed by #4518). Neither sends Proxy-Status.
 # `RestEngine.past_the_end` picks one; DEVSTACK_POSTGREST_416 sets it for a whole stack.
 PAST_THE_END = ("PGRST103", "truncated")
+
+# Hosted Supabase's `max-rows` (Dashboard > API settings), applied by PostgREST to every read and
+# every function's result, not to writes (src/PostgREST/Plan.hs, treeRestrictRange). PostgREST's own
+# default is no limit; DEVSTACK_POSTGREST_MAX_ROWS sets it for a whole stack (`0`: no limit).
+MAX_ROWS = 1000
 
 
 # ---------------------------------------------------------------------------------------
@@ -627,7 +636,7 @@ class RestRequest:
 @dataclass(frozen=True)
 class Preferences:
     return_: str | None = None
-    count: bool = False
+    count: str | None = None  # exact | planned | estimated
     resolution: str | None = None
     missing_default: bool = False
     strict: bool = False
@@ -646,7 +655,7 @@ class Preferences:
             if key == "return" and value in ("minimal", "representation", "headers-only"):
                 prefs["return_"] = value
             elif key == "count" and value in ("exact", "planned", "estimated"):
-                prefs["count"] = True  # planned/estimated answer the exact count: true, if slower
+                prefs["count"] = value
             elif key == "resolution" and value in ("merge-duplicates", "ignore-duplicates"):
                 prefs["resolution"] = value
             elif key == "missing" and value == "default":
@@ -712,19 +721,27 @@ class RestEngine:
 
     def __init__(self, connection: Callable[[], AbstractContextManager[psycopg.Connection]],
                  admin_connection: Callable[[], AbstractContextManager[psycopg.Connection]],
-                 *, schema: str = SCHEMA, on_query: Callable[[str, str], None] | None = None):
+                 *, schema: str = SCHEMA, on_query: Callable[[str, str], None] | None = None,
+                 on_rows: Callable[[int, bool], None] | None = None):
         """`connection`: lends a connection for a request (PostgREST's pool); `admin_connection`:
         one that reads the catalog; `on_query(kind, name)` is told of every request that goes to
-        the database, kind ``table`` or ``rpc`` (the stand-in's stats)."""
+        the database, kind ``table`` or ``rpc``, and `on_rows(rows, at_max_rows)` of how many rows
+        each read or function answered, and whether max-rows bounded it (the stand-in's stats)."""
         self._connection = connection
         self._admin_connection = admin_connection
         self._on_query = on_query
+        self._on_rows = on_rows
         self.schema = schema
         self._cache: SchemaCache | None = None
         self._cache_lock = threading.Lock()
         self.past_the_end = os.environ.get("DEVSTACK_POSTGREST_416") or PAST_THE_END[0]
         if self.past_the_end not in PAST_THE_END:
             raise ValueError(f"DEVSTACK_POSTGREST_416 must be one of {', '.join(PAST_THE_END)}")
+        raw = os.environ.get("DEVSTACK_POSTGREST_MAX_ROWS", "").strip()
+        if raw and not raw.isdigit():
+            raise ValueError("DEVSTACK_POSTGREST_MAX_ROWS must be a whole number (0: no limit)")
+        #: PostgREST's db-max-rows; None for no limit. Tests lower it to meet it with a few rows.
+        self.max_rows: int | None = (int(raw) or None) if raw else MAX_ROWS
 
     # -- schema cache ------------------------------------------------------------------
 
@@ -835,31 +852,61 @@ class RestEngine:
 
         q = _Sql()
         total = "NULL::bigint"
-        if prefer.count:
-            total = f"(SELECT count(*) FROM {qi}{q.where(params.filters, col)})"
+        if prefer.count in ("exact", "estimated"):
+            # PostgREST's count CTE; for `estimated` it stops one row past max-rows (Statements.hs).
+            source = f"SELECT 1 FROM {qi}{q.where(params.filters, col)}"
+            if prefer.count == "estimated" and self.max_rows is not None:
+                source += f" LIMIT {self.max_rows + 1}"
+            total = f"(SELECT count(*) FROM ({source}) pgrst_source_count)"
+        limit = self._limit(params.limit)
         inner = f"SELECT {_projection(params.select, qi)} FROM {qi}{q.where(params.filters, col)}"
         inner += _order_by(params.order, col)
-        if params.limit is not None:
-            inner += f" LIMIT {params.limit}"
+        if limit is not None:
+            inner += f" LIMIT {limit}"
         if params.offset is not None:
             inner += f" OFFSET {params.offset}"
         statement = f"SELECT {total}, {_AGGREGATE} FROM ({inner}) pgrst_t"
+        planned = _Sql()
+        explain = f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {qi}{planned.where(params.filters, col)}"
 
         def work(conn: psycopg.Connection) -> Response:
             row = conn.execute(statement, q.params).fetchone()
             assert row is not None
+            counted = row[0]
+            if prefer.count == "planned" or (prefer.count == "estimated" and (
+                    self.max_rows is None or counted > self.max_rows)):
+                # The planner's rows for the count query, run after the main one (MainTx.hs); for
+                # `estimated`, only past max-rows, and never below what was counted.
+                plan = conn.execute(explain, planned.params).fetchone()[0]  # type: ignore[index]
+                rows = int(plan[0]["Plan"]["Plan Rows"])
+                row = (rows if prefer.count == "planned" else max(counted, rows), *row[1:])
+            self._rows(row[1], limit)
             return self._read_response(request, row, params.offset or 0, media, prefer)
 
         return self._run(request, ("table", table.name), work)
 
+    def _limit(self, requested: int | None) -> int | None:
+        """The LIMIT to run: what the request asked, bounded by max-rows (RangeQuery.restrictRange)."""
+        if self.max_rows is None:
+            return requested
+        return self.max_rows if requested is None else min(requested, self.max_rows)
+
+    def _rows(self, answered: int, limit: int | None) -> None:
+        if self._on_rows is not None:
+            self._on_rows(answered, self.max_rows is not None and limit == self.max_rows
+                          and answered == self.max_rows)
+
     def _read_response(self, request: RestRequest, row: tuple[Any, ...], offset: int, media: str,
-                       prefer: Preferences) -> Response:
+                       prefer: Preferences, *, single: bool = False) -> Response:
+        """A read's or a function's answer: `row` is (total or None, rows on the page, the page's
+        JSON, its first row's JSON); `single` answers the first row alone (a function that returns
+        one value) with the content type the request asked for."""
         total, page_total, body, first = row
         if media == "object" and page_total != 1:
             raise _singular(page_total)
         lower, upper = offset, offset + page_total - 1
         status = 200
-        payload = (first if media == "object" else body).encode()
+        payload = (first if media == "object" or single else body).encode()
         if total is not None:
             if lower > total:
                 # Answered as a read (no Proxy-Status), its body swapped for the error, as PostgREST does.
@@ -1050,8 +1097,9 @@ class RestEngine:
 
     def _call(self, request: RestRequest, name: str, media: str, prefer: Preferences) -> Response:
         params = QueryParams.parse(request.query)
-        if params.present:
-            raise unsupported("Query parameters on /rpc (select, filters, order, limit on a function's result)")
+        if params.present - {"limit", "offset"}:
+            raise unsupported("Query parameters on /rpc other than limit and offset (select, filters, order on a "
+                              "function's result)")
         if request.body.strip():
             args = self._json_body(request)
         else:
@@ -1073,29 +1121,38 @@ class RestEngine:
             call = f"{fn}({', '.join(f'{qident(p.name)} := pgrst_args.{qident(p.name)}' for p in given)})"
         else:
             source, call = "", f"{fn}()"
+        if routine.returns == "void":
+            def run_void(conn: psycopg.Connection) -> Response:
+                conn.execute(f"SELECT count(*) FROM {source}{call} pgrst_call", values)
+                return Response(204, b"", [])
+
+            return self._run(request, ("rpc", routine.name), run_void)
         if routine.returns == "scalar":
-            statement = (f"SELECT count(*), coalesce(json_agg(pgrst_call.pgrst_scalar), '[]')::text, "
-                         f"coalesce((json_agg(pgrst_call.pgrst_scalar) -> 0)::text, 'null') "
-                         f"FROM {source}{call} pgrst_call(pgrst_scalar)")
-        elif routine.returns == "composite":
-            statement = (f"SELECT count(*), coalesce(json_agg(pgrst_call), '[]')::text, "
-                         f"coalesce((json_agg(pgrst_call) -> 0)::text, 'null') FROM {source}{call} pgrst_call")
+            produced, item = f"SELECT pgrst_call.pgrst_scalar FROM {source}{call} pgrst_call(pgrst_scalar)", \
+                "pgrst_t.pgrst_scalar"
         else:
-            statement = f"SELECT count(*), NULL, NULL FROM {source}{call} pgrst_call"
+            produced, item = f"SELECT pgrst_call.* FROM {source}{call} pgrst_call", "pgrst_t"
+        # A set's result is paged like a read's, max-rows included; a single value is one row.
+        limit = self._limit(params.limit) if routine.returns_set else params.limit
+        page = "SELECT * FROM pgrst_source"
+        if limit is not None:
+            page += f" LIMIT {limit}"
+        if params.offset is not None:
+            page += f" OFFSET {params.offset}"
+        total = "(SELECT count(*) FROM pgrst_source)" if prefer.count else "NULL::bigint"
+        statement = (f"WITH pgrst_source AS ({produced}) SELECT {total}, count(*), "
+                     f"coalesce(json_agg({item}), '[]')::text, coalesce((json_agg({item}) -> 0)::text, 'null') "
+                     f"FROM ({page}) pgrst_t")
 
         def work(conn: psycopg.Connection) -> Response:
-            count, body_json, first = conn.execute(statement, values).fetchone()  # type: ignore[misc]
-            if routine.returns == "void":
-                return Response(204, b"", [])
-            if media == "object" and routine.returns_set and count != 1:
-                raise _Rollback(_singular(count))
-            single = media == "object" or not routine.returns_set
-            total = count if prefer.count else None
-            headers = [("Content-Range", _content_range(0, count - 1, total)),
-                       ("Content-Type", OBJECT_CT if media == "object" else JSON_CT)]
-            if prefer.applied:
-                headers.append(("Preference-Applied", ", ".join(prefer.applied)))
-            return Response(200, (first if single else body_json).encode(), headers)
+            row = conn.execute(statement, values).fetchone()
+            assert row is not None
+            if media == "object" and routine.returns_set and row[1] != 1:
+                raise _Rollback(_singular(row[1]))
+            if routine.returns_set:
+                self._rows(row[1], limit)
+            return self._read_response(request, row, params.offset or 0, media, prefer,
+                                       single=not routine.returns_set)
 
         return self._run(request, ("rpc", routine.name), work)
 

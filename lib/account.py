@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lib import cache, db, keys, outbox
+from lib import cache, db, invalidation, keys, outbox
 from lib.auth import User
 from lib.errors import Forbidden, NotFound
 
@@ -36,7 +36,7 @@ def update_profile(user: User, changes: dict[str, Any]) -> dict[str, Any]:
     rows = db.run(lambda: writes.stamp(client.from_("profiles").update(changes).eq("id", user.id)).execute()).data
     if not rows:
         raise NotFound("Profil introuvable.")
-    writes.applied(keys.change_tags("profiles", None, rows[0]))
+    writes.applied(invalidation.change_tags("profiles", None, rows[0]))
     return {name: rows[0].get(name) for name in PROFILE_COLUMNS.split(",")}
 
 

@@ -1,7 +1,7 @@
 """Cache-aside over Upstash: a hit is one plain read command, stampede protection, tag invalidation, a fail-safe.
 
     value = cache.fetch(keys.property_detail(123), lambda: db_read_property(123))
-    cache.invalidate(keys.change_tags("properties", before, after), changes=[change_id])
+    cache.invalidate(invalidation.change_tags("properties", before, after), changes=[change_id])
 
 An entry is a string: a header (when it expires by Redis's clock, how long it took to load, its
 stale window, the version of each tag when the database was read) and the JSON value. A tag's

@@ -5,8 +5,8 @@ User input reaches a key only through `escape()`, which keeps letters, digits an
 and percent-encodes the rest (`:`, `*`, spaces, braces...), so no input can name another
 key, widen a pattern or change the key's shape.
 
-`change_tags(table, old, new, owners)` at the bottom is the only list of invalidations:
-the database webhook, the outbox drain and the API's own writes all call it.
+What a change invalidates (table + old/new row → these tags) is lib/invalidation.py, the one list of
+invalidations: the database webhook, the outbox drain and the API's own writes all call it.
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from lib import config
 
@@ -85,14 +83,29 @@ class CacheKey:
 # -- the families ------------------------------------------------------------------------------
 
 
-def properties_all() -> CacheKey:
-    return CacheKey(name("properties", "all_public"), "properties_list", ("properties:public",))
+# The page size of the lists' first page, whose keys keep the seed's names (`properties:all_public`).
+LIST_PER_PAGE = 20
 
 
-def properties_city(city: str) -> CacheKey:
-    """`city` is the canonical name (`Dakar`); the tag is its folded form, so a row stored as `dakar`
-    or `DAKAR` (the web app writes what owners type) invalidates the list that shows it."""
-    return CacheKey(name("properties", "city", escape(city)), "properties_list", (city_tag(city),))
+def _page(base: str, page: int, per_page: int) -> str:
+    """`base` for the first page at the default size, `base:page:{n}:{per_page}` for any other: each
+    page of a list is its own entry, so a hit moves one page, whatever the catalogue's size."""
+    page, per_page = int(page), int(per_page)
+    return base if (page, per_page) == (1, LIST_PER_PAGE) else f"{base}:page:{page}:{per_page}"
+
+
+def properties_all(page: int = 1, per_page: int = LIST_PER_PAGE) -> CacheKey:
+    """A page of the public list; every page carries the list's tag, so one bump voids them all."""
+    return CacheKey(_page(name("properties", "all_public"), page, per_page), "properties_list",
+                    ("properties:public",))
+
+
+def properties_city(city: str, page: int = 1, per_page: int = LIST_PER_PAGE) -> CacheKey:
+    """A page of a city's list. `city` is the canonical name (`Dakar`); the tag is its folded form,
+    so a row stored as `dakar` or `DAKAR` (the web app writes what owners type) invalidates every
+    page of the list that shows it."""
+    return CacheKey(_page(name("properties", "city", escape(city)), page, per_page), "properties_list",
+                    (city_tag(city),))
 
 
 def property_detail(property_id: int) -> CacheKey:
@@ -178,30 +191,11 @@ def visit_lock(property_id: int, starts_at: datetime) -> str:
     return name("lock", "visit", f"prop{int(property_id)}", slot_stamp(starts_at))
 
 
-
-
-# -- what a change invalidates -----------------------------------------------------------------
-#
-# One function per table whose rows the API shows: the tags under which one row (old or new)
-# can appear. `owners` are the owners of the property the row belongs to, which leases,
-# payments and visits do not carry themselves (the outbox trigger looks them up).
-
-Row = Mapping[str, Any]
-
-
-def _int(value: Any) -> int | None:
-    """A row's id as an int; None for anything else (a map must never fail on a row)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-def _uid(value: Any) -> str | None:
-    return escape(value) if isinstance(value, str) and value else None
+def lock_kind(key: str) -> str:
+    """`payment` or `visit` for a lock key made above, `other` for anything else (lib/metrics)."""
+    prefix = name("lock", "")
+    kind = key[len(prefix):].split(":", 1)[0] if key.startswith(prefix) else ""
+    return kind if kind in ("payment", "visit") else "other"
 
 
 def city_tag(city: str) -> str:
@@ -210,97 +204,3 @@ def city_tag(city: str) -> str:
     decomposed = unicodedata.normalize("NFKD", " ".join(str(city).split()))
     folded = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
     return f"properties:city:{escape(folded)}"
-
-
-def _property(row: Row, owners: Iterable[str]) -> set[str]:
-    tags = {"properties:public", "search"}
-    if row.get("city"):
-        tags.add(city_tag(row["city"]))
-    pid = _int(row.get("id"))
-    if pid is not None:
-        tags |= {f"property:{pid}", f"slots:{pid}"}
-    return tags | _dashboards([row.get("owner_id"), *owners])
-
-
-def _never_public(rows: list[Row]) -> bool:
-    """Both versions carry a status and neither is `published`: no public list or search showed
-    the row, nor will (RLS serves published rows only)."""
-    return all("status" in row and row["status"] != "published" for row in rows)
-
-
-def _lease(row: Row, owners: Iterable[str]) -> set[str]:
-    lid = _int(row.get("id"))
-    return ({f"lease:{lid}"} if lid is not None else {"leases:parties"}) | _dashboards(owners)
-
-
-def _payment(row: Row, owners: Iterable[str]) -> set[str]:
-    lid = _int(row.get("lease_id"))
-    return ({f"payments:lease:{lid}"} if lid is not None else set()) | _dashboards(owners)
-
-
-def _visit(row: Row, owners: Iterable[str]) -> set[str]:
-    pid = _int(row.get("property_id"))
-    users = [row.get("visitor_id"), *owners]
-    return ({f"slots:{pid}"} if pid is not None else set()) | _dashboards(owners) | {
-        f"visits:user:{u}" for u in map(_uid, users) if u}
-
-
-def _slot(row: Row, owners: Iterable[str]) -> set[str]:
-    pid = _int(row.get("property_id"))
-    return {f"slots:{pid}"} if pid is not None else set()
-
-
-def _profile(row: Row, owners: Iterable[str]) -> set[str]:
-    # The dashboard caches "not an owner" (None) for a tenant: a role change must reach it.
-    uid = _uid(row.get("id"))
-    return {f"profile:{uid}", f"dashboard:{uid}"} if uid else set()
-
-
-def _notification(row: Row, owners: Iterable[str]) -> set[str]:
-    uid = _uid(row.get("user_id"))
-    return {f"notifications:{uid}"} if uid else set()
-
-
-def _dashboards(owners: Iterable[Any]) -> set[str]:
-    return {f"dashboard:{u}" for u in map(_uid, owners) if u}
-
-
-_BY_TABLE = {
-    "properties": _property,
-    "leases": _lease,
-    "rental_payments": _payment,
-    "visits": _visit,
-    "visit_slots": _slot,
-    "profiles": _profile,
-    "notifications": _notification,
-}
-TABLES = tuple(_BY_TABLE)  # the tables whose rows the API shows: each has the outbox trigger
-
-
-def change_tags(table: str, old: Row | None, new: Row | None, owners: Iterable[str | None] = ()) -> list[str]:
-    """Every tag the row can appear under, before (`old`) and after (`new`) the change, sorted.
-
-    Rows are taken raw, as the database stored them (any city spelling, any status): the tags
-    of both versions are bumped, so whatever showed the old row and whatever will show the new
-    one are invalidated. A property that is a draft or archived on both sides leaves the
-    public lists and searches alone; a row without a status counts as public. `KeyError` for
-    a table not in TABLES.
-    """
-    rows = [row for row in (old, new) if row]
-    owners = [o for o in owners if o]
-    tags: set[str] = set()
-    for row in rows:
-        tags |= _BY_TABLE[table](row, owners)
-    if table == "properties":
-        if rows and _never_public(rows):
-            tags = {t for t in tags if t not in ("properties:public", "search") and not t.startswith("properties:city:")}
-        if old and new and old.get("owner_id") != new.get("owner_id"):
-            tags.add("leases:parties")  # its leases changed owner without a lease row changing
-    return sorted(tags)
-
-
-def property_changed(property_id: int, owner_id: str, cities: Iterable[str]) -> list[str]:
-    """`change_tags` for a published property known by id, owner and cities (bench/strategies.py)."""
-    rows = [{"id": property_id, "owner_id": owner_id, "city": city} for city in cities if city]
-    return sorted({tag for row in rows or [{"id": property_id, "owner_id": owner_id}]
-                   for tag in change_tags("properties", None, row)})

@@ -162,9 +162,7 @@ def count_refused_write() -> None:
 
 def lock_event(name: str, event: str) -> None:
     """`dousell:lock:payment:lease123` + "blocked" → `lock:payment:blocked`."""
-    prefix = keys.name("lock", "")
-    kind = name[len(prefix):].split(":", 1)[0] if name.startswith(prefix) else ""
-    _add(f"lock:{kind if kind in ('payment', 'visit') else 'other'}:{event}")
+    _add(f"lock:{keys.lock_kind(name)}:{event}")
 
 
 def count_query(ok: bool = True) -> None:

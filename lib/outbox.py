@@ -4,7 +4,7 @@ The database records every change to a row the API shows in `private.invalidatio
 in the change's own transaction (supabase/migrations/20261202000020). Draining it:
 
     claim_invalidations RPC       the oldest unclaimed rows, held 30 s (service role)
-    tags of each row              keys.change_tags(table, old_record, record, owner_ids)
+    tags of each row              invalidation.change_tags(table, old_record, record, owner_ids)
     minus what the API applied    the marker its own write left (dousell:meta:applied:{id})
     cache.invalidate(tags)        one Upstash call; Redis down → release the rows, stop
     complete_invalidations RPC    the applied rows are deleted
@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from lib import cache, db, keys, upstash
+from lib import cache, db, invalidation, keys, upstash
 from lib.errors import DatabaseUnavailable, DousellError, ServiceUnavailable
 from lib.refill import Refill
 from lib.upstash import RedisError
@@ -50,7 +50,7 @@ class Writes:
 
         writes = outbox.Writes()
         rows = db.run(lambda: writes.stamp(client.from_("profiles").update(changes).eq("id", uid)).execute())
-        writes.applied(keys.change_tags("profiles", None, rows[0]))
+        writes.applied(invalidation.change_tags("profiles", None, rows[0]))
     """
 
     def __init__(self) -> None:
@@ -160,10 +160,9 @@ def reconcile() -> dict[str, Any]:
 def row_tags(row: dict[str, Any]) -> set[str]:
     """The tags of one outbox row (or one webhook body: same `table`, `record`, `old_record`)."""
     table = row.get("table_name") or row.get("table")
-    if table not in keys.TABLES:
+    if table not in invalidation.TABLES:
         log.warning("outbox row for unknown table %r: every public list and search invalidated", table)
-        return {"properties:public", "search"}
-    return set(keys.change_tags(table, row.get("old_record"), row.get("record"), row.get("owner_ids") or ()))
+    return set(invalidation.change_tags(table, row.get("old_record"), row.get("record"), row.get("owner_ids") or ()))
 
 
 def _still_to_bump(rows: list[dict[str, Any]], force: bool = False) -> tuple[set[str], int]:

@@ -12,7 +12,7 @@ Starting a payment, the seed's seven steps made safe (DESIGN.md, Principle 1):
                                           marked failed, reserved again
     PayDunya create (10 s at most)        failure → the row is marked failed, 502
     store token + checkout_url            only on a row still pending and without a url
-    invalidate what the payment row shows keys.change_tags("rental_payments", ...): the lease's
+    invalidate what the payment row shows invalidation.change_tags("rental_payments", ...): the lease's
                                           payments and the owner's dashboard; release, 201
 
 A checkout_url reaches a user only once it is stored on a pending row, so an invoice made
@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs
 
-from lib import cache, config, db, keys, outbox, paydunya
+from lib import cache, config, db, invalidation, keys, outbox, paydunya
 from lib.db import DatabaseError
 from lib.errors import (
     AlreadyPaid,
@@ -182,7 +182,7 @@ def _mark_failed(payment_id: int, writes: outbox.Writes) -> bool:
 
 
 def _invalidate_payment(writes: outbox.Writes, payment: dict[str, Any], owner_id: str | None) -> None:
-    writes.applied(keys.change_tags("rental_payments", None, payment, [owner_id]))
+    writes.applied(invalidation.change_tags("rental_payments", None, payment, [owner_id]))
 
 
 def start(user: Any, lease_id: int, period: str | None = None) -> Reply:
@@ -347,8 +347,8 @@ def receive_ipn(raw: bytes, content_type: str | None) -> dict[str, Any]:
     if result.get("changed"):
         # The payment row, and the two notifications a completion adds (one each).
         tenant_id, owner_id = result.get("tenant_id"), result.get("owner_id")
-        tags = set(keys.change_tags("rental_payments", None, payment, [owner_id]))
+        tags = set(invalidation.change_tags("rental_payments", None, payment, [owner_id]))
         for who in (tenant_id, owner_id):
-            tags |= set(keys.change_tags("notifications", None, {"user_id": who}))
+            tags |= set(invalidation.change_tags("notifications", None, {"user_id": who}))
         writes.applied(tags)
     return {"received": True, "status": payment["status"]}

@@ -2,16 +2,17 @@
 
 Reads go through the cache (lib/cache) with the anon client, so RLS shows published rows
 only; an update goes through the owner's own token (RLS checks ownership again) and
-invalidates, before it answers, every key that can show the property (keys.change_tags,
+invalidates, before it answers, every key that can show the property (invalidation.change_tags,
 the map the database webhook uses too).
 """
 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from typing import Any
 
-from lib import cache, config, db, keys, outbox, refill
+from lib import cache, config, db, invalidation, keys, outbox, refill
 from lib.errors import Forbidden, InvalidFilter, NotFound, ValidationFailed
 
 COLUMNS = "id,owner_id,title,description,city,district,type,price,currency,bedrooms,status,created_at,updated_at"
@@ -64,21 +65,76 @@ def listed_under(stored: str | None) -> str | None:
 
 
 # -- reads ------------------------------------------------------------------------------------
+#
+# Public reads go through `published_properties` (supabase/migrations/20261202000030_scale.sql):
+# the published rows, whose filters reach the partial indexes (through the table, RLS keeps
+# `ilike` off the trigram indexes). Lists and searches come one page at a time, newest first
+# (created_at, then id: a total order, so a page boundary never drops or repeats a row between two
+# equal dates), each page its own cache entry under the list's tags.
+
+PUBLIC = "published_properties"
+LIST_PER_PAGE = keys.LIST_PER_PAGE
+MAX_PER_PAGE = 100
+# Paging reaches the first 1,000 listings of a list or a search: past that, an OFFSET walks (or
+# sorts) every row before the page, 100-400 ms at 50,000 listings; a tenant narrows the search
+# instead (city, type, price). Never above the project's max-rows: PostgREST answers 416 for an
+# offset past `total`, and an estimated total is only known to be above max-rows.
+MAX_DEPTH = 1_000
+# `total` is exact up to max-rows (1,000) and the planner's estimate above (`Prefer:
+# count=estimated`): an exact count of 50,000 rows costs 50-80 ms on every miss.
+ESTIMATED_ABOVE = 1_000
+# The shortest `q` a search takes: pg_trgm's indexes serve `ilike '%q%'` from three characters on.
+MIN_QUERY = 3
 
 
-def _published():
-    return db.anon().from_("properties").select(COLUMNS).eq("status", "published")
+def refuse_too_deep(page: int, per_page: int) -> None:
+    """422 `invalid_filter` for a page that ends past MAX_DEPTH listings, naming the last one reachable."""
+    if page * per_page > MAX_DEPTH:
+        raise InvalidFilter(details=[{
+            "field": "page", "code": "page_too_deep",
+            "message": f"Au-delà des {MAX_DEPTH} premières annonces, affinez la recherche (ville, type, prix) : "
+                       f"dernière page à {per_page} par page : {MAX_DEPTH // per_page}.",
+        }])
 
 
-def list_public(city: str | None = None) -> list[dict[str, Any]]:
-    """Published properties, newest first; one city when `city` is given (canonical name)."""
-    def load() -> list[dict[str, Any]]:
-        query = _published()
-        if city:
-            query = query.ilike("city", city)
-        return db.run(lambda: query.order("created_at", desc=True).order("id", desc=True).execute()).data
+def _published(columns: str = COLUMNS, *, count: str | None = None):
+    return db.anon().from_(PUBLIC).select(columns, count=count)
 
-    return cache.fetch(keys.properties_city(city) if city else keys.properties_all(), load)
+
+def _page(matching: Callable[..., Any], page: int, per_page: int, rows: str) -> dict[str, Any]:
+    """`{rows: [...], "total", "total_estimated"}`: one page of `matching(columns, count=...)`, newest first."""
+    start = (page - 1) * per_page
+    query = matching(COLUMNS, count="estimated").order("created_at", desc=True).order("id", desc=True)
+    try:
+        response = db.run(query.range(start, start + per_page - 1).execute)
+        found, total = response.data, response.count or 0
+    except db.PageOutOfRange:  # past the end: an empty page, with the count asked for separately
+        found, total = [], db.run(matching("id", count="estimated").limit(1).execute).count or 0
+    return {rows: found, "total": total, "total_estimated": total > ESTIMATED_ABOVE}
+
+
+def _unpaged(value: Any, page: int, per_page: int, rows: str) -> dict[str, Any]:
+    """A page from an entry written before paging (the whole list under the seed's key, or a search
+    without `total_estimated`): answered correctly until its TTL ends it, never a 500 during a deploy."""
+    if isinstance(value, list):
+        start = (page - 1) * per_page
+        return {rows: value[start:start + per_page], "total": len(value), "total_estimated": False}
+    return {**value, "total_estimated": value.get("total_estimated", value["total"] > ESTIMATED_ABOVE)}
+
+
+def list_public(city: str | None = None, page: int = 1, per_page: int = LIST_PER_PAGE) -> dict[str, Any]:
+    """One page of the published properties, newest first; one city's when `city` is given
+    (canonical name, matched ignoring case). `{"properties", "count", "page", "per_page", "total",
+    "total_estimated"}`."""
+    def matching(columns: str, count: str | None = None):
+        query = _published(columns, count=count)
+        return query.eq("city_lower", city.lower()) if city else query
+
+    entry = keys.properties_city(city, page, per_page) if city else keys.properties_all(page, per_page)
+    found = _unpaged(cache.fetch(entry, lambda: _page(matching, page, per_page, "properties")), page, per_page,
+                     "properties")
+    return {"properties": found["properties"], "count": len(found["properties"]), "page": page,
+            "per_page": per_page, "total": found["total"], "total_estimated": found["total_estimated"]}
 
 
 def get_public(property_id: int) -> dict[str, Any]:
@@ -97,10 +153,10 @@ def search(filters: dict[str, Any]) -> dict[str, Any]:
     """Published properties matching canonical `filters` (see api/search.py), one page of them."""
     page, per_page = filters["page"], filters["per_page"]
 
-    def matching(columns: str):
-        query = db.anon().from_("properties").select(columns, count="exact").eq("status", "published")
+    def matching(columns: str, count: str | None = None):
+        query = _published(columns, count=count)
         if "city" in filters:
-            query = query.ilike("city", filters["city"])
+            query = query.eq("city_lower", filters["city"].lower())
         if "type" in filters:
             query = query.eq("type", filters["type"])
         if "min_price" in filters:
@@ -115,17 +171,10 @@ def search(filters: dict[str, Any]) -> dict[str, Any]:
             query = query.or_(f"title.ilike.{pattern},description.ilike.{pattern},district.ilike.{pattern}")
         return query
 
-    def load() -> dict[str, Any]:
-        start = (page - 1) * per_page
-        query = matching(COLUMNS).order("created_at", desc=True).order("id", desc=True)
-        try:
-            response = db.run(query.range(start, start + per_page - 1).execute)
-        except db.PageOutOfRange:  # past the end: an empty page, with the count asked for separately
-            return {"results": [], "total": db.run(matching("id").limit(1).execute).count or 0}
-        return {"results": response.data, "total": response.count or 0}
-
-    found = cache.fetch(keys.search(filters), load)
-    return {"results": found["results"], "page": page, "per_page": per_page, "total": found["total"]}
+    found = _unpaged(cache.fetch(keys.search(filters), lambda: _page(matching, page, per_page, "results")),
+                     page, per_page, "results")
+    return {"results": found["results"], "page": page, "per_page": per_page, "total": found["total"],
+            "total_estimated": found["total_estimated"]}
 
 
 # -- the owner's update -----------------------------------------------------------------------
@@ -153,8 +202,8 @@ def update(user: Any, property_id: int, changes: dict[str, Any]) -> dict[str, An
     if not updated:  # RLS refused it after all (ownership changed meanwhile)
         raise Forbidden("Seul le propriétaire de ce bien peut le modifier.")
     after = updated[0]
-    writes.applied(keys.change_tags("properties", before, after), refills=refills_after(before, after), seen=seen)
-    return after
+    writes.applied(invalidation.change_tags("properties", before, after), refills=refills_after(before, after), seen=seen)
+    return {name: after.get(name) for name in COLUMNS.split(",")}  # not the table's internal columns (city_lower)
 
 
 # -- what the writer refills ------------------------------------------------------------------
@@ -181,10 +230,16 @@ def refills_after(before: dict[str, Any], after: dict[str, Any]) -> list[refill.
 
 
 def _patched(page: Any, row: dict[str, Any]) -> Any:
-    """`page` (a cached list, before the write) with `row` in place of its old self, each shown row
-    keeping the columns it had; SKIP if there was no valid page or its shape is not a list of rows.
-    A page the row is not on is unchanged: same membership and order, so it stays off it."""
-    if page is refill.MISSING or not isinstance(page, list):
+    """`page` (a cached list page, before the write: `{"properties": [...], "total", ...}`, or a
+    whole list written before paging) with `row` in place of its old self, each shown row keeping
+    the columns it had; SKIP if there was no valid page or its shape is not rows. A page the row is
+    not on is unchanged: same membership, order and total, so it stays off it."""
+    if page is refill.MISSING:
+        return refill.SKIP
+    if isinstance(page, dict) and isinstance(page.get("properties"), list):
+        rows = _patched(page["properties"], row)
+        return refill.SKIP if rows is refill.SKIP else {**page, "properties": rows}
+    if not isinstance(page, list):
         return refill.SKIP
     out = []
     for shown in page:

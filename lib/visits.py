@@ -8,7 +8,7 @@ Booking a slot:
                                           Redis down: no lock
     book_visit RPC (service role)         the fence: a unique index per slot and an exclusion
                                           constraint on overlapping booked visits
-    invalidate what the visit row shows   keys.change_tags("visits", ...): the slots, the owner's
+    invalidate what the visit row shows   invalidation.change_tags("visits", ...): the slots, the owner's
                                           dashboard, both parties' visit lists; release, 201
 
 A slot that is not in the free list, and the RPC's `slot_taken` and `slot_not_found`, all
@@ -24,22 +24,28 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from lib import cache, db, keys, outbox
+from lib import cache, db, invalidation, keys, outbox
 from lib.db import DatabaseError
 from lib.errors import BookingInProgress, DousellError, NotFound, SlotTaken
 
 log = logging.getLogger(__name__)
 
 
+# The soonest free slots shown (a month of hourly slots; ~21 KB cached): a busy agency's listing can
+# hold thousands, and PostgREST's max-rows would cut an unbounded read at 1,000 without a word.
+SLOTS_SHOWN = 300
+
+
 def free_slots(property_id: int) -> list[dict[str, Any]]:
-    """Future unbooked slots of a published property, soonest first (404 if no such property)."""
+    """The SLOTS_SHOWN soonest future unbooked slots of a published property (404 if no such property)."""
     def load() -> list[dict[str, Any]] | None:
         client = db.anon()
         found = db.run(lambda: client.from_("properties").select("id").eq("id", property_id)
                        .eq("status", "published").limit(1).execute()).data
         if not found:
             return None  # cached too: a missing property is answered from Redis next time
-        return db.run(lambda: client.rpc("available_slots", {"p_property_id": property_id}).execute()).data
+        return db.run(lambda: client.rpc("available_slots", {"p_property_id": property_id})
+                      .limit(SLOTS_SHOWN).execute()).data
 
     slots = cache.fetch(keys.visit_slots(property_id), load)
     if slots is None:
@@ -56,8 +62,12 @@ def _instant(value: Any) -> datetime | None:
 
 
 def is_free(property_id: int, starts_at: datetime) -> bool:
-    """True if a free slot of the property starts at this instant (from the cached list)."""
-    return any(_instant(slot.get("starts_at")) == starts_at for slot in free_slots(property_id))
+    """True if a free slot of the property starts at this instant (from the cached list); a slot past
+    the list's SLOTS_SHOWN is left to the database's fence (book_visit), which has the last word."""
+    slots = free_slots(property_id)
+    if len(slots) >= SLOTS_SHOWN and (last := _instant(slots[-1].get("starts_at"))) and starts_at > last:
+        return True
+    return any(_instant(slot.get("starts_at")) == starts_at for slot in slots)
 
 
 _BOOK_ERRORS = {
@@ -103,7 +113,7 @@ def book(user: Any, property_id: int, starts_at: datetime) -> dict[str, Any]:
                 cache.invalidate(keys.visit_slots(property_id).tags)  # our cached list said free: it was wrong
             raise error() from exc
         visit = data["visit"]
-        writes.applied(keys.change_tags("visits", None, visit, [_owner_of(property_id)]))
+        writes.applied(invalidation.change_tags("visits", None, visit, [_owner_of(property_id)]))
         return visit
 
     return under_lock(keys.visit_lock(property_id, starts_at), BookingInProgress, work)

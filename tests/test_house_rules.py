@@ -173,6 +173,7 @@ def test_a_signed_in_user_is_typed_auth_user_not_any(module: str) -> None:
 
 
 # == every Redis key name and every invalidation findable from lib/keys.py =====================
+# (and its other half, lib/invalidation.py: the map of what a change invalidates, which it points to)
 #
 # A key is `<namespace>:<family>:...`; what may build one outside lib/keys.py:
 #   - a literal or f-string that starts with the namespace (`"dousell:..."`);
@@ -190,6 +191,7 @@ def test_a_signed_in_user_is_typed_auth_user_not_any(module: str) -> None:
 def key_heads() -> set[str]:
     """`family:` heads of every key (after the namespace) and every tag lib/keys.py makes."""
     keys = importlib.import_module("lib.keys")
+    invalidation = importlib.import_module("lib.invalidation")
     made = [keys.properties_all(), keys.properties_city("Dakar"), keys.property_detail(1), keys.search({}),
             keys.visit_slots(1), keys.dashboard("u"), keys.profile("u"), keys.notifications("u"), keys.payments(1),
             keys.user_visits("u"), keys.lease_parties(1)]
@@ -198,8 +200,8 @@ def key_heads() -> set[str]:
     tags = [t for k in made for t in k.tags]
     row = {"id": 1, "owner_id": "o", "city": "Dakar", "lease_id": 1, "property_id": 1, "visitor_id": "v",
            "user_id": "u", "status": "published"}
-    for table in keys.TABLES:
-        tags += keys.change_tags(table, row, {**row, "owner_id": "p"}, ["o"])
+    for table in invalidation.TABLES:
+        tags += invalidation.change_tags(table, row, {**row, "owner_id": "p"}, ["o"])
     heads = {name.split(":")[1] + ":" for name in names} | {tag.split(":")[0] + ":" for tag in tags if ":" in tag}
     return heads - {"lock:"}
 
@@ -255,14 +257,7 @@ def test_the_key_rule_catches_a_hand_made_key_a_tag_and_the_namespace() -> None:
     assert [f.split(":")[0] for f in found] == ["line 2", "line 3", "line 4", "line 5", "line 6"]
 
 
-@pytest.mark.parametrize("path", cases([lib(m) for m in MODULES if m != "keys"] + HANDLERS, {
-    "lib/outbox.py": pending("keys in lib/keys.py", "lib/outbox.py",
-                             "row_tags answers an unknown table with a hand-made {'properties:public', 'search'}; "
-                             "keys.change_tags should answer it (lib/keys.py: issue 15's)"),
-    "lib/metrics.py": pending("keys in lib/keys.py", "lib/metrics.py",
-                              "lock_event takes the lock prefix from keys.name('lock', ''); needs keys.lock_family(name) "
-                              "in lib/keys.py, which issue 15 owns and which is at 300 lines"),
-}))
+@pytest.mark.parametrize("path", cases([lib(m) for m in MODULES if m not in ("keys", "invalidation")] + HANDLERS, {}))
 def test_no_key_name_or_tag_is_built_outside_lib_keys(path: str) -> None:
     assert hand_made_keys(path, tree(path), key_heads()) == [], f"{path}: add the name to lib/keys.py and call it"
 
@@ -354,7 +349,7 @@ def test_a_doc_names_only_lib_modules_and_attributes_that_exist(doc: str) -> Non
 
 
 def test_the_reference_reader_finds_the_shapes_docs_use() -> None:
-    text = ("`lib/locks.py` `lib/locks.py::release_if_held` `lib/keys.change_tags` `lib.properties.update` "
+    text = ("`lib/locks.py` `lib/locks.py::release_if_held` `lib/invalidation.change_tags` `lib.properties.update` "
             "`writes.under_lock` `request.headers` `locks.on_event` `cache`")
-    assert list(references(text)) == [("locks", None), ("locks", "release_if_held"), ("keys", "change_tags"),
+    assert list(references(text)) == [("locks", None), ("locks", "release_if_held"), ("invalidation", "change_tags"),
                                       ("properties", "update"), ("writes", "under_lock"), ("locks", "on_event")]

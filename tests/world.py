@@ -222,8 +222,9 @@ class FakeSupabase:
 
     def _visible(self, table: str, role: str, uid: str | None) -> list[dict]:
         everything = {"leases": list(self.leases.values()), "properties": list(self.properties.values()),
+                      "published_properties": [p for p in self.properties.values() if p["status"] == "published"],
                       "rental_payments": list(self.payments.values())}[table]
-        if role == "service_role":
+        if role == "service_role" or table == "published_properties":  # the view: anyone, published only
             return everything
         if table == "properties":
             return [p for p in everything if p["status"] == "published" or (uid and p["owner_id"] == uid)]

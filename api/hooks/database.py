@@ -5,11 +5,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from lib import bearer, keys, outbox
+from lib import bearer, invalidation, outbox
 from lib.http import Endpoint
 from lib.request import Request
 
-Table = Literal[keys.TABLES]  # type: ignore[valid-type]
+Table = Literal[invalidation.TABLES]  # type: ignore[valid-type]
 
 
 class DatabaseChange(BaseModel):

@@ -1,13 +1,23 @@
-"""GET /api/properties[?city=]: published properties, newest first, from the cache."""
+"""GET /api/properties[?city=&page=&per_page=]: one page of the published properties, newest first, from the cache."""
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from lib import properties
 from lib.errors import InvalidFilter
 from lib.http import Endpoint
 
 
+class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    city: str | None = None
+    page: int = Field(default=1, ge=1)
+    per_page: int = Field(default=properties.LIST_PER_PAGE, ge=1, le=properties.MAX_PER_PAGE)
+
+
 class handler(Endpoint):
     def get(self, req):
-        req.refuse_unknown_query({"city"}, InvalidFilter)
-        city = properties.canonical_city(req.query["city"]) if "city" in req.query else None
-        rows = properties.list_public(city)
-        return {"properties": rows, "count": len(rows)}
+        query = req.query_as(ListQuery, InvalidFilter)
+        properties.refuse_too_deep(query.page, query.per_page)
+        city = properties.canonical_city(query.city) if query.city is not None else None
+        return properties.list_public(city, query.page, query.per_page)

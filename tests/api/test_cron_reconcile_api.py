@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from devstack.redis_server import free_port
-from lib import keys, upstash
+from lib import invalidation, upstash
 from tests.api.test_hooks_database_api import AWA, CHANGE, outbox, row, valkey  # noqa: F401 (fixtures)
 from tests.support import serve
 
@@ -66,7 +66,7 @@ def test_it_drains_the_outbox_and_answers_counts(client, outbox):  # noqa: F811
     response = run(client)
     assert response.status_code == 200
     counts = response.json()["jobs"]["invalidations"]
-    expected = set(keys.change_tags("properties", CHANGE["old_record"], CHANGE["record"], [AWA])) | {
+    expected = set(invalidation.change_tags("properties", CHANGE["old_record"], CHANGE["record"], [AWA])) | {
         f"notifications:{AWA}"}
     assert counts == {"applied": 2, "already_applied": 0, "deferred": 0, "invalidated": len(expected),
                       "more": False, "pending": 0, "oldest_seconds": None}

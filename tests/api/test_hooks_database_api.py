@@ -14,7 +14,7 @@ import respx
 
 from devstack.redis_server import RedisServer, free_port
 from devstack.upstash import serve_in_thread
-from lib import cache, db, keys, upstash
+from lib import cache, db, invalidation, keys, upstash
 from tests.support import serve
 
 hook_api = importlib.import_module("api.hooks.database")
@@ -192,7 +192,7 @@ def test_it_drains_the_outbox_and_answers_the_tags_it_bumped(client, outbox):
     response = post(client)
     assert response.status_code == 200
     body = response.json()
-    assert body["invalidated"] == keys.change_tags("properties", CHANGE["old_record"], CHANGE["record"], [AWA])
+    assert body["invalidated"] == invalidation.change_tags("properties", CHANGE["old_record"], CHANGE["record"], [AWA])
     assert (body["applied"], body["already_applied"], body["deferred"]) == (1, 0, 0)
     assert [name for name, _ in outbox.calls] == ["claim_invalidations", "complete_invalidations"]
     for tag in body["invalidated"]:
@@ -202,7 +202,7 @@ def test_it_drains_the_outbox_and_answers_the_tags_it_bumped(client, outbox):
 
 def test_a_change_the_api_applied_itself_is_deleted_without_a_second_bump(client, outbox):
     change_id = "c" * 32
-    tags = keys.change_tags("properties", CHANGE["old_record"], CHANGE["record"], [AWA])
+    tags = invalidation.change_tags("properties", CHANGE["old_record"], CHANGE["record"], [AWA])
     assert cache.invalidate(tags, changes=[change_id])
     versions = {tag: outbox.redis.get(keys.tag_key(tag)) for tag in tags}
     outbox.rows = [row(change_id=change_id, owners=[AWA])]
@@ -215,7 +215,7 @@ def test_the_outbox_unreachable_the_bodys_row_is_invalidated(client, outbox):
     outbox.down = True
     body = post(client).json()
     assert body["outbox"] == "unreachable"
-    assert body["invalidated"] == keys.change_tags("properties", CHANGE["old_record"], CHANGE["record"])
+    assert body["invalidated"] == invalidation.change_tags("properties", CHANGE["old_record"], CHANGE["record"])
 
 
 def test_redis_refusing_is_a_503_and_the_rows_are_released(client, outbox, monkeypatch):

@@ -316,6 +316,115 @@ def test_head_counts_without_a_body(http: httpx.Client) -> None:
     assert response.content == b""
 
 
+# -- max-rows and estimated counts (hosted Supabase: db-max-rows = 1000) ----------------------
+
+
+def test_max_rows_caps_a_read_whatever_its_limit_and_only_content_range_tells(
+    writes: None, standin: SupabaseStandIn, http: httpx.Client
+) -> None:
+    standin.rest.max_rows = 10
+    for params in ({"select": "id"}, {"select": "id", "limit": "50"}):
+        response = http.get("/rest/v1/properties", params=params, headers=anon_headers())
+        assert (response.status_code, len(response.json())) == (200, 10)
+        assert response.headers["content-range"] == "0-9/*"  # no error, no warning: the page is simply short
+    counted = http.get("/rest/v1/properties", params={"select": "id", "offset": "40"},
+                       headers=anon_headers(Prefer="count=exact"))
+    assert (counted.status_code, counted.headers["content-range"]) == (206, f"40-{PUBLISHED - 1}/{PUBLISHED}")
+    smaller = http.get("/rest/v1/properties", params={"select": "id", "limit": "3"}, headers=anon_headers())
+    assert len(smaller.json()) == 3
+
+
+def test_max_rows_caps_a_functions_result_too_and_limit_offset_page_it(
+    writes: None, standin: SupabaseStandIn, rest: Callable[..., SyncPostgrestClient], http: httpx.Client
+) -> None:
+    everything = rest().rpc("available_slots", {"p_property_id": VILLA_789}).execute().data
+    assert len(everything) == FREE_SLOTS_789
+    page = rest().rpc("available_slots", {"p_property_id": VILLA_789}).limit(4).offset(2).execute().data
+    assert page == everything[2:6]
+    standin.rest.max_rows = 5
+    capped = http.post("/rest/v1/rpc/available_slots", json={"p_property_id": VILLA_789},
+                       headers=anon_headers(Prefer="count=exact"))
+    assert (capped.status_code, capped.headers["content-range"]) == (206, f"0-4/{FREE_SLOTS_789}")
+    assert capped.json() == everything[:5]
+    refused = http.post("/rest/v1/rpc/available_slots", params={"select": "starts_at"},
+                        json={"p_property_id": VILLA_789}, headers=anon_headers())
+    assert (refused.status_code, refused.json()["code"]) == (400, "PGRST100")
+
+
+def test_max_rows_leaves_writes_and_single_values_alone(
+    writes: None, standin: SupabaseStandIn, rest: Callable[..., SyncPostgrestClient], token_of: Callable[..., str]
+) -> None:
+    standin.rest.max_rows = 2
+    changed = rest(SERVICE).from_("properties").update({"bedrooms": 3}).eq("city", "Mbour").execute().data
+    assert len(changed) == PUBLISHED_BY_CITY["Mbour"]  # PostgREST never caps a mutation's representation
+    assert rest(token=token_of(AWA)).rpc("owner_dashboard", {}).execute().data["properties"] == AWA_PROPERTIES
+
+
+def test_the_default_max_rows_is_hosted_supabases_1000_and_an_unpaged_read_is_cut_there(
+    writes: None, standin: SupabaseStandIn, rest: Callable[..., SyncPostgrestClient], dsn: str,
+    pg_connect: Callable[..., psycopg.Connection], http: httpx.Client,
+) -> None:
+    from devstack import catalogue
+
+    assert standin.rest.max_rows == 1000
+    catalogue.add_slots(pg_connect(dsn), VILLA_789, 1_200)
+    http.post("/__devstack/stats/reset")
+    slots = rest().rpc("available_slots", {"p_property_id": VILLA_789}).execute().data
+    assert len(slots) == 1000  # 1,212 free slots: the rest is silently gone
+    assert http.get("/__devstack/stats").json() == {
+        "rest_requests": 1, "by_table": {}, "rpc": {"available_slots": 1}, "auth_requests": 0,
+        "most_rows": 1000, "at_max_rows": 1}
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", 1000),  # unset: hosted Supabase's default
+    ("250", 250),
+    ("0", None),  # PostgREST's own default: no limit
+])
+def test_devstack_postgrest_max_rows_sets_the_cap(monkeypatch: pytest.MonkeyPatch, value: str,
+                                                  expected: int | None) -> None:
+    from devstack.supabase_rest import RestEngine
+
+    monkeypatch.setenv("DEVSTACK_POSTGREST_MAX_ROWS", value)
+    assert RestEngine(lambda: None, lambda: None).max_rows == expected  # type: ignore[arg-type,return-value]
+    monkeypatch.setenv("DEVSTACK_POSTGREST_MAX_ROWS", "lots")
+    with pytest.raises(ValueError):
+        RestEngine(lambda: None, lambda: None)  # type: ignore[arg-type,return-value]
+
+
+def planned_rows(admin_sql: Callable[..., list[tuple]], where: str) -> int:
+    """The planner's rows for `select 1 from properties where ...` as anon: what PostgREST reads."""
+    admin_sql("begin")
+    try:
+        admin_sql("select set_config('role', 'anon', true)")
+        plan = admin_sql(f"explain (format json) select 1 from public.properties where {where}")[0][0]
+    finally:
+        admin_sql("rollback")
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+def test_count_planned_is_the_planners_row_estimate(http: httpx.Client, admin_sql: Callable[..., list[tuple]]) -> None:
+    response = http.get("/rest/v1/properties", params={"select": "id", "limit": "1", "city": "eq.Dakar"},
+                        headers=anon_headers(Prefer="count=planned"))
+    assert response.headers["content-range"] == f"0-0/{planned_rows(admin_sql, "city = 'Dakar'")}"
+
+
+def test_count_estimated_is_exact_up_to_max_rows_then_the_planners_at_least(
+    writes: None, standin: SupabaseStandIn, http: httpx.Client, admin_sql: Callable[..., list[tuple]]
+) -> None:
+    def total() -> str:
+        response = http.get("/rest/v1/properties", params={"select": "id", "limit": "1"},
+                            headers=anon_headers(Prefer="count=estimated"))
+        return response.headers["content-range"].split("/")[1]
+
+    assert total() == str(PUBLISHED)  # under max-rows: counted
+    standin.rest.max_rows = 10
+    # Counted only to max-rows + 1, then the planner's figure if higher (PostgREST's MainTx.hs).
+    assert total() == str(max(11, planned_rows(admin_sql, "true")))
+    admin_sql("analyze public.properties")  # the planner now knows the table: its figure follows
+    assert total() == str(max(11, planned_rows(admin_sql, "true")))
+
+
 # -- errors -------------------------------------------------------------------------------
 
 
@@ -679,7 +788,8 @@ def test_stats_count_the_requests_that_reached_the_database(
     http.get("/rest/v1/properties", headers={"apikey": "wrong"})  # stopped at the gateway: no query
     http.get("/rest/v1/properties", params={"select": "id::text"}, headers=anon_headers())  # refused before any query
     assert http.get("/__devstack/stats").json() == {
-        "rest_requests": 3, "by_table": {"properties": 2}, "rpc": {"available_slots": 1}, "auth_requests": 0}
+        "rest_requests": 3, "by_table": {"properties": 2}, "rpc": {"available_slots": 1}, "auth_requests": 0,
+        "most_rows": FREE_SLOTS_789, "at_max_rows": 0}
     assert http.post("/__devstack/stats/reset").json()["previous"]["rest_requests"] == 3
     assert http.get("/__devstack/stats").json()["rest_requests"] == 0
 

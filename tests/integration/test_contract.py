@@ -129,7 +129,11 @@ class Database:
             for table in TABLES:
                 self.conn.execute(f"delete from public.{table}")
             for table in reversed(TABLES):
-                self.conn.execute(f"insert into public.{table} select * from {name}.{table}")
+                # Generated columns (properties.city_lower) are the database's to fill: never copied back.
+                columns = ", ".join(c for (c,) in self.conn.execute(
+                    "select quote_ident(column_name) from information_schema.columns where table_schema = 'public' "
+                    "and table_name = %s and is_generated = 'NEVER' order by ordinal_position", (table,)))
+                self.conn.execute(f"insert into public.{table} ({columns}) select {columns} from {name}.{table}")
         self.conn.execute(f"drop schema {name} cascade")
 
     def close(self) -> None:
@@ -190,7 +194,12 @@ def this_period(months: int = 0) -> str:
     ("/api/search", "/api/search", 200),
     ("/api/search?city=Thies&type=house&min_price=0&max_price=1000000000&bedrooms=1&q=jardin&page=1&per_page=5",
      "/api/search", 200),
-    ("/api/search?page=500&per_page=50", "/api/search", 200),
+    ("/api/search?page=20&per_page=50", "/api/search", 200),  # past the end, the deepest page paging reaches
+    ("/api/search?page=500&per_page=50", "/api/search", 422),  # past the first 1,000 listings
+    ("/api/properties?page=3&per_page=7", "/api/properties", 200),
+    ("/api/properties?page=50", "/api/properties", 200),
+    ("/api/properties?per_page=101", "/api/properties", 422),
+    ("/api/properties?page=51", "/api/properties", 422),
     ("/api/search?min_price=", "/api/search", 200),
     ("/api/search?min_price=500&max_price=100", "/api/search", 422),
     ("/api/search?colour=red&bedrooms=-1", "/api/search", 422),

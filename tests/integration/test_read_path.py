@@ -61,7 +61,7 @@ def test_one_search_hits_however_its_query_string_is_ordered(stack):
 
 def test_after_a_patch_returns_every_get_that_can_show_the_property_shows_the_new_value(stack):
     stack.redis("FLUSHDB")
-    views = ["/api/properties", "/api/properties?city=Dakar", "/api/properties?city=Thiès", "/api/properties/123",
+    views = ["/api/properties?per_page=100", "/api/properties?city=Dakar", "/api/properties?city=Thiès", "/api/properties/123",
              "/api/search?city=Dakar", "/api/search?city=Thies", "/api/search?q=appartement"]
     for path in views:
         get(stack, path)
@@ -79,7 +79,7 @@ def test_after_a_patch_returns_every_get_that_can_show_the_property_shows_the_ne
         return {row["id"]: row for row in rows if row}
 
     assert shown("/api/properties/123")[123]["price"] == 654_321
-    assert shown("/api/properties")[123]["city"] == "Thiès"
+    assert shown("/api/properties?per_page=100")[123]["city"] == "Thiès"  # one page holds the 44
     assert 123 not in shown("/api/properties?city=Dakar"), "the old city list still shows it"
     assert shown("/api/properties?city=Thiès")[123]["price"] == 654_321
     assert 123 not in shown("/api/search?city=Dakar")
@@ -145,8 +145,8 @@ def test_a_tenant_has_no_dashboard(stack):
 
 
 def test_a_search_page_past_the_end_is_empty_with_the_total(stack):
-    body = get(stack, "/api/search?page=100").json()
-    assert body["results"] == [] and body["page"] == 100 and body["total"] >= 40
+    body = get(stack, "/api/search?page=50").json()  # the deepest page paging reaches (1,000 listings)
+    assert body["results"] == [] and body["page"] == 50 and body["total"] >= 40
 
 
 def test_private_entries_are_per_user(stack):

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import redis
 
-from lib import account, auth, cache, keys
+from lib import account, auth, cache, invalidation, keys
 from lib.errors import Forbidden, NotFound
 from tests.sql.demo import AWA, FATOU, IBRAHIMA, MOUSSA, USERS
 
@@ -24,7 +24,7 @@ def notify(admin: psycopg.Connection, user_id: str, title: str, minutes_ago: int
 
 def webhook(table: str, row: dict[str, object]) -> None:
     """What the database webhook does after a write made behind the API's back (lib/outbox)."""
-    cache.invalidate(keys.change_tags(table, None, row))
+    cache.invalidate(invalidation.change_tags(table, None, row))
 
 
 # -- the profile -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 import respx
 
 from lib import breaker as breaker_module
-from lib import cache, context, entries, keys, metrics, upstash
+from lib import cache, context, entries, invalidation, keys, metrics, upstash
 from tests.fakes import FakeUpstash
 from tests.support import FakeClock
 
@@ -183,7 +183,7 @@ def test_invalidating_a_tag_makes_every_entry_built_on_it_a_miss(redis):
 
 
 def test_an_invalidation_is_one_command_however_many_tags_and_keys(redis):
-    tags = keys.property_changed(123, "owner-1", {"Dakar", "Thiès"})
+    tags = invalidation.property_changed(123, "owner-1", {"Dakar", "Thiès"})
     cache.invalidate(["warm"])  # loads the script, as any earlier write did
     billed(redis)
     assert cache.invalidate(tags, delete=[keys.property_detail(123).key, keys.properties_all().key]) is True
@@ -207,7 +207,7 @@ def test_invalidating_one_tag_leaves_other_families_alone(redis):
     detail, other = keys.property_detail(1), keys.property_detail(2)
     fetch(detail, Loader(1))
     fetch(other, Loader(2))
-    cache.invalidate(keys.property_changed(1, "owner-1", {"Dakar"}))
+    cache.invalidate(invalidation.property_changed(1, "owner-1", {"Dakar"}))
     assert fetch(detail, Loader(1))[1] == "MISS"
     assert fetch(other, Loader(2))[1] == "HIT"
 

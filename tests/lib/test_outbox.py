@@ -15,7 +15,7 @@ from devstack.redis_server import RedisServer, free_port
 from devstack.supabase import serve_in_thread as supabase_in_thread
 from devstack.supabase_net import configure_webhook
 from devstack.upstash import serve_in_thread as upstash_in_thread
-from lib import auth, cache, context, db, keys, outbox, properties, upstash
+from lib import auth, cache, context, db, invalidation, keys, outbox, properties, upstash
 from lib import breaker as breaker_module
 from lib.errors import DatabaseUnavailable
 from tests.sql.demo import AWA, MOUSSA, PROPERTY_123
@@ -162,7 +162,7 @@ def test_the_apis_own_write_carries_its_change_id_to_the_outbox_and_is_not_bumpe
     updated = properties.update(owner(world), PROPERTY_123, {"price": 56000})
     [row] = outbox_rows(world)
     assert row["change_id"] and len(row["change_id"]) == 32
-    assert json.loads(world.redis.get(keys.applied_change(row["change_id"]))) == keys.change_tags(
+    assert json.loads(world.redis.get(keys.applied_change(row["change_id"]))) == invalidation.change_tags(
         "properties", row["old_record"], row["record"])
     assert detail() == (updated, "HIT")  # the API's own bump, before it answered, and its refill (lib/refill)
     done = outbox.drain()
@@ -176,17 +176,17 @@ def test_a_change_the_apis_view_missed_is_still_bumped(world):
     world.sql.execute("update properties set city = 'Mbour' where id = %s", (PROPERTY_123,))
     outbox.drain()
     ctx = context.begin()
-    assert PROPERTY_123 in [p["id"] for p in properties.list_public("Mbour")] and ctx.cache_status == "MISS"
+    assert PROPERTY_123 in [p["id"] for p in properties.list_public("Mbour")["properties"]] and ctx.cache_status == "MISS"
     writes = outbox.Writes()
     client = db.service()
     after = db.run(lambda: writes.stamp(client.from_("properties").update({"city": "Thiès"})
                                         .eq("id", PROPERTY_123)).execute()).data[0]
     seen_before = {**after, "city": "Dakar"}
-    writes.applied(keys.change_tags("properties", seen_before, after))
-    assert PROPERTY_123 in [p["id"] for p in properties.list_public("Mbour")], "stale until drained"
+    writes.applied(invalidation.change_tags("properties", seen_before, after))
+    assert PROPERTY_123 in [p["id"] for p in properties.list_public("Mbour")["properties"]], "stale until drained"
     done = outbox.drain()
     assert done.tags == {keys.properties_city("Mbour").tags[0]} and done.already == 0
-    assert PROPERTY_123 not in [p["id"] for p in properties.list_public("Mbour")]
+    assert PROPERTY_123 not in [p["id"] for p in properties.list_public("Mbour")["properties"]]
 
 
 def test_a_marker_covers_only_its_own_write(world):
@@ -194,7 +194,7 @@ def test_a_marker_covers_only_its_own_write(world):
     client = db.service()
     writes = outbox.Writes()
     db.run(lambda: writes.stamp(client.from_("properties").update({"price": 57000}).eq("id", PROPERTY_123)).execute())
-    writes.applied(keys.change_tags("properties", None, {"id": PROPERTY_123, "owner_id": AWA, "city": "Dakar"}))
+    writes.applied(invalidation.change_tags("properties", None, {"id": PROPERTY_123, "owner_id": AWA, "city": "Dakar"}))
     detail()
     db.run(lambda: writes.stamp(client.from_("properties").update({"price": 58000}).eq("id", PROPERTY_123)).execute())
     assert detail()[0]["price"] == 57000
@@ -292,7 +292,7 @@ def test_reconcile_drains_and_reports_what_is_left(world):
         world.sql.execute("update properties set price = %s where id = %s", (price, PROPERTY_123))
     body = outbox.reconcile()
     assert (body["applied"], body["deferred"], body["pending"], body["oldest_seconds"]) == (3, 0, 0, None)
-    assert body["invalidated"] == len(keys.change_tags("properties", None, {"id": 123, "owner_id": AWA,
+    assert body["invalidated"] == len(invalidation.change_tags("properties", None, {"id": 123, "owner_id": AWA,
                                                                              "city": "Dakar"}))
 
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from lib import keys
+from lib import invalidation as change_map
 from tests.sql.demo import AWA, FATOU, LEASE_123, MOUSSA, PROPERTY_123, VILLA_789
 from tests.sql.helpers import race
 
@@ -64,7 +64,7 @@ def test_every_table_the_api_shows_has_the_outbox_and_webhook_triggers(admin):
         "where n.nspname = 'public' and t.tgname in ('a_record_change', 'b_database_webhook') and not t.tgisinternal"
     ).fetchall()
     assert {(table, name) for table, name in found} == {
-        (table, name) for table in keys.TABLES for name in ("a_record_change", "b_database_webhook")}
+        (table, name) for table in change_map.TABLES for name in ("a_record_change", "b_database_webhook")}
 
 
 def test_an_owners_update_through_postgrest_is_recorded_with_both_versions(api, act_as, outbox):
