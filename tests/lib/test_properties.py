@@ -4,72 +4,17 @@ shows afterwards, and a search page past the end whichever PostgREST answers it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 import redis
 
 from devstack import supabase
-from devstack import upstash as upstash_standin
-from devstack.redis_server import RedisServer, free_port
-from lib import auth, cache, context, db, invalidation, keys, properties, refill, upstash
+from lib import auth, cache, context, invalidation, keys, properties, refill, upstash
 from lib.errors import ConfigurationError, InvalidFilter, NotFound, ValidationFailed
 from tests.sql.demo import AWA, PROPERTY_123, PUBLISHED, PUBLISHED_BY_CITY, USERS
 
-ANON, SERVICE, UPSTASH_TOKEN = "test-anon-key", "test-service-role-key", "test-upstash-token"
-
-
-@pytest.fixture(scope="module")
-def valkey(tmp_path_factory) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("valkey"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def upstash_url(valkey: RedisServer) -> Iterator[str]:
-    server, thread = upstash_standin.serve_in_thread(port=0, token=UPSTASH_TOKEN, redis_url=valkey.url)
-    yield server.url
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
-
-@pytest.fixture
-def standin(seeded_db) -> Iterator[supabase.SupabaseStandIn]:
-    server, _ = supabase.serve_in_thread("127.0.0.1", 0, dsn=seeded_db.dsn(), anon_key=ANON, service_role_key=SERVICE,
-                                         delay_ms=0)
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(autouse=True)
-def configured(monkeypatch, standin: supabase.SupabaseStandIn, upstash_url: str, valkey: RedisServer) -> Iterator[None]:
-    """lib pointed at the stand-ins, every shared client reset, an empty Redis."""
-    for name, value in {"SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": ANON, "SUPABASE_SERVICE_ROLE_KEY": SERVICE,
-                        "UPSTASH_REDIS_REST_URL": upstash_url, "UPSTASH_REDIS_REST_TOKEN": UPSTASH_TOKEN}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
-    with redis.Redis(host=valkey.host, port=valkey.port) as direct:
-        direct.flushdb()
-    reset()
-    yield
-    reset()
-
-
-def reset() -> None:
-    db.set_http_client(None)
-    upstash.set_client(None)
-    upstash.breaker.reset()
-
-
-@pytest.fixture
-def admin(seeded_db, pg_connect) -> psycopg.Connection:
-    return pg_connect(seeded_db.dsn())
+pytestmark = pytest.mark.usefixtures("configured")  # lib on the real stand-ins (tests/standins.py)
 
 
 @pytest.fixture
