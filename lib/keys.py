@@ -156,6 +156,16 @@ def applied_change(change_id: str) -> str:
     return name("meta", "applied", escape(change_id))
 
 
+def payment_recheck(payment_id: int) -> str:
+    """`dousell:meta:recheck:payment:{id}`: a tenant's read re-confirmed it with PayDunya (TTL 60 s, lib/settle)."""
+    return name("meta", "recheck", "payment", int(payment_id))
+
+
+def ratelimit_prefix(limit: str) -> str:
+    """`dousell:ratelimit:{limit}`: upstash-ratelimit appends `:{escaped identifier}:{window}` (lib/ratelimit)."""
+    return name("ratelimit", escape(limit))
+
+
 # -- locks -------------------------------------------------------------------------------------
 
 
@@ -170,8 +180,6 @@ def slot_stamp(starts_at: datetime) -> str:
 
 def visit_lock(property_id: int, starts_at: datetime) -> str:
     return name("lock", "visit", f"prop{int(property_id)}", slot_stamp(starts_at))
-
-
 
 
 # -- what a change invalidates -----------------------------------------------------------------

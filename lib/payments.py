@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs
 
-from lib import cache, config, db, keys, outbox, paydunya
+from lib import cache, config, db, keys, outbox, paydunya, settle
 from lib.db import DatabaseError
 from lib.errors import (
     AlreadyPaid,
@@ -56,7 +56,7 @@ PAST_MONTHS = 24  # a period may be paid up to two years late...
 AHEAD_MONTHS = 12  # ...and up to a year ahead; outside that it is a typo (422)
 LIST_LIMIT = 200
 PAYMENT_FIELDS = ("id", "lease_id", "period", "amount", "currency", "status", "checkout_url")
-LIST_COLUMNS = "id,lease_id,period,amount,currency,status,checkout_url,paid_at,created_at,updated_at"
+LIST_COLUMNS = "id,lease_id,period,amount,currency,status,review_reason,checkout_url,paid_at,created_at,updated_at"
 LEASE_COLUMNS = "id,property_id,tenant_id,status,monthly_rent,starts_on,ends_on"
 PERIOD_RE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 MONTHS_FR = ("janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre",
@@ -280,17 +280,15 @@ def list_for(user: Any, lease_id: int) -> list[dict[str, Any]]:
         return db.run(lambda: client.from_("rental_payments").select(LIST_COLUMNS).eq("lease_id", lease_id)
                       .order("created_at", desc=True).order("id", desc=True).limit(LIST_LIMIT).execute()).data
 
-    return cache.fetch(keys.payments(lease_id), load)
+    rows = cache.fetch(keys.payments(lease_id), load)
+    if settle.recheck(rows):
+        rows = cache.fetch(keys.payments(lease_id), load)  # the change bumped the entry's tags
+    return rows
 
 
 # -- the IPN -----------------------------------------------------------------------------------
 
 IPN_MAX_FIELDS = 500
-_CONFIRM_ERRORS: dict[str, Callable[[], DousellError]] = {
-    "payment_not_found": lambda: NotFound("Paiement introuvable pour cette facture."),
-    "amount_mismatch": AmountMismatch,
-    "already_paid": AlreadyPaid,
-}
 
 
 def parse_ipn(raw: bytes, content_type: str | None) -> dict[str, str]:
@@ -313,7 +311,7 @@ def parse_ipn(raw: bytes, content_type: str | None) -> dict[str, str]:
 
 
 def receive_ipn(raw: bytes, content_type: str | None) -> dict[str, Any]:
-    """POST /api/paydunya/ipn: check the hash, ask PayDunya, apply its verdict once."""
+    """POST /api/paydunya/ipn: check the hash, ask PayDunya, apply its verdict once (lib/settle, as the cron)."""
     form = parse_ipn(raw, content_type)
     if not paydunya.check_ipn_hash(form.get("data[hash]")):
         raise InvalidSignature()
@@ -331,24 +329,5 @@ def receive_ipn(raw: bytes, content_type: str | None) -> dict[str, Any]:
     if form.get("data[status]") not in (None, verdict["status"]):
         log.info("IPN for %s says %s, PayDunya says %s: applying PayDunya's", token[:12],
                  form.get("data[status]"), verdict["status"])
-    client = db.service()
-    writes = outbox.Writes()
-    try:
-        result = db.run(lambda: writes.stamp(client.rpc("confirm_payment", {
-            "p_token": token, "p_status": verdict["status"], "p_amount": amount})).execute()).data
-    except DatabaseError as exc:
-        if exc.message == "already_paid":
-            log.error("IPN for %s: this month was already paid by another invoice: refund needed", token[:12])
-        error = _CONFIRM_ERRORS.get(exc.message)
-        if error is None:
-            raise
-        raise error() from exc
-    payment = result["payment"]
-    if result.get("changed"):
-        # The payment row, and the two notifications a completion adds (one each).
-        tenant_id, owner_id = result.get("tenant_id"), result.get("owner_id")
-        tags = set(keys.change_tags("rental_payments", None, payment, [owner_id]))
-        for who in (tenant_id, owner_id):
-            tags |= set(keys.change_tags("notifications", None, {"user_id": who}))
-        writes.applied(tags)
-    return {"received": True, "status": payment["status"]}
+    result = settle.apply(token, verdict)
+    return {"received": True, "status": result["payment"]["status"]}

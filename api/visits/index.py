@@ -1,4 +1,5 @@
-"""POST /api/visits: a signed-in user books a free visit slot (lock per slot, the database as the fence)."""
+"""GET /api/visits (the user's visits, cached 1 min) and POST /api/visits (book a free slot: lock per slot,
+the database as the fence, a per-user cap)."""
 
 from datetime import UTC
 
@@ -36,6 +37,10 @@ class VisitRequest(BaseModel):
 
 
 class handler(Endpoint):
+    def get(self, req):
+        req.refuse_unknown_query(set())
+        return {"visits": visits.list_for(req.user())}
+
     def post(self, req):
         user = req.user()
         body = req.body_as(VisitRequest)

@@ -591,13 +591,48 @@ def test_paydunya_down_at_confirmation_is_502_and_changes_nothing(world):
     assert world.db.payments[pid]["status"] == "pending"
 
 
-def test_a_second_completed_invoice_for_a_paid_month_is_409_already_paid(world, caplog):
+def test_a_second_completed_invoice_for_a_paid_month_is_put_under_review_and_logged(world, caplog):
     token, pid = pending_invoice(world)
     world.paydunya.invoices[token]["status"] = "completed"
     world.db.add_payment(123, "2026-12", status="completed")
-    with pytest.raises(AlreadyPaid):
+    assert ipn(world, world.paydunya.ipn(token)) == {"received": True, "status": "needs_review"}
+    assert world.db.payments[pid]["review_reason"] == "month_already_paid"
+    assert [r.levelname for r in caplog.records if "needs_review" in r.getMessage()] == ["ERROR"]
+
+
+@pytest.mark.parametrize("first", ["failed", "cancelled"])
+def test_money_received_for_a_failed_or_cancelled_payment_is_never_dropped(world, caplog, first):
+    token, pid = pending_invoice(world)
+    world.db.payments[pid]["status"] = first
+    world.paydunya.invoices[token]["status"] = "completed"
+    listing(MOUSSA_U)
+    versions = {t: world.tag_version(t) for t in
+                ("payments:lease:123", f"dashboard:{AWA}", f"notifications:{MOUSSA}", f"notifications:{AWA}")}
+    assert ipn(world, world.paydunya.ipn(token)) == {"received": True, "status": "needs_review"}
+    assert [(n["user_id"], n["kind"]) for n in world.db.notifications] == [(MOUSSA, "payment_needs_review"),
+                                                                           (AWA, "payment_needs_review")]
+    assert any(r.levelname == "ERROR" and f"payment {pid}" in r.getMessage() for r in caplog.records)
+    for tag, version in versions.items():
+        assert world.tag_version(tag) != version, tag
+    rows, _ = listing(MOUSSA_U)
+    assert (rows[0]["status"], rows[0]["review_reason"]) == ("needs_review", f"paid_after_{first}")
+
+
+def test_with_fees_on_the_customer_the_rent_is_compared_without_them(world):
+    token, pid = pending_invoice(world)
+    # PayDunya's confirm with the fees on the customer: total_amount includes them (strings, as it sends them).
+    world.paydunya.invoices[token].update(status="completed", total_amount="51500",
+                                          total_amount_without_fees="50000", pal_is_on="1")
+    assert ipn(world, world.paydunya.ipn(token)) == {"received": True, "status": "completed"}
+    assert world.db.payments[pid]["status"] == "completed"
+
+
+def test_without_fees_that_are_not_the_rent_nothing_changes(world):
+    token, pid = pending_invoice(world)
+    world.paydunya.invoices[token].update(status="completed", total_amount="50000", total_amount_without_fees="48500")
+    with pytest.raises(payments.AmountMismatch):
         ipn(world, world.paydunya.ipn(token))
-    assert "refund" in caplog.text
+    assert world.db.payments[pid]["status"] == "pending"
 
 
 @pytest.mark.parametrize("body, content_type", [

@@ -384,7 +384,7 @@ def test_only_the_server_may_cancel(api, act_as, admin, role):
 
 def my_visits(as_user_conn, act_as, user):
     with act_as(as_user_conn, "authenticated", sub=user):
-        return [dict(zip(("id", "property_id", "property_title", "visitor_id", "role", "starts_at", "status"), r))
+        return [dict(zip(("id", "property_id", "property_title", "visitor_id", "role", "starts_at", "status"), r, strict=True))
                 for r in as_user_conn.execute(
                     "select id, property_id, property_title, visitor_id::text, role, starts_at, status from user_visits()")]
 
