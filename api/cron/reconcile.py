@@ -1,10 +1,11 @@
 """GET /api/cron/reconcile: Vercel Cron, every minute (`crons` in vercel.json); each job catches up on what was missed."""
 
-from lib import outbox, platform
+from lib import outbox, platform, settle
 from lib.http import Endpoint
 
 JOBS: list[platform.Job] = [
     ("invalidations", outbox.reconcile),  # the outbox: lost webhooks, changes made while Redis was down
+    ("payments", settle.reconcile),  # lost IPNs: pending invoices older than 10 minutes asked again
 ]
 
 
