@@ -1,11 +1,11 @@
-"""POST /api/visits on a real loopback server; the network faked by respx."""
+"""GET, POST /api/visits and DELETE /api/visits/{id} on a real loopback server; the network faked by respx."""
 
 from __future__ import annotations
 
 import importlib
-from datetime import timedelta
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import httpx
 import pytest
