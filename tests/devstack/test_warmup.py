@@ -64,7 +64,7 @@ def _api(answer):
             self.end_headers()
             self.wfile.write(payload)
 
-        do_GET = do_POST = _any
+        do_GET = do_POST = do_DELETE = _any
 
         def log_message(self, *args):
             pass
