@@ -157,6 +157,7 @@ def sdk_call(call: Callable[[Any], T]) -> T:
 
     if not breaker.allow():
         raise RedisSkipped("Upstash skipped: the circuit breaker is open after a recent failure")
+    start = time.perf_counter()
     try:
         result = call(client())
     except Exception as exc:
@@ -168,6 +169,11 @@ def sdk_call(call: Callable[[Any], T]) -> T:
             breaker.failure()
             raise RedisUnavailable(f"Upstash did not answer usably: {type(exc).__name__}") from exc
         raise
+    finally:
+        tally = _tally.get()
+        if tally is not None:  # one REST call of one command: what the libraries built on upstash-redis send
+            tally.calls_ms.append((time.perf_counter() - start) * 1000)
+            tally.commands += 1
     breaker.success()
     return result
 
