@@ -4,7 +4,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lib import payments, writes
 from lib.errors import PaymentInProgress
-from lib.http import Endpoint
+from lib.http import Endpoint, Reply
 
 MAX_ID = 9_223_372_036_854_775_807
 
@@ -27,5 +27,10 @@ class handler(Endpoint):
         body = req.body_as(PaymentRequest)
         return writes.idempotent(
             req.header("Idempotency-Key"), user.id, "POST /api/payments", body.model_dump(), PaymentInProgress,
-            lambda: payments.start(user, body.lease_id, body.period),
+            lambda: answer(payments.start(user, body.lease_id, body.period)),
         )
+
+
+def answer(started: payments.Started) -> Reply:
+    """201 with a new payment, 200 with the pending one already there (the same body)."""
+    return Reply({"payment": started.payment}, 201 if started.created else 200)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs
@@ -44,7 +45,6 @@ from lib.errors import (
     PaymentProviderError,
     ValidationFailed,
 )
-from lib.http import Reply
 from lib.writes import LOCK_TTL, under_lock
 
 log = logging.getLogger(__name__)
@@ -185,8 +185,17 @@ def _invalidate_payment(writes: outbox.Writes, payment: dict[str, Any], owner_id
     writes.applied(keys.change_tags("rental_payments", None, payment, [owner_id]))
 
 
-def start(user: Any, lease_id: int, period: str | None = None) -> Reply:
-    """POST /api/payments: 201 with a new checkout, or 200 with the pending one."""
+@dataclass(frozen=True)
+class Started:
+    """What starting a payment gave: the contract's payment body, and whether it is new (the handler
+    answers 201) or the pending one already there (200)."""
+
+    payment: dict[str, Any]
+    created: bool
+
+
+def start(user: Any, lease_id: int, period: str | None = None) -> Started:
+    """POST /api/payments: a new checkout, or the pending one."""
     config.paydunya()  # a missing PayDunya setting is a 500 before any row exists
     base = config.public_base_url()
     lease = _lease_as(user, lease_id)
@@ -196,7 +205,7 @@ def start(user: Any, lease_id: int, period: str | None = None) -> Reply:
                       lambda: _reserve_and_invoice(user, lease_id, period, base))
 
 
-def _reserve_and_invoice(user: Any, lease_id: int, period: str, base: str) -> Reply:
+def _reserve_and_invoice(user: Any, lease_id: int, period: str, base: str) -> Started:
     writes = outbox.Writes()
     for _attempt in range(2):
         reserved = _reserve(lease_id, user.id, period, writes)
@@ -204,7 +213,7 @@ def _reserve_and_invoice(user: Any, lease_id: int, period: str, base: str) -> Re
         if reserved.get("created"):
             break
         if payment.get("checkout_url"):
-            return Reply({"payment": public(payment)}, 200)
+            return Started(public(payment), created=False)
         if not _abandoned(payment):
             raise PaymentInProgress()
         log.warning("payment %s: pending without an invoice since %s; marked failed", payment["id"],
@@ -243,7 +252,7 @@ def _reserve_and_invoice(user: Any, lease_id: int, period: str, base: str) -> Re
         # never shown to anyone. The tenant's retry finds whatever is pending now.
         log.warning("payment %s: lost its row before its invoice %s was stored", pid, token[:12])
         raise PaymentInProgress()
-    return Reply({"payment": public(stored[0])}, 201)
+    return Started(public(stored[0]), created=True)
 
 
 # -- listing -----------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def api(monkeypatch):
 
 def paid(world, status="completed"):
     """A pending payment with its invoice, then the tenant pays (or not) on PayDunya's page."""
-    payment = payments.start(user(MOUSSA), 123, "2026-12").body["payment"]
+    payment = payments.start(user(MOUSSA), 123, "2026-12").payment
     token = world.db.payments[payment["id"]]["provider_token"]
     world.paydunya.invoices[token]["status"] = status
     return token, payment["id"]

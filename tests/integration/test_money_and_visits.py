@@ -46,6 +46,15 @@ def sql(stack) -> Iterator[psycopg.Connection]:
         conn.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def built(stack) -> None:
+    """vercel dev builds a function at its first request (seconds, more on a loaded machine): before any
+    timing matters, e.g. the PayDunya stand-in's IPN, which gives up after 5 s."""
+    for path in ("/api/paydunya/ipn", "/api/payments", "/api/visits", "/api/visits/1", "/api/visits/slots",
+                 "/api/notifications", "/api/dashboard", "/api/profile", "/api/cron/reconcile"):
+        stack.api.options(path)
+
+
 @pytest.fixture(scope="module")
 def pd(stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.paydunya_url, timeout=30) as client:

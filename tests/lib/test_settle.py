@@ -25,7 +25,7 @@ def invoice(world, period="2026-12", minutes_old=11, paid=True) -> tuple[str, in
     now = world.clock.now
     world.clock.now = now - timedelta(minutes=minutes_old)
     try:
-        payment = payments.start(MOUSSA_U, 123, period).body["payment"]
+        payment = payments.start(MOUSSA_U, 123, period).payment
     finally:
         world.clock.now = now
     token = world.db.payments[payment["id"]]["provider_token"]
