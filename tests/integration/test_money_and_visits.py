@@ -136,11 +136,18 @@ def test_the_tenants_own_read_settles_a_lost_ipn_and_asks_paydunya_once_a_minute
     assert notes(stack, FATOU, payment["id"]) == ["payment_completed"]
 
 
+def settled(sql, payment_id: int, status: str) -> None:
+    """The IPN's work done: the stand-in gives up waiting for our answer after 5 s (a loaded machine's
+    cold function can take longer), but the function finishes what it started."""
+    wait_for(lambda: status_of(sql, payment_id) == status, timeout=30, what=f"payment {payment_id} {status}")
+
+
 def test_with_fees_on_the_customer_the_payment_completes_against_the_rent(stack, sql, pd):
     payment, token = start(stack, period(3))
-    result = pay_on_paydunya(pd, token, fees=1_125)  # PayDunya's fees paid by the tenant on top
-    assert result["ipn"]["status_code"] == 200, result
-    assert status_of(sql, payment["id"]) == "completed"
+    pay_on_paydunya(pd, token, fees=1_125)  # PayDunya's fees paid by the tenant on top: total 76 125
+    settled(sql, payment["id"], "completed")
+    resent = pd.post(f"/__devstack/ipn/{token}/resend", json={}).json()["ipn"]  # the same IPN again: 200
+    assert (resent["status_code"], '"completed"' in resent["body"]) == (200, True), resent
 
 
 # -- money received for a dead row ------------------------------------------------------------------
@@ -152,8 +159,10 @@ def test_paid_after_the_row_failed_becomes_needs_review_and_both_parties_are_tol
     # The row failed (the tenant gave up; a request marked it), but the tenant pays the old page anyway.
     sql.execute("update rental_payments set status = 'failed' where id = %s", (payment["id"],))
     wait_for(lambda: listed(stack)[payment["id"]]["status"] == "failed", timeout=10, what="the failed row shown")
-    result = pay_on_paydunya(pd, token)
-    assert result["ipn"]["status_code"] == 200 and '"needs_review"' in result["ipn"]["body"], result
+    pay_on_paydunya(pd, token)
+    settled(sql, payment["id"], "needs_review")
+    resent = pd.post(f"/__devstack/ipn/{token}/resend", json={}).json()["ipn"]  # PayDunya insists: still once
+    assert (resent["status_code"], '"needs_review"' in resent["body"]) == (200, True), resent
     row = listed(stack)[payment["id"]]
     assert (row["status"], row["review_reason"]) == ("needs_review", "paid_after_failed")
     assert notes(stack, FATOU, payment["id"]) == ["payment_needs_review"]
@@ -261,6 +270,5 @@ def test_refused_ipns_from_one_address_are_429_after_ten_and_paydunyas_own_still
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     statuses = [stack.api.post("/api/paydunya/ipn", content=forged, headers=form).status_code for _ in range(12)]
     assert statuses == [403] * 10 + [429] * 2, statuses  # vercel dev gives every local call one address
-    result = pay_on_paydunya(pd, token)  # PayDunya's genuine callback, from the same address
-    assert result["ipn"]["status_code"] == 200, result
-    assert status_of(sql, payment["id"]) == "completed"
+    pay_on_paydunya(pd, token)  # PayDunya's genuine callback, from the same address
+    settled(sql, payment["id"], "completed")
