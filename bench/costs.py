@@ -98,9 +98,20 @@ def per_kind(stack: LocalStack, rows: list[dict[str, Any]]) -> dict[str, dict[st
             f"bench-{i}", tenant.id, "POST /api/payments", {"lease_id": LEASE, "period": _period(5 + i)},
             PaymentInProgress, lambda: _answer(payments.start(tenant, LEASE, _period(5 + i))))))}
     slots: list[datetime] = []  # the slot each booking takes, chosen before it (the client saw the list)
+    booked: list[dict[str, Any]] = []
+
+    def next_slot(i: int) -> None:
+        """Unmeasured: the previous booking cancelled (a visitor holds 3 per property at most), a free slot."""
+        if booked:
+            visits.cancel(visitor, booked[-1]["id"])
+        slots.append(datetime.fromisoformat(visits.free_slots(SLOTTED)[0]["starts_at"]))
+
     out["booking (POST /api/visits)"] = {ours: measure(
-        stack, _limited(visitor, lambda i: visits.book(visitor, SLOTTED, slots[-1])),
-        lambda i: slots.append(datetime.fromisoformat(visits.free_slots(SLOTTED)[0]["starts_at"])))}
+        stack, _limited(visitor, lambda i: booked.append(visits.book(visitor, SLOTTED, slots[-1]))), next_slot)}
+    out["cancel (DELETE /api/visits/{id})"] = {ours: measure(
+        stack, _limited(visitor, lambda i: visits.cancel(visitor, booked[-1]["id"])),
+        lambda i: booked.append(visits.book(visitor, SLOTTED, datetime.fromisoformat(
+            visits.free_slots(SLOTTED)[0]["starts_at"]))))}
     tokens: list[str] = []
     out["IPN (a completed payment)"] = {ours: measure(
         stack, lambda i: payments.receive_ipn(_ipn(tokens[-1]), "application/x-www-form-urlencoded"),
