@@ -14,7 +14,7 @@ import redis
 from devstack import supabase
 from devstack import upstash as upstash_standin
 from devstack.redis_server import RedisServer, free_port
-from lib import auth, cache, db, properties, upstash
+from lib import auth, db, properties, upstash
 from lib.errors import ConfigurationError, InvalidFilter, ValidationFailed
 from tests.sql.demo import AWA, PROPERTY_123, PUBLISHED, PUBLISHED_BY_CITY, USERS
 
@@ -65,7 +65,6 @@ def reset() -> None:
     db.set_http_client(None)
     upstash.set_client(None)
     upstash.breaker.reset()
-    cache._pending_tags.clear()
 
 
 @pytest.fixture
