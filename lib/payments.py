@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from lib import cache, config, db, keys, outbox, paydunya, settle
@@ -46,6 +46,9 @@ from lib.errors import (
     ValidationFailed,
 )
 from lib.writes import LOCK_TTL, under_lock
+
+if TYPE_CHECKING:  # only signed-in endpoints pay for the JWT imports
+    from lib.auth import User
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +125,7 @@ def public(payment: dict[str, Any]) -> dict[str, Any]:
     return {name: payment.get(name) for name in PAYMENT_FIELDS}
 
 
-def _lease_as(user: Any, lease_id: int) -> dict[str, Any]:
+def _lease_as(user: User, lease_id: int) -> dict[str, Any]:
     """The lease as the user sees it (RLS): 404 if they cannot, 403 if they are not its tenant."""
     client = db.as_user(user.token)
     rows = db.run(lambda: client.from_("leases").select(LEASE_COLUMNS).eq("id", lease_id).limit(1).execute()).data
@@ -194,7 +197,7 @@ class Started:
     created: bool
 
 
-def start(user: Any, lease_id: int, period: str | None = None) -> Started:
+def start(user: User, lease_id: int, period: str | None = None) -> Started:
     """POST /api/payments: a new checkout, or the pending one."""
     config.paydunya()  # a missing PayDunya setting is a 500 before any row exists
     base = config.public_base_url()
@@ -205,7 +208,7 @@ def start(user: Any, lease_id: int, period: str | None = None) -> Started:
                       lambda: _reserve_and_invoice(user, lease_id, period, base))
 
 
-def _reserve_and_invoice(user: Any, lease_id: int, period: str, base: str) -> Started:
+def _reserve_and_invoice(user: User, lease_id: int, period: str, base: str) -> Started:
     writes = outbox.Writes()
     for _attempt in range(2):
         reserved = _reserve(lease_id, user.id, period, writes)
@@ -274,7 +277,7 @@ def _parties(lease_id: int) -> dict[str, Any] | None:
     return cache.fetch(keys.lease_parties(lease_id), load)
 
 
-def list_for(user: Any, lease_id: int) -> list[dict[str, Any]]:
+def list_for(user: User, lease_id: int) -> list[dict[str, Any]]:
     """GET /api/payments: the lease's payments, newest first, for its tenant or owner (403 otherwise).
 
     Who may read is settled before the payments' cache entry is touched; the entry itself is

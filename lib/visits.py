@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lib import cache, db, keys, outbox
 from lib.db import DatabaseError
 from lib.errors import BookingInProgress, DousellError, NotFound, SlotTaken, TooManyBookings, VisitStarted
+
+if TYPE_CHECKING:  # only signed-in endpoints pay for the JWT imports
+    from lib.auth import User
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ def _owner_of(property_id: int) -> str | None:
         return None
 
 
-def book(user: Any, property_id: int, starts_at: datetime) -> dict[str, Any]:
+def book(user: User, property_id: int, starts_at: datetime) -> dict[str, Any]:
     """POST /api/visits: book the slot starting at `starts_at` for the user; the visit row."""
     from lib.writes import under_lock  # not on the slots read path
 
@@ -122,7 +125,7 @@ def book(user: Any, property_id: int, starts_at: datetime) -> dict[str, Any]:
     return under_lock(keys.visit_lock(property_id, starts_at), BookingInProgress, work)
 
 
-def list_for(user: Any) -> list[dict[str, Any]]:
+def list_for(user: User) -> list[dict[str, Any]]:
     """GET /api/visits: the user's visits as visitor and as owner (RLS), upcoming first; cached 1 min."""
     def load() -> list[dict[str, Any]]:
         client = db.as_user(user.token)
@@ -131,7 +134,7 @@ def list_for(user: Any) -> list[dict[str, Any]]:
     return cache.fetch(keys.user_visits(user.id), load)
 
 
-def cancel(user: Any, visit_id: int) -> dict[str, Any]:
+def cancel(user: User, visit_id: int) -> dict[str, Any]:
     """DELETE /api/visits/{id}: cancel a future visit as its visitor or the property's owner; the visit row."""
     client = db.service()
     writes = outbox.Writes()
