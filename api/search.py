@@ -1,6 +1,6 @@
 """GET /api/search: filters validated (422 invalid_filter), put in canonical form, cached by digest."""
 
-from typing import Literal
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -8,13 +8,14 @@ from pydantic_core import PydanticCustomError
 from lib import properties
 from lib.errors import InvalidFilter
 from lib.http import Endpoint
+from lib.request import Request
 
 
 class SearchFilters(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     city: str | None = Field(default=None, max_length=60)
-    type: Literal["apartment", "house", "villa", "studio", "land", "office"] | None = None
+    type: properties.PropertyType | None = None
     min_price: int | None = Field(default=None, ge=0, le=1_000_000_000)
     max_price: int | None = Field(default=None, ge=0, le=1_000_000_000)
     bedrooms: int | None = Field(default=None, ge=0, le=50)
@@ -24,18 +25,18 @@ class SearchFilters(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def empty_means_absent(cls, data):
+    def empty_means_absent(cls, data: Any) -> Any:
         # HTML forms send `min_price=` for a field left blank.
         return {name: value for name, value in data.items() if value != ""} if isinstance(data, dict) else data
 
     @model_validator(mode="after")
-    def prices_in_order(self):
+    def prices_in_order(self) -> Self:
         if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
             raise PydanticCustomError("price_range", "min_price is above max_price")
         return self
 
 
-def canonical(filters: SearchFilters) -> dict:
+def canonical(filters: SearchFilters) -> dict[str, Any]:
     """One spelling per search: empty values dropped, city and text normalised, defaults explicit."""
     values = filters.model_dump(exclude_none=True)
     values = {name: value for name, value in values.items() if value != ""}
@@ -51,7 +52,7 @@ def canonical(filters: SearchFilters) -> dict:
 
 
 class handler(Endpoint):
-    def get(self, req):
+    def get(self, req: Request) -> dict[str, Any]:
         filters = canonical(req.query_as(SearchFilters, InvalidFilter))
         properties.refuse_too_deep(filters["page"], filters["per_page"])
         return properties.search(filters)

@@ -29,11 +29,13 @@ from lib import (
     metrics_report,
     payments,
     properties,
+    ratelimit,
+    settle,
     upstash,
     visits,
     writes,
 )
-from lib.errors import PaymentInProgress
+from lib.errors import InvalidSignature, PaymentInProgress, RateLimited
 
 RUNS = 3
 PRICE_PER_COMMAND = 0.20 / 100_000  # Upstash pay-as-you-go, regional: $0.20 per 100,000 commands
@@ -100,27 +102,81 @@ def per_kind(stack: LocalStack, rows: list[dict[str, Any]]) -> dict[str, dict[st
     out["miss"][ours] = measure(stack, read, lambda i: cache.invalidate(
         invalidation.property_changed(detail["id"], detail["owner_id"], {detail["city"]})))
     out["stale refresh (past its TTL, inside its stale window)"] = {ours: measure(stack, read, _age(detail["id"]))}
-    out["PATCH (a property's update)"][ours] = measure(
-        stack, lambda i: properties.update(owner, detail["id"], {"price": detail["price"] + 100 + i}))
+    out["PATCH (a property's update)"][ours] = measure(stack, _limited(
+        owner, lambda i: properties.update(owner, detail["id"], {"price": detail["price"] + 100 + i})))
     properties.update(owner, detail["id"], {"price": detail["price"]})
     tenant, visitor = _user(stack, TENANT), _user(stack, VISITOR)
     out["payment (POST /api/payments, a new month)"] = {ours: measure(
-        stack, lambda i: payments.start(tenant, LEASE, _period(1 + i)))}
+        stack, _limited(tenant, lambda i: payments.start(tenant, LEASE, _period(1 + i))))}
     out["payment with an Idempotency-Key"] = {ours: measure(
-        stack, lambda i: writes.idempotent(f"bench-{i}", tenant.id, "POST /api/payments",
-                                           {"lease_id": LEASE, "period": _period(5 + i)}, PaymentInProgress,
-                                           lambda: payments.start(tenant, LEASE, _period(5 + i))))}
+        stack, _limited(tenant, lambda i: writes.idempotent(
+            f"bench-{i}", tenant.id, "POST /api/payments", {"lease_id": LEASE, "period": _period(5 + i)},
+            PaymentInProgress, lambda: _answer(payments.start(tenant, LEASE, _period(5 + i))))))}
     slots: list[datetime] = []  # the slot each booking takes, chosen before it (the client saw the list)
+    booked: list[dict[str, Any]] = []
+
+    def next_slot(i: int) -> None:
+        """Unmeasured: the previous booking cancelled (a visitor holds 3 per property at most), a free slot."""
+        if booked:
+            visits.cancel(visitor, booked[-1]["id"])
+        slots.append(datetime.fromisoformat(visits.free_slots(SLOTTED)[0]["starts_at"]))
+
     out["booking (POST /api/visits)"] = {ours: measure(
-        stack, lambda i: visits.book(visitor, SLOTTED, slots[-1]),
-        lambda i: slots.append(datetime.fromisoformat(visits.free_slots(SLOTTED)[0]["starts_at"])))}
+        stack, _limited(visitor, lambda i: booked.append(visits.book(visitor, SLOTTED, slots[-1]))), next_slot)}
+    out["cancel (DELETE /api/visits/{id})"] = {ours: measure(
+        stack, _limited(visitor, lambda i: visits.cancel(visitor, booked[-1]["id"])),
+        lambda i: booked.append(visits.book(visitor, SLOTTED, datetime.fromisoformat(
+            visits.free_slots(SLOTTED)[0]["starts_at"]))))}
     tokens: list[str] = []
     out["IPN (a completed payment)"] = {ours: measure(
-        stack, lambda i: payments.receive_ipn(_ipn(tokens[-1]), "application/x-www-form-urlencoded"),
+        stack, lambda i: settle.receive_ipn(_ipn(tokens[-1]), "application/x-www-form-urlencoded"),
         lambda i: tokens.append(_paid_invoice(stack, tenant, _period(9 + i))))}
+    out["write refused past the rate limit (429)"] = {ours: measure(stack, _refused_write)}
+    out["IPN with a wrong hash (counted per address)"] = {ours: measure(stack, _forged_ipn)}
     out["metrics read (GET /api/metrics)"] = {ours: measure(stack, lambda i: metrics_report.report("last_hour"))}
     out["metrics write (at most 1 per instance every 5 s)"] = {ours: measure(stack, _metrics_write)}
     return out
+
+
+def _answer(started: payments.Started) -> Any:
+    """The handler's Reply for a started payment (api/payments.py), as `writes.idempotent` stores it."""
+    import importlib
+
+    return importlib.import_module("api.payments").answer(started)
+
+
+def _limited(user: auth.User, run: Callable[[int], Any]) -> Callable[[int], Any]:
+    """A write as the API runs it: the user's rate limit first (lib/request's `user()`), then the write."""
+    def write(i: int) -> Any:
+        ratelimit.for_writes("POST", user.id)
+        return run(i)
+
+    return write
+
+
+def _refused_write(i: int) -> None:
+    """One write of a user already past the limit (each window of the limiter full)."""
+    for _ in range(ratelimit.LIMITS["write"].requests + 1 if i == 0 else 0):
+        try:
+            ratelimit.hit("write", "bench-flooder")
+        except RateLimited:
+            pass
+    try:
+        ratelimit.hit("write", "bench-flooder")
+    except RateLimited:
+        return
+    raise AssertionError("the flooder was not limited")
+
+
+def _forged_ipn(i: int) -> None:
+    """api/paydunya/ipn.py on a callback whose hash is wrong: 403 (or 429 past the limit), one count."""
+    try:
+        settle.receive_ipn(b"data%5Bhash%5D=forged&data%5Binvoice%5D%5Btoken%5D=x", None)
+    except InvalidSignature:
+        try:
+            ratelimit.hit("ipn", "203.0.113.9")
+        except RateLimited:
+            pass
 
 
 def _writer(strategy: Strategy, row: dict[str, Any]) -> Callable[[int], None]:
@@ -153,8 +209,7 @@ def _period(months_ahead: int) -> str:
 
 def _paid_invoice(stack: LocalStack, tenant: auth.User, period: str) -> str:
     """A new payment, its invoice completed at the PayDunya stand-in; its token."""
-    reply = payments.start(tenant, LEASE, period)
-    pid = reply.body["payment"]["id"]
+    pid = payments.start(tenant, LEASE, period).payment["id"]
     token = db.run(lambda: db.service().from_("rental_payments").select("provider_token")
                    .eq("id", pid).limit(1).execute()).data[0]["provider_token"]
     # The checkout page's "Payer" button, without its own IPN: the bench sends one below.

@@ -41,6 +41,7 @@ UPSTASH_TOKEN = "dev-upstash-token"
 METRICS_TOKEN = "dev-metrics-token"
 DATABASE_WEBHOOK_SECRET = "dev-database-webhook-secret"  # issue 12: the webhook and the cron (docs/invalidation.md)
 CRON_SECRET = "dev-cron-secret"
+RATE_LIMIT_VARIABLES = ("RATE_LIMIT_WRITES_PER_MINUTE", "RATE_LIMIT_BAD_IPN_PER_MINUTE")
 PAYDUNYA_KEYS = {
     "PAYDUNYA_MASTER_KEY": "dev-paydunya-master-key",
     "PAYDUNYA_PRIVATE_KEY": "test_private_dev-paydunya-private-key",
@@ -91,6 +92,8 @@ def function_env(ports: Ports) -> dict[str, str]:
         "METRICS_TOKEN": METRICS_TOKEN,
         "DATABASE_WEBHOOK_SECRET": DATABASE_WEBHOOK_SECRET,
         "CRON_SECRET": CRON_SECRET,
+        # The rate limits (lib/ratelimit): production's defaults unless the stack is started with them set.
+        **{name: os.environ[name] for name in RATE_LIMIT_VARIABLES if os.environ.get(name, "").strip()},
     }
 
 

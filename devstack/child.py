@@ -100,9 +100,11 @@ class ChildStack:
         shutil.rmtree(self.state, ignore_errors=True)
 
 
-def start[S: ChildStack](*, api: bool, purpose: str, timeout: float, cls: type[S] = ChildStack) -> S:
+def start[S: ChildStack](*, api: bool, purpose: str, timeout: float, cls: type[S] = ChildStack,
+                         extra_env: dict[str, str] | None = None) -> S:
     """Start the stack (with `vercel dev` when `api`) and wait, up to `timeout` s, for its `ready` file;
-    `cls` (a ChildStack subclass) is what is returned."""
+    `cls` (a ChildStack subclass) is what is returned; `extra_env` is added to the stack's environment
+    (e.g. `RATE_LIMIT_WRITES_PER_MINUTE`, which devstack hands on to the functions)."""
     ports = Ports(**{name: free_port() for name in asdict(Ports())})
     state = Path(tempfile.mkdtemp(prefix=f"dousell-{purpose}-"))
     env = {
@@ -111,6 +113,7 @@ def start[S: ChildStack](*, api: bool, purpose: str, timeout: float, cls: type[S
         # PostgreSQL runs as its own user when we are root: its data folder must be reachable by it.
         "DEVSTACK_PG_DIR": f"/tmp/dousell-{purpose}-pg-{ports.postgres}",
         **{f"DEVSTACK_{name.upper()}_PORT": str(port) for name, port in asdict(ports).items()},
+        **(extra_env or {}),
     }
     command = [sys.executable, "-m", "devstack", "up", "--timeout", str(timeout)] + ([] if api else ["--no-api"])
     with open(state / "stack.log", "wb") as log:  # the child keeps its own descriptor

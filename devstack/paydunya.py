@@ -41,7 +41,8 @@ integral: ``"15000"`` and ``15000.0`` both become ``15000``).
 
     {"response_code": "00", "response_text": "Transaction Found",
      "hash": "<sha512 hex of the master key>",
-     "invoice": {"token", "total_amount", "description", "items", "taxes": {}},
+     "invoice": {"token", "pal_is_on": "0", "total_amount", "total_amount_without_fees",
+                 "description", "items", "taxes": {}},
      "store": {...}, "custom_data": {...}, "actions": {...},
      "mode": "test", "status": "pending|completed|cancelled|failed",
      "fail_reason": "" (the reason when failed),
@@ -54,7 +55,9 @@ Checkout page and the IPN
 "Annuler", "Échec"), each a form POST to ``/checkout/<token>/complete|cancel|fail``. A test
 does the same with one POST. The POST may carry (form fields or a JSON body) ``name``,
 ``phone``, ``email`` (the customer on completion), ``fail_reason`` (on fail), ``delay_ms`` (send
-the IPN that late, in the background) and ``send_ipn=false`` (a lost IPN: nothing is sent).
+the IPN that late, in the background) and ``send_ipn=false`` (a lost IPN: nothing is sent), and ``fees`` (XOF the customer pays on top,
+as with PayDunya's "fees on the customer" store setting: confirm and the IPN then carry
+``total_amount`` = rent + fees and ``total_amount_without_fees`` = rent).
 
 Only a pending invoice moves; an action on a final invoice answers 409 and sends nothing. The
 move then sends the IPN, synchronously unless delayed: a POST,
@@ -62,7 +65,8 @@ move then sends the IPN, synchronously unless delayed: a POST,
 
     data[response_code]=00            data[response_text]=Transaction Found
     data[hash]=<sha512 hex of the master key>
-    data[invoice][token]  data[invoice][total_amount]  data[invoice][description]
+    data[invoice][token]  data[invoice][pal_is_on]=0  data[invoice][total_amount]
+    data[invoice][total_amount_without_fees]           data[invoice][description]
     data[invoice][items][...]         (flattened, when items were given)
     data[custom_data][<k>]=<v>        (nested values flattened as data[custom_data][k][j])
     data[actions][cancel_url|return_url|callback_url]
@@ -341,6 +345,7 @@ class PaydunyaStandIn:
             "actions": actions,
             "customer": None,
             "fail_reason": "",
+            "fees": 0,  # paid by the customer on top of the invoice (set when paid with ``fees``)
             "created_at": _now(),
             "updated_at": None,
             "last_ipn": None,  # the exact form body of the last IPN built, for resends
@@ -363,7 +368,9 @@ class PaydunyaStandIn:
             "response_code": CODE_OK,
             "response_text": "Transaction Found",
             "hash": self.hash,
-            "invoice": {"token": inv["token"], "total_amount": inv["total_amount"],
+            "invoice": {"token": inv["token"], "pal_is_on": "0",
+                        "total_amount": inv["total_amount"] + inv["fees"],
+                        "total_amount_without_fees": inv["total_amount"],
                         "description": inv["description"], "items": inv["items"], "taxes": {}},
             "store": inv["store"],
             "custom_data": inv["custom_data"],
@@ -405,7 +412,9 @@ class PaydunyaStandIn:
             ("data[response_text]", "Transaction Found"),
             ("data[hash]", self.hash),
             ("data[invoice][token]", inv["token"]),
-            ("data[invoice][total_amount]", _form_value(inv["total_amount"])),
+            ("data[invoice][pal_is_on]", "0"),
+            ("data[invoice][total_amount]", _form_value(inv["total_amount"] + inv["fees"])),
+            ("data[invoice][total_amount_without_fees]", _form_value(inv["total_amount"])),
             ("data[invoice][description]", inv["description"]),
         ]
         if inv["items"]:
@@ -422,7 +431,7 @@ class PaydunyaStandIn:
         return fields
 
     def finish(self, token: str, status: str, *, customer: dict | None = None,
-               fail_reason: str | None = None) -> tuple[str, dict | None]:
+               fail_reason: str | None = None, fees: int = 0) -> tuple[str, dict | None]:
         """Move a pending invoice to a final status. Returns (outcome, invoice snapshot):
         outcome is "ok", "not_found" or "conflict"."""
         with self.lock:
@@ -434,6 +443,7 @@ class PaydunyaStandIn:
             inv["status"] = status
             inv["updated_at"] = _now()
             if status == "completed":
+                inv["fees"] = fees
                 merged = dict(DEFAULT_CUSTOMER)
                 merged.update({k: v for k, v in (customer or {}).items() if v})
                 inv["customer"] = merged
@@ -637,8 +647,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(400, {"error": f"delay_ms must be within 0..{MAX_DELAY_MS}"})
         customer = params.get("customer") if isinstance(params.get("customer"), dict) else {
             k: params.get(k) for k in ("name", "phone", "email")}
+        fees = _int_or_none(params.get("fees"))
+        if params.get("fees") not in (None, "") and (fees is None or not 0 <= fees <= 10_000_000):
+            return self._json(400, {"error": "fees must be a whole number of XOF within 0..10000000"})
         outcome, inv = state.finish(token, status, customer=customer,
-                                    fail_reason=params.get("fail_reason"))
+                                    fail_reason=params.get("fail_reason"), fees=fees or 0)
         if outcome == "not_found":
             if wants_json:
                 return self._json(404, {"error": "not_found", "message": "Invoice not found"})

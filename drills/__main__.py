@@ -12,11 +12,11 @@ import sys
 import time
 import traceback
 
-from drills import runs
+from drills import money, runs
 from drills.report import render
 from drills.stack import start
 
-DRILLS = runs.DRILLS
+DRILLS = runs.DRILLS + money.DRILLS  # 12-15: money and visits (drills/money.py)
 
 
 def main(argv: list[str] | None = None) -> int:

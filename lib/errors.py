@@ -18,20 +18,24 @@ exception to the contract's shape `{"error": {"code", "message", "details"?}}` i
     │   ├── AlreadyPaid                 409 already_paid
     │   ├── SlotTaken                   409 slot_taken
     │   ├── BookingInProgress           409 booking_in_progress
+    │   ├── TooManyBookings             409 too_many_bookings
+    │   ├── VisitStarted                409 visit_started
     │   └── AmountMismatch              409 amount_mismatch
     ├── PayloadTooLarge                 413 payload_too_large
     ├── ValidationFailed                422 validation_error
     │   ├── InvalidFilter               422 invalid_filter
     │   ├── IdempotencyKeyReused        422 idempotency_key_reused
     │   └── LeaseNotActive              422 lease_not_active
+    ├── RateLimited                     429 rate_limited
     ├── PaymentProviderError            502 payment_provider_error
     ├── ServiceUnavailable              503 service_unavailable
     │   ├── DatabaseUnavailable         503 database_unavailable
     │   └── MetricsUnavailable          503 metrics_unavailable
     └── ConfigurationError              500 configuration_error
 
-Errors that never reach a client (a Redis call that failed, a lock that is busy) live
-beside the code that raises them and are translated by their callers.
+RateLimited answers with a Retry-After header. Errors that never reach a client (a Redis call
+that failed, a lock that is busy) live beside the code that raises them and are translated by
+their callers.
 """
 
 from __future__ import annotations
@@ -169,6 +173,21 @@ class BookingInProgress(Conflict):
     message = "Une réservation de ce créneau est en cours. Veuillez réessayer."
 
 
+class TooManyBookings(Conflict):
+    """The visitor already holds as many future visits as the cap allows (per property, or in all)."""
+
+    code = "too_many_bookings"
+    message = ("Vous avez atteint le nombre maximal de visites à venir (3 par bien, 10 au total). "
+               "Annulez une visite pour en réserver une autre.")
+
+
+class VisitStarted(Conflict):
+    """A visit that has started, or is over, cannot be cancelled."""
+
+    code = "visit_started"
+    message = "Cette visite a déjà commencé ou est passée : elle ne peut plus être annulée."
+
+
 class AmountMismatch(Conflict):
     """An IPN whose amount is not PayDunya's confirmed one, or not the payment's."""
 
@@ -209,6 +228,19 @@ class LeaseNotActive(ValidationFailed):
 
     code = "lease_not_active"
     message = "Ce bail n'est pas actif : aucun loyer ne peut être payé."
+
+
+class RateLimited(DousellError):
+    """Too many requests from one user (writes) or one address (refused IPNs); says when to retry."""
+
+    code, status = "rate_limited", 429
+    message = "Trop de requêtes. Veuillez patienter avant de réessayer."
+
+    def __init__(self, retry_after: int) -> None:
+        seconds = max(1, int(retry_after))
+        super().__init__(f"Trop de requêtes. Veuillez réessayer dans {seconds} s.",
+                         details={"retry_after": seconds}, headers={"Retry-After": str(seconds)})
+        self.retry_after = seconds
 
 
 class PaymentProviderError(DousellError):

@@ -175,6 +175,16 @@ def applied_change(change_id: str) -> str:
     return name("meta", "applied", escape(change_id))
 
 
+def payment_recheck(payment_id: int) -> str:
+    """`dousell:meta:recheck:payment:{id}`: a tenant's read re-confirmed it with PayDunya (TTL 60 s, lib/settle)."""
+    return name("meta", "recheck", "payment", int(payment_id))
+
+
+def ratelimit_prefix(limit: str) -> str:
+    """`dousell:ratelimit:{limit}`: upstash-ratelimit appends `:{escaped identifier}:{window}` (lib/ratelimit)."""
+    return name("ratelimit", escape(limit))
+
+
 # -- locks -------------------------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """PayDunya's checkout API over httpx: create an invoice, confirm one, check an IPN's hash.
 
     token, checkout_url = paydunya.create_invoice(50_000, "Loyer de novembre 2026", custom_data, actions)
-    verdict = paydunya.confirm(token)        # {"status", "total_amount", "token", "custom_data", ...}
+    verdict = paydunya.confirm(token)        # {"status", "total_amount", "rent_amount", "token", ...}
     paydunya.check_ipn_hash(form_hash)       # constant time, against SHA-512 of the master key
 
 PayDunya reports business errors in the body with HTTP 200 (`response_code` other than "00");
@@ -59,9 +59,7 @@ def set_http_client(client: Any) -> None:
 
 
 def _failure(reason: str) -> PaymentProviderError:
-    err = PaymentProviderError()
-    err.reason = reason  # logged by lib.http beside the error code
-    return err
+    return PaymentProviderError(reason=reason)  # the reason is logged by lib.http beside the error code
 
 
 def _headers(settings: config.PayDunya) -> dict[str, str]:
@@ -73,7 +71,8 @@ def _headers(settings: config.PayDunya) -> dict[str, str]:
     }
 
 
-def _call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def _call(method: str, path: str, body: dict[str, Any] | None = None, *,
+          timeout: float = TOTAL_TIMEOUT) -> dict[str, Any]:
     """One API call; the JSON body of a "00" answer, or PaymentProviderError."""
     import httpx
 
@@ -82,7 +81,7 @@ def _call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[st
     with context.timed("paydunya"):
         try:
             response = http_client().request(method, url, json=body, headers=_headers(settings),
-                                              timeout=httpx.Timeout(TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT))
+                                              timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)))
         except httpx.TimeoutException as exc:
             raise _failure(f"timeout: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
@@ -138,10 +137,15 @@ def create_invoice(amount: int, description: str, custom_data: dict[str, Any],
     return token, url
 
 
-def confirm(token: str) -> dict[str, Any]:
+def confirm(token: str, *, timeout: float = TOTAL_TIMEOUT) -> dict[str, Any]:
     """PayDunya's verdict on an invoice, checked: `{"status", "total_amount" (int or None when
-    not a whole number), "token", "custom_data", "raw"}`."""
-    data = _call("GET", f"checkout-invoice/confirm/{quote(token, safe='')}")
+    not a whole number), "rent_amount", "token", "custom_data", "raw"}`.
+
+    `rent_amount` is what the rent must equal: `total_amount_without_fees` when PayDunya sends it
+    (with the fees on the customer, `total_amount` includes them), else `total_amount`. None
+    when the one it comes from is not a whole number. `timeout` bounds the call (seconds).
+    """
+    data = _call("GET", f"checkout-invoice/confirm/{quote(token, safe='')}", timeout=timeout)
     status = data.get("status")
     if status not in STATUSES:
         raise _failure(f"confirm answered an unknown status {str(status)[:20]!r}")
@@ -152,9 +156,12 @@ def confirm(token: str) -> dict[str, Any]:
     if answered_token is not None and answered_token != token:
         raise _failure("confirm answered another invoice")
     custom = data.get("custom_data")
+    total = whole_amount(invoice.get("total_amount"))
+    without_fees = invoice.get("total_amount_without_fees")
     return {
         "status": status,
-        "total_amount": whole_amount(invoice.get("total_amount")),
+        "total_amount": total,
+        "rent_amount": total if without_fees in (None, "") else whole_amount(without_fees),
         "token": token,
         "custom_data": custom if isinstance(custom, dict) else {},
         "raw": data,

@@ -1,4 +1,4 @@
-"""Rent payments: start one (lock, reserve in the database, PayDunya invoice), list them, apply an IPN.
+"""Rent payments: start one (lock, reserve in the database, PayDunya invoice), list them (the IPN: lib/settle).
 
 Starting a payment, the seed's seven steps made safe (DESIGN.md, Principle 1):
 
@@ -25,18 +25,16 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
-from urllib.parse import parse_qs
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from lib import cache, config, db, invalidation, keys, outbox, paydunya
+from lib import cache, config, db, invalidation, keys, outbox, paydunya, settle
 from lib.db import DatabaseError
 from lib.errors import (
     AlreadyPaid,
-    AmountMismatch,
-    BadRequest,
     DousellError,
-    InvalidSignature,
     LeaseNotActive,
     NotFound,
     NotYourLease,
@@ -44,8 +42,10 @@ from lib.errors import (
     PaymentProviderError,
     ValidationFailed,
 )
-from lib.http import Reply
 from lib.writes import LOCK_TTL, under_lock
+
+if TYPE_CHECKING:  # only signed-in endpoints pay for the JWT imports
+    from lib.auth import User
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ PAST_MONTHS = 24  # a period may be paid up to two years late...
 AHEAD_MONTHS = 12  # ...and up to a year ahead; outside that it is a typo (422)
 LIST_LIMIT = 200
 PAYMENT_FIELDS = ("id", "lease_id", "period", "amount", "currency", "status", "checkout_url")
-LIST_COLUMNS = "id,lease_id,period,amount,currency,status,checkout_url,paid_at,created_at,updated_at"
+LIST_COLUMNS = "id,lease_id,period,amount,currency,status,review_reason,checkout_url,paid_at,created_at,updated_at"
 LEASE_COLUMNS = "id,property_id,tenant_id,status,monthly_rent,starts_on,ends_on"
 PERIOD_RE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 MONTHS_FR = ("janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre",
@@ -73,12 +73,10 @@ now: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
 # -- periods -----------------------------------------------------------------------------------
 
 
-def _dakar_tz() -> Any:
+def _dakar_tz() -> tzinfo:
     try:
-        from zoneinfo import ZoneInfo
-
         return ZoneInfo("Africa/Dakar")
-    except Exception:  # no tz database in the runtime: Dakar is UTC+0 without daylight saving
+    except ZoneInfoNotFoundError:  # no tz database in the runtime: Dakar is UTC+0 without daylight saving
         return timezone(timedelta(0), "Africa/Dakar")
 
 
@@ -122,7 +120,7 @@ def public(payment: dict[str, Any]) -> dict[str, Any]:
     return {name: payment.get(name) for name in PAYMENT_FIELDS}
 
 
-def _lease_as(user: Any, lease_id: int) -> dict[str, Any]:
+def _lease_as(user: User, lease_id: int) -> dict[str, Any]:
     """The lease as the user sees it (RLS): 404 if they cannot, 403 if they are not its tenant."""
     client = db.as_user(user.token)
     rows = db.run(lambda: client.from_("leases").select(LEASE_COLUMNS).eq("id", lease_id).limit(1).execute()).data
@@ -185,8 +183,17 @@ def _invalidate_payment(writes: outbox.Writes, payment: dict[str, Any], owner_id
     writes.applied(invalidation.change_tags("rental_payments", None, payment, [owner_id]))
 
 
-def start(user: Any, lease_id: int, period: str | None = None) -> Reply:
-    """POST /api/payments: 201 with a new checkout, or 200 with the pending one."""
+@dataclass(frozen=True)
+class Started:
+    """What starting a payment gave: the contract's payment body, and whether it is new (the handler
+    answers 201) or the pending one already there (200)."""
+
+    payment: dict[str, Any]
+    created: bool
+
+
+def start(user: User, lease_id: int, period: str | None = None) -> Started:
+    """POST /api/payments: a new checkout, or the pending one."""
     config.paydunya()  # a missing PayDunya setting is a 500 before any row exists
     base = config.public_base_url()
     lease = _lease_as(user, lease_id)
@@ -196,7 +203,7 @@ def start(user: Any, lease_id: int, period: str | None = None) -> Reply:
                       lambda: _reserve_and_invoice(user, lease_id, period, base))
 
 
-def _reserve_and_invoice(user: Any, lease_id: int, period: str, base: str) -> Reply:
+def _reserve_and_invoice(user: User, lease_id: int, period: str, base: str) -> Started:
     writes = outbox.Writes()
     for _attempt in range(2):
         reserved = _reserve(lease_id, user.id, period, writes)
@@ -204,7 +211,7 @@ def _reserve_and_invoice(user: Any, lease_id: int, period: str, base: str) -> Re
         if reserved.get("created"):
             break
         if payment.get("checkout_url"):
-            return Reply({"payment": public(payment)}, 200)
+            return Started(public(payment), created=False)
         if not _abandoned(payment):
             raise PaymentInProgress()
         log.warning("payment %s: pending without an invoice since %s; marked failed", payment["id"],
@@ -230,7 +237,7 @@ def _reserve_and_invoice(user: Any, lease_id: int, period: str, base: str) -> Re
         _mark_failed(pid, writes)
         _invalidate_payment(writes, payment, owner_id)
         if isinstance(exc, PaymentProviderError):
-            log.warning("payment %s: PayDunya failed (%s); marked failed", pid, getattr(exc, "reason", ""))
+            log.warning("payment %s: PayDunya failed (%s); marked failed", pid, exc.reason or "")
         raise
 
     client = db.service()
@@ -243,7 +250,7 @@ def _reserve_and_invoice(user: Any, lease_id: int, period: str, base: str) -> Re
         # never shown to anyone. The tenant's retry finds whatever is pending now.
         log.warning("payment %s: lost its row before its invoice %s was stored", pid, token[:12])
         raise PaymentInProgress()
-    return Reply({"payment": public(stored[0])}, 201)
+    return Started(public(stored[0]), created=True)
 
 
 # -- listing -----------------------------------------------------------------------------------
@@ -265,7 +272,7 @@ def _parties(lease_id: int) -> dict[str, Any] | None:
     return cache.fetch(keys.lease_parties(lease_id), load)
 
 
-def list_for(user: Any, lease_id: int) -> list[dict[str, Any]]:
+def list_for(user: User, lease_id: int) -> list[dict[str, Any]]:
     """GET /api/payments: the lease's payments, newest first, for its tenant or owner (403 otherwise).
 
     Who may read is settled before the payments' cache entry is touched; the entry itself is
@@ -280,75 +287,7 @@ def list_for(user: Any, lease_id: int) -> list[dict[str, Any]]:
         return db.run(lambda: client.from_("rental_payments").select(LIST_COLUMNS).eq("lease_id", lease_id)
                       .order("created_at", desc=True).order("id", desc=True).limit(LIST_LIMIT).execute()).data
 
-    return cache.fetch(keys.payments(lease_id), load)
-
-
-# -- the IPN -----------------------------------------------------------------------------------
-
-IPN_MAX_FIELDS = 500
-_CONFIRM_ERRORS: dict[str, Callable[[], DousellError]] = {
-    "payment_not_found": lambda: NotFound("Paiement introuvable pour cette facture."),
-    "amount_mismatch": AmountMismatch,
-    "already_paid": AlreadyPaid,
-}
-
-
-def parse_ipn(raw: bytes, content_type: str | None) -> dict[str, str]:
-    """The IPN's form fields (`data[hash]` → value); 400 unless a urlencoded form of single values."""
-    if content_type and not content_type.lower().startswith("application/x-www-form-urlencoded"):
-        raise BadRequest("Formulaire application/x-www-form-urlencoded attendu.")
-    try:
-        text = raw.decode("utf-8")
-        fields = parse_qs(text, keep_blank_values=True, strict_parsing=True, max_num_fields=IPN_MAX_FIELDS)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest("Notification illisible.") from exc
-    if not fields:
-        raise BadRequest("Notification vide.")
-    out: dict[str, str] = {}
-    for name, values in fields.items():
-        if len(values) != 1:
-            raise BadRequest(f"Champ répété : {name[:40]}.")
-        out[name] = values[0]
-    return out
-
-
-def receive_ipn(raw: bytes, content_type: str | None) -> dict[str, Any]:
-    """POST /api/paydunya/ipn: check the hash, ask PayDunya, apply its verdict once."""
-    form = parse_ipn(raw, content_type)
-    if not paydunya.check_ipn_hash(form.get("data[hash]")):
-        raise InvalidSignature()
-    token = form.get("data[invoice][token]", "").strip()
-    if not token or len(token) > 200:
-        raise BadRequest("Jeton de facture manquant.")
-    # The hash is the same on every callback (not a signature of this body): believe only
-    # PayDunya's own answer for this token.
-    verdict = paydunya.confirm(token)
-    amount = verdict["total_amount"]
-    claimed = form.get("data[invoice][total_amount]")
-    if amount is None or (claimed is not None and paydunya.whole_amount(claimed) != amount):
-        log.warning("IPN for %s: amount %r does not match PayDunya's %r", token[:12], claimed, amount)
-        raise AmountMismatch()
-    if form.get("data[status]") not in (None, verdict["status"]):
-        log.info("IPN for %s says %s, PayDunya says %s: applying PayDunya's", token[:12],
-                 form.get("data[status]"), verdict["status"])
-    client = db.service()
-    writes = outbox.Writes()
-    try:
-        result = db.run(lambda: writes.stamp(client.rpc("confirm_payment", {
-            "p_token": token, "p_status": verdict["status"], "p_amount": amount})).execute()).data
-    except DatabaseError as exc:
-        if exc.message == "already_paid":
-            log.error("IPN for %s: this month was already paid by another invoice: refund needed", token[:12])
-        error = _CONFIRM_ERRORS.get(exc.message)
-        if error is None:
-            raise
-        raise error() from exc
-    payment = result["payment"]
-    if result.get("changed"):
-        # The payment row, and the two notifications a completion adds (one each).
-        tenant_id, owner_id = result.get("tenant_id"), result.get("owner_id")
-        tags = set(invalidation.change_tags("rental_payments", None, payment, [owner_id]))
-        for who in (tenant_id, owner_id):
-            tags |= set(invalidation.change_tags("notifications", None, {"user_id": who}))
-        writes.applied(tags)
-    return {"received": True, "status": payment["status"]}
+    rows = cache.fetch(keys.payments(lease_id), load)
+    if settle.recheck(rows):
+        rows = cache.fetch(keys.payments(lease_id), load)  # the change bumped the entry's tags
+    return rows

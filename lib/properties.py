@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lib import cache, config, db, invalidation, keys, outbox, refill
 from lib.errors import Forbidden, InvalidFilter, NotFound, ValidationFailed
 
+if TYPE_CHECKING:  # only signed-in endpoints pay for the JWT imports
+    from lib.auth import User
+
 COLUMNS = "id,owner_id,title,description,city,district,type,price,currency,bedrooms,status,created_at,updated_at"
-TYPES = ("apartment", "house", "villa", "studio", "land", "office")
+PropertyType = Literal["apartment", "house", "villa", "studio", "land", "office"]  # as the CHECK constraint
 
 # Known cities, spelled as the data spells them; a query matches them ignoring case and accents.
 CITIES = (
@@ -97,7 +100,7 @@ def refuse_too_deep(page: int, per_page: int) -> None:
         }])
 
 
-def _published(columns: str = COLUMNS, *, count: str | None = None):
+def _published(columns: str = COLUMNS, *, count: str | None = None) -> Any:
     return db.anon().from_(PUBLIC).select(columns, count=count)
 
 
@@ -126,7 +129,7 @@ def list_public(city: str | None = None, page: int = 1, per_page: int = LIST_PER
     """One page of the published properties, newest first; one city's when `city` is given
     (canonical name, matched ignoring case). `{"properties", "count", "page", "per_page", "total",
     "total_estimated"}`."""
-    def matching(columns: str, count: str | None = None):
+    def matching(columns: str, count: str | None = None) -> Any:
         query = _published(columns, count=count)
         return query.eq("city_lower", city.lower()) if city else query
 
@@ -153,7 +156,7 @@ def search(filters: dict[str, Any]) -> dict[str, Any]:
     """Published properties matching canonical `filters` (see api/search.py), one page of them."""
     page, per_page = filters["page"], filters["per_page"]
 
-    def matching(columns: str, count: str | None = None):
+    def matching(columns: str, count: str | None = None) -> Any:
         query = _published(columns, count=count)
         if "city" in filters:
             query = query.eq("city_lower", filters["city"].lower())
@@ -180,7 +183,7 @@ def search(filters: dict[str, Any]) -> dict[str, Any]:
 # -- the owner's update -----------------------------------------------------------------------
 
 
-def update(user: Any, property_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+def update(user: User, property_id: int, changes: dict[str, Any]) -> dict[str, Any]:
     """Apply `changes` as the owner, then invalidate every key that can show the property.
 
     Whatever can refuse the request does so before the write: once the row is changed the answer

@@ -158,10 +158,14 @@ class Request:
             raise
 
     def user(self) -> User:
-        """The signed-in user (401 without a valid Supabase token)."""
+        """The signed-in user (401 without a valid Supabase token); on a write, counted against the
+        user's rate limit (429 past it, lib/ratelimit) once the token is known to be theirs."""
+        from lib import ratelimit
         from lib.auth import authenticate  # only signed-in endpoints pay for JWT imports
 
-        return authenticate(self.header("Authorization"))
+        user = authenticate(self.header("Authorization"))
+        ratelimit.for_writes(self.method, user.id)
+        return user
 
 
 def _positive_id(raw: str) -> int | None:

@@ -29,10 +29,10 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from lib import config
 from lib.breaker import Breaker
@@ -42,6 +42,7 @@ from lib.errors import ConfigurationError
 CACHE_TIMEOUT = 0.5
 CONNECT_TIMEOUT = 0.3
 _CAPACITY = ("DB capacity quota exceeded", "OOM ")  # Upstash's words; plain Redis/Valkey's
+T = TypeVar("T")
 
 
 class RedisError(Exception):
@@ -150,6 +151,35 @@ def client() -> Any:
     from lib import upstash_sdk
 
     return upstash_sdk.shared(config.upstash(), _client())
+
+
+def sdk_call(call: Callable[[Any], T]) -> T:
+    """`call(client())` behind the same breaker and errors as every other call: RedisSkipped while the
+    breaker is open, RedisUnavailable (breaker opened) without a usable answer, RedisCommandError for
+    Upstash's `{"error"}`. For libraries built on upstash-redis (lib/ratelimit)."""
+    from lib import upstash_sdk
+
+    if not breaker.allow():
+        raise RedisSkipped("Upstash skipped: the circuit breaker is open after a recent failure")
+    start = time.perf_counter()
+    try:
+        result = call(client())
+    except Exception as exc:
+        kind = upstash_sdk.classify(exc)
+        if kind == "answer":
+            breaker.success()
+            raise _command_error(str(exc)) from exc
+        if kind == "outage":
+            breaker.failure()
+            raise RedisUnavailable(f"Upstash did not answer usably: {type(exc).__name__}") from exc
+        raise
+    finally:
+        tally = _tally.get()
+        if tally is not None:  # one REST call of one command: what the libraries built on upstash-redis send
+            tally.calls_ms.append((time.perf_counter() - start) * 1000)
+            tally.commands += 1
+    breaker.success()
+    return result
 
 
 def execute(command: Sequence[Any], *, force: bool = False) -> Any:

@@ -7,12 +7,13 @@ connections, same 0.5 s). `adapt` checks that shape first and raises if a new ve
 library stopped matching it, and tests/lib/test_upstash_sdk.py runs the check against the pinned
 version: an upgrade that moves the client fails the tests instead of leaving requests unbounded.
 Never call `close()` on the shared client: it would close lib/upstash's connections too.
+`classify` names what a failed call through it means, for lib/upstash's `sdk_call` to translate.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from lib import config
 
@@ -54,3 +55,17 @@ def shared(settings: config.Upstash, http: Any) -> Any:
             sdk = Redis(settings.url, settings.token, rest_retries=0, allow_telemetry=False)
             _shared = (identity, adapt(sdk, http))
         return _shared[1]
+
+
+def classify(exc: BaseException) -> Literal["answer", "outage"] | None:
+    """What an exception from a call through the shared client means: "answer" (Upstash answered
+    `{"error"}`: it is up), "outage" (no usable answer: unreachable, timed out, or a body that is not
+    Upstash's protocol, such as a proxy's HTML page), or None (not the client's: a bug, re-raised)."""
+    import httpx
+    from upstash_redis.errors import UpstashError
+
+    if isinstance(exc, UpstashError):
+        return "answer"
+    if isinstance(exc, httpx.HTTPError | ValueError | KeyError | TypeError):
+        return "outage"  # ValueError: not JSON; KeyError/TypeError: JSON without Upstash's `result`
+    return None

@@ -1,4 +1,4 @@
-"""Visits: the free slots of a property (cached), and booking one (the write path).
+"""Visits: the free slots of a property (cached), a user's visits (cached), booking and cancelling one.
 
 Booking a slot:
 
@@ -6,8 +6,10 @@ Booking a slot:
                                           free (404 if the property is not published)
     lock dousell:lock:visit:prop{id}:{UTC stamp}   409 booking_in_progress when busy;
                                           Redis down: no lock
-    book_visit RPC (service role)         the fence: a unique index per slot and an exclusion
-                                          constraint on overlapping booked visits
+    book_visit RPC (service role)         the fence: a unique index per slot, an exclusion
+                                          constraint on overlapping booked visits, and the cap
+                                          (3 future visits per property, 10 in all: 409
+                                          too_many_bookings), counted under the visitor's row lock
     invalidate what the visit row shows   invalidation.change_tags("visits", ...): the slots, the owner's
                                           dashboard, both parties' visit lists; release, 201
 
@@ -16,17 +18,26 @@ answer 409 `slot_taken` ("ce créneau n'est plus disponible"): to the visitor a 
 just booked, removed or has started is the same thing, and telling them apart would cost a
 database read per refused click. The cached list is invalidated by every change to a slot or
 a visit, whoever makes it (the database's outbox and webhook, docs/invalidation.md).
+
+Cancelling (`cancel_visit` RPC): the visitor or the property's owner, before the visit starts
+(409 visit_started after: it took place, or is taking place); anyone else gets 404, as for a
+visit that does not exist. Cancelling twice answers the cancelled visit again. The slot is free
+at once: the same tags as a booking are bumped before the answer (slots, both parties' visit
+lists, the owner's dashboard), and the other party's notifications.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lib import cache, db, invalidation, keys, outbox
 from lib.db import DatabaseError
-from lib.errors import BookingInProgress, DousellError, NotFound, SlotTaken
+from lib.errors import BookingInProgress, DousellError, NotFound, SlotTaken, TooManyBookings, VisitStarted
+
+if TYPE_CHECKING:  # only signed-in endpoints pay for the JWT imports
+    from lib.auth import User
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +86,11 @@ _BOOK_ERRORS = {
     "slot_not_found": SlotTaken,
     "slot_taken": SlotTaken,
     "visitor_not_found": lambda: NotFound("Profil introuvable."),
+    "too_many_bookings": TooManyBookings,
+}
+_CANCEL_ERRORS = {
+    "visit_not_found": lambda: NotFound("Cette visite est introuvable."),
+    "visit_started": VisitStarted,
 }
 
 
@@ -91,7 +107,7 @@ def _owner_of(property_id: int) -> str | None:
         return None
 
 
-def book(user: Any, property_id: int, starts_at: datetime) -> dict[str, Any]:
+def book(user: User, property_id: int, starts_at: datetime) -> dict[str, Any]:
     """POST /api/visits: book the slot starting at `starts_at` for the user; the visit row."""
     from lib.writes import under_lock  # not on the slots read path
 
@@ -117,3 +133,33 @@ def book(user: Any, property_id: int, starts_at: datetime) -> dict[str, Any]:
         return visit
 
     return under_lock(keys.visit_lock(property_id, starts_at), BookingInProgress, work)
+
+
+def list_for(user: User) -> list[dict[str, Any]]:
+    """GET /api/visits: the user's visits as visitor and as owner (RLS), upcoming first; cached 1 min."""
+    def load() -> list[dict[str, Any]]:
+        client = db.as_user(user.token)
+        return db.run(lambda: client.rpc("user_visits", {}).execute()).data
+
+    return cache.fetch(keys.user_visits(user.id), load)
+
+
+def cancel(user: User, visit_id: int) -> dict[str, Any]:
+    """DELETE /api/visits/{id}: cancel a future visit as its visitor or the property's owner; the visit row."""
+    client = db.service()
+    writes = outbox.Writes()
+    try:
+        result = db.run(lambda: writes.stamp(client.rpc("cancel_visit", {
+            "p_visit_id": visit_id, "p_user_id": user.id})).execute()).data
+    except DatabaseError as exc:
+        error = _CANCEL_ERRORS.get(exc.message)
+        if error is None:
+            raise
+        raise error() from exc
+    visit = result["visit"]
+    if result.get("changed"):
+        tags = set(invalidation.change_tags("visits", None, visit, [result.get("owner_id")]))
+        if result.get("notified"):
+            tags |= set(invalidation.change_tags("notifications", None, {"user_id": result["notified"]}))
+        writes.applied(tags)
+    return visit

@@ -25,7 +25,7 @@ import respx
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from lib import auth, db, keys, locks, paydunya, payments, upstash
+from lib import auth, db, keys, locks, paydunya, payments, settle, upstash
 from tests.fakes import FakeUpstash
 
 SUPABASE = "https://project.supabase.test"
@@ -146,6 +146,7 @@ class FakeSupabase:
         }
         self.profiles = {AWA, IBRAHIMA, MOUSSA, FATOU}
         self.payments: dict[int, dict[str, Any]] = {}
+        self.checked: dict[int, datetime] = {}  # private.payment_checks
         self.notifications: list[dict[str, Any]] = []
         self.visits: list[dict[str, Any]] = []
         day = (clock() + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -171,6 +172,7 @@ class FakeSupabase:
             at = (created_at or self.clock()).isoformat()
             row = {"id": self._ids, "lease_id": lease_id, "period": period,
                    "amount": amount or self.leases[lease_id]["monthly_rent"], "currency": "XOF", "status": status,
+                   "review_reason": None,
                    "provider": "paydunya", "provider_token": token, "checkout_url": url,
                    "paid_at": at if status == "completed" else None, "created_at": at, "updated_at": at}
             self.payments[row["id"]] = row
@@ -267,6 +269,8 @@ class FakeSupabase:
     def _rpc(self, name: str, args: dict, role: str, uid: str | None) -> httpx.Response:
         if name == "available_slots":
             return httpx.Response(200, json=self.available_slots(args["p_property_id"]))
+        if name == "user_visits":
+            return httpx.Response(200, json=self.user_visits(uid)) if uid else denied()
         if role != "service_role":
             return denied()
         try:
@@ -284,7 +288,7 @@ class FakeSupabase:
             raise RpcError("not_lease_tenant")
         if lease["status"] != "active":
             raise RpcError("lease_not_active")
-        if self.rows(p_lease_id, p_period, "completed"):
+        if self.rows(p_lease_id, p_period, "completed") or self.rows(p_lease_id, p_period, "needs_review"):
             raise RpcError("already_paid")
         owner = self.properties[lease["property_id"]]["owner_id"]
         pending = self.rows(p_lease_id, p_period, "pending")
@@ -303,19 +307,40 @@ class FakeSupabase:
             raise RpcError("amount_mismatch")
         lease = self.leases[payment["lease_id"]]
         owner = self.properties[lease["property_id"]]["owner_id"]
-        changed = False
-        if payment["status"] == "pending" and p_status != "pending":
+        changed, reason = False, None
+        data = {"payment_id": payment["id"], "lease_id": lease["id"], "period": payment["period"]}
+        if p_status == "completed" and payment["status"] in ("failed", "cancelled"):
+            reason = f"paid_after_{payment['status']}"
+        elif payment["status"] == "pending" and p_status != "pending":
             if p_status == "completed" and self.rows(payment["lease_id"], payment["period"], "completed"):
-                raise RpcError("already_paid")
-            payment["status"] = p_status
-            payment["paid_at"] = self.clock().isoformat() if p_status == "completed" else None
+                reason = "month_already_paid"
+            else:
+                payment["status"] = p_status
+                payment["paid_at"] = self.clock().isoformat() if p_status == "completed" else None
+                changed = True
+                if p_status == "completed":
+                    self.notifications += [{"user_id": lease["tenant_id"], "kind": "payment_completed", "data": data},
+                                           {"user_id": owner, "kind": "rent_received", "data": data}]
+        if reason:
+            payment.update(status="needs_review", review_reason=reason, paid_at=self.clock().isoformat())
             changed = True
-            if p_status == "completed":
-                data = {"payment_id": payment["id"], "lease_id": lease["id"], "period": payment["period"]}
-                self.notifications += [{"user_id": lease["tenant_id"], "kind": "payment_completed", "data": data},
-                                       {"user_id": owner, "kind": "rent_received", "data": data}]
-        return {"payment": dict(payment), "changed": changed, "tenant_id": lease["tenant_id"], "owner_id": owner,
-                "lease_id": lease["id"]}
+            self.notifications += [{"user_id": who, "kind": "payment_needs_review", "data": data}
+                                   for who in (lease["tenant_id"], owner)]
+        return {"payment": dict(payment), "changed": changed, "review": reason is not None,
+                "tenant_id": lease["tenant_id"], "owner_id": owner, "lease_id": lease["id"]}
+
+    def payments_to_reconcile(self, p_limit: int, p_min_age: str = "600 seconds") -> dict:
+        seconds = int(p_min_age.split()[0])
+        limit = self.clock() - timedelta(seconds=seconds)
+        due = [p for p in self.payments.values() if p["status"] == "pending" and p["provider_token"]
+               and datetime.fromisoformat(p["created_at"]) < limit
+               and self.checked.get(p["id"], limit - timedelta(minutes=2)) < self.clock() - timedelta(minutes=1)]
+        due.sort(key=lambda p: (self.checked.get(p["id"]) or datetime.fromisoformat(p["created_at"]), p["id"]))
+        batch = due[:p_limit]
+        for p in batch:
+            self.checked[p["id"]] = self.clock()
+        return {"batch": [{k: p[k] for k in ("id", "lease_id", "provider_token", "created_at")} for p in batch],
+                "due": len(due)}
 
     def available_slots(self, pid: int) -> list[dict]:
         prop = self.properties.get(pid)
@@ -338,12 +363,45 @@ class FakeSupabase:
             raise RpcError("visitor_not_found")
         if any(v["slot_id"] == slot["id"] and v["status"] == "booked" for v in self.visits):
             raise RpcError("slot_taken")
+        ahead = [v for v in self.visits if v["visitor_id"] == p_visitor_id and v["status"] == "booked"
+                 and v["starts_at"] > self.clock().isoformat()]
+        if len([v for v in ahead if v["property_id"] == p_property_id]) >= 3 or len(ahead) >= 10:
+            raise RpcError("too_many_bookings")
         self._ids += 1
         visit = {"id": self._ids, "slot_id": slot["id"], "property_id": p_property_id, "visitor_id": p_visitor_id,
                  "starts_at": slot["starts_at"].isoformat(), "ends_at": slot["ends_at"].isoformat(),
                  "status": "booked", "created_at": self.clock().isoformat()}
         self.visits.append(visit)
         return {"visit": dict(visit)}
+
+
+    def user_visits(self, uid: str) -> list[dict]:
+        mine = [v for v in self.visits if v["visitor_id"] == uid or self.properties[v["property_id"]]["owner_id"] == uid]
+        now = self.clock().isoformat()
+        upcoming = sorted((v for v in mine if v["status"] == "booked" and v["starts_at"] > now), key=lambda v: v["starts_at"])
+        others = sorted((v for v in mine if v not in upcoming), key=lambda v: v["starts_at"], reverse=True)
+        return [{**v, "property_title": self.properties[v["property_id"]]["title"],
+                 "role": "visitor" if v["visitor_id"] == uid else "owner"} for v in upcoming + others]
+
+    def cancel_visit(self, p_visit_id: int, p_user_id: str) -> dict:
+        visit = next((v for v in self.visits if v["id"] == p_visit_id), None)
+        if visit is None:
+            raise RpcError("visit_not_found")
+        owner = self.properties[visit["property_id"]]["owner_id"]
+        if p_user_id not in (visit["visitor_id"], owner):
+            raise RpcError("visit_not_found")
+        changed, notified = False, None
+        if visit["status"] == "booked":
+            if visit["starts_at"] <= self.clock().isoformat():
+                raise RpcError("visit_started")
+            visit["status"] = "cancelled"
+            changed = True
+            notified = owner if p_user_id == visit["visitor_id"] else visit["visitor_id"]
+            notified = None if notified == p_user_id else notified
+            if notified:
+                self.notifications.append({"user_id": notified, "kind": "visit_cancelled", "data": {"visit_id": p_visit_id}})
+        return {"visit": dict(visit), "changed": changed, "owner_id": owner, "visitor_id": visit["visitor_id"],
+                "notified": notified}
 
 
 class RpcError(Exception):
@@ -393,7 +451,8 @@ class FakePayDunya:
             return httpx.Response(200, json={"response_code": "1002", "response_text": "Invoice not found"})
         return httpx.Response(200, json={
             "response_code": "00", "response_text": "Transaction Found", "hash": IPN_HASH,
-            "invoice": {"token": token, "total_amount": inv["total_amount"], "description": inv["description"]},
+            "invoice": {"token": token, "total_amount": inv["total_amount"], "description": inv["description"],
+                        **{k: inv[k] for k in ("total_amount_without_fees", "pal_is_on") if k in inv}},
             "custom_data": inv["custom_data"], "status": inv["status"], "mode": "test"})
 
     def ipn(self, token: str, *, hash: str = IPN_HASH, amount: Any = None, status: str | None = None) -> bytes:
@@ -427,6 +486,7 @@ def world(monkeypatch):
     env(monkeypatch)
     clock = WallClock()
     monkeypatch.setattr(payments, "now", clock)
+    monkeypatch.setattr(settle, "now", clock)
     with respx.mock(assert_all_called=False) as router:
         yield World(FakeUpstash(router, UPSTASH), FakeSupabase(router, clock), FakePayDunya(router), clock, router)
     reset_clients()

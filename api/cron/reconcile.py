@@ -2,12 +2,13 @@
 
 from typing import Any
 
-from lib import bearer, outbox, platform
+from lib import bearer, outbox, platform, settle
 from lib.http import Endpoint
 from lib.request import Request
 
 JOBS: list[platform.Job] = [
     ("invalidations", outbox.reconcile),  # the outbox: lost webhooks, changes made while Redis was down
+    ("payments", settle.reconcile),  # lost IPNs: pending invoices older than 10 minutes asked again
 ]
 
 

@@ -1,6 +1,6 @@
 """GET /api/properties/{id} (cached) and PATCH by its owner (invalidates every key that shows it)."""
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
@@ -8,6 +8,7 @@ from pydantic_core import PydanticCustomError
 from lib import properties
 from lib.http import Endpoint
 from lib.models import Changes
+from lib.request import Request
 
 
 class PropertyChanges(Changes):
@@ -15,14 +16,14 @@ class PropertyChanges(Changes):
     description: str | None = Field(default=None, max_length=5000)
     city: str | None = Field(default=None, min_length=1, max_length=60)
     district: str | None = Field(default=None, max_length=80)
-    type: Literal["apartment", "house", "villa", "studio", "land", "office"] | None = None
+    type: properties.PropertyType | None = None
     price: int | None = Field(default=None, gt=0, le=1_000_000_000, strict=True)
     bedrooms: int | None = Field(default=None, ge=0, le=50, strict=True)
     status: Literal["draft", "published", "archived"] | None = None
 
     @field_validator("title", "description", "city", "type", "price", "bedrooms", "status", mode="before")
     @classmethod
-    def not_null(cls, value):
+    def not_null(cls, value: Any) -> Any:
         if value is None:
             raise PydanticCustomError("not_nullable", "this field cannot be null")
         return value
@@ -31,10 +32,10 @@ class PropertyChanges(Changes):
 class handler(Endpoint):
     path_param = "id"
 
-    def get(self, req):
+    def get(self, req: Request) -> dict[str, Any]:
         return {"property": properties.get_public(req.path_id())}
 
-    def patch(self, req):
+    def patch(self, req: Request) -> dict[str, Any]:
         property_id = req.path_id()
         user = req.user()
         changes = req.body_as(PropertyChanges).model_dump(exclude_unset=True)

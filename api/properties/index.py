@@ -1,10 +1,13 @@
 """GET /api/properties[?city=&page=&per_page=]: one page of the published properties, newest first, from the cache."""
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from lib import properties
 from lib.errors import InvalidFilter
 from lib.http import Endpoint
+from lib.request import Request
 
 
 class ListQuery(BaseModel):
@@ -16,7 +19,7 @@ class ListQuery(BaseModel):
 
 
 class handler(Endpoint):
-    def get(self, req):
+    def get(self, req: Request) -> dict[str, Any]:
         query = req.query_as(ListQuery, InvalidFilter)
         properties.refuse_too_deep(query.page, query.per_page)
         city = properties.canonical_city(query.city) if query.city is not None else None

@@ -1,33 +1,36 @@
-"""POST /api/visits: a signed-in user books a free visit slot (lock per slot, the database as the fence)."""
+"""GET /api/visits lists the user's visits (cached 1 min); POST /api/visits books a free slot.
 
-from datetime import UTC
+Booking: a lock per slot, the database as the fence, a per-user cap."""
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
 from pydantic_core import PydanticCustomError
 
 from lib import visits, writes
 from lib.errors import BookingInProgress
 from lib.http import Endpoint, Reply
-
-MAX_ID = 9_223_372_036_854_775_807
+from lib.models import Id
+from lib.request import Request
 
 
 class VisitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    property_id: int = Field(gt=0, le=MAX_ID, strict=True)
+    property_id: Id
     starts_at: AwareDatetime
 
     @field_validator("starts_at", mode="before")
     @classmethod
-    def iso_text(cls, value):
+    def iso_text(cls, value: Any) -> str:
         if not isinstance(value, str):  # a bare number would be read as a Unix time
             raise PydanticCustomError("datetime_type", "an ISO 8601 date-time string is expected")
         return value
 
     @field_validator("starts_at", mode="after")
     @classmethod
-    def in_utc(cls, value):
+    def in_utc(cls, value: datetime) -> datetime:
         # `0001-01-01T00:00+01:00` is valid ISO 8601 but its UTC instant is year 0: Python cannot hold it.
         try:
             return value.astimezone(UTC)
@@ -36,7 +39,11 @@ class VisitRequest(BaseModel):
 
 
 class handler(Endpoint):
-    def post(self, req):
+    def get(self, req: Request) -> dict[str, Any]:
+        req.refuse_unknown_query(set())
+        return {"visits": visits.list_for(req.user())}
+
+    def post(self, req: Request) -> Reply:
         user = req.user()
         body = req.body_as(VisitRequest)
         request = {"property_id": body.property_id, "starts_at": body.starts_at.isoformat()}

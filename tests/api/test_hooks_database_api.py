@@ -60,6 +60,8 @@ class Outbox:
             return httpx.Response(200, json=len(args["p_ids"]))
         if name == "invalidation_backlog":
             return httpx.Response(200, json={"pending": len(self.rows), "oldest_seconds": None})
+        if name == "payments_to_reconcile":  # the cron's other job (lib/settle): no payment is due here
+            return httpx.Response(200, json={"batch": [], "due": 0})
         return httpx.Response(404, json={"code": "PGRST202", "message": name, "details": None, "hint": None})
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import respx
 
-from lib import keys, payments
+from lib import keys, payments, settle
 from tests.fakes import FakeUpstash
 from tests.support import serve
 from tests.world import (
@@ -36,6 +36,7 @@ def api(monkeypatch):
     env(monkeypatch)
     clock = WallClock()
     monkeypatch.setattr(payments, "now", clock)
+    monkeypatch.setattr(settle, "now", clock)
     with respx.mock(assert_all_called=False) as router:
         router.route(host="127.0.0.1").pass_through()
         world = World(FakeUpstash(router, UPSTASH), FakeSupabase(router, clock), FakePayDunya(router), clock, router)
@@ -46,7 +47,7 @@ def api(monkeypatch):
 
 def paid(world, status="completed"):
     """A pending payment with its invoice, then the tenant pays (or not) on PayDunya's page."""
-    payment = payments.start(user(MOUSSA), 123, "2026-12").body["payment"]
+    payment = payments.start(user(MOUSSA), 123, "2026-12").payment
     token = world.db.payments[payment["id"]]["provider_token"]
     world.paydunya.invoices[token]["status"] = status
     return token, payment["id"]
@@ -138,3 +139,28 @@ def test_a_malformed_callback_is_400(api, body, headers):
 def test_only_post_is_served(api):
     _, client = api
     assert client.get("/api/paydunya/ipn").status_code == 405
+
+
+# -- the rate limit on refused callbacks ----------------------------------------------------------
+
+
+def test_refused_callbacks_from_one_address_are_429_after_ten_and_a_valid_ipn_still_passes(api):
+    world, client = api
+    token, pid = paid(world)
+    guesser = {**FORM, "X-Forwarded-For": "203.0.113.7"}
+    statuses = [post(client, world.paydunya.ipn(token, hash="0" * 128), guesser).status_code for _ in range(12)]
+    assert statuses == [403] * 10 + [429] * 2
+    refused = post(client, world.paydunya.ipn(token, hash="1" * 128), guesser)
+    assert refused.json()["error"]["code"] == "rate_limited" and int(refused.headers["Retry-After"]) >= 1
+    assert post(client, world.paydunya.ipn(token, hash="0" * 128), {**FORM, "X-Forwarded-For": "198.51.100.1"}
+                ).status_code == 403  # another address has its own allowance
+    genuine = post(client, world.paydunya.ipn(token), guesser)  # PayDunya behind the same address
+    assert genuine.status_code == 200 and world.db.payments[pid]["status"] == "completed"
+
+
+def test_valid_callbacks_are_never_counted(api):
+    world, client = api
+    token, _ = paid(world)
+    for _ in range(15):
+        assert post(client, world.paydunya.ipn(token)).status_code == 200
+    assert world.redis.redis.keys("dousell:ratelimit:*") == []

@@ -243,3 +243,15 @@ def test_other_methods_are_refused_with_allow(served):
     assert response.headers["allow"] == "GET, HEAD, OPTIONS"
     assert response.json()["error"]["code"] == "method_not_allowed"
     assert httpx.head(f"{served}/api/openapi", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("method, path", [("patch", "/api/profile"), ("post", "/api/paydunya/ipn"),
+                                          ("delete", "/api/visits/{id}")])
+def test_a_rate_limited_answer_is_one_the_document_describes(method, path):
+    from lib.errors import RateLimited
+    from tests.integration.test_contract import conform
+
+    error = RateLimited(7)
+    answer = httpx.Response(429, content=json.dumps(error.to_body()).encode(), headers={
+        **error.headers, "Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-store", "Server-Timing": "total;dur=1.0", "X-Content-Type-Options": "nosniff"})
+    conform(answer, method, path)

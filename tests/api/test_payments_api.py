@@ -11,7 +11,7 @@ import httpx
 import pytest
 import respx
 
-from lib import keys, payments
+from lib import keys, payments, settle
 from tests.fakes import FakeUpstash
 from tests.support import serve
 from tests.world import (
@@ -37,6 +37,7 @@ def api(monkeypatch):
     env(monkeypatch)
     clock = WallClock()
     monkeypatch.setattr(payments, "now", clock)
+    monkeypatch.setattr(settle, "now", clock)
     with respx.mock(assert_all_called=False) as router:
         router.route(host="127.0.0.1").pass_through()
         serve_jwks(router, monkeypatch)  # before FakeSupabase, which answers the rest of the host
@@ -169,7 +170,8 @@ def test_a_key_longer_than_200_characters_is_422(api):
     assert world.db.count("POST", "/rpc/reserve_payment") == 0
 
 
-def test_fifty_simultaneous_clicks_make_one_invoice(api):
+def test_fifty_simultaneous_clicks_make_one_invoice(api, monkeypatch):
+    monkeypatch.setenv("RATE_LIMIT_WRITES_PER_MINUTE", "100")  # the lock and the database fence, not the limiter
     world, client = api
     barrier = threading.Barrier(50)
 
@@ -188,6 +190,30 @@ def test_fifty_simultaneous_clicks_make_one_invoice(api):
     assert all(b["error"]["code"] == "payment_in_progress" for s, b in answers if s == 409)
     assert len(world.paydunya.invoices) == 1
     assert len(world.db.rows(period="2026-12", status="pending")) == 1
+
+
+def test_fifty_quick_clicks_past_the_rate_limit_are_429_and_nothing_is_doubled(api):
+    world, client = api
+    answers = [pay(client) for _ in range(50)]
+    statuses = [r.status_code for r in answers]
+    assert (statuses[0], statuses[1:30]) == (201, [200] * 29)  # the limit: 30 writes a minute
+    assert statuses[30:] == [429] * 20
+    refused = answers[-1]
+    assert error(refused) == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert refused.json()["error"]["details"] == {"retry_after": int(refused.headers["Retry-After"])}
+    assert len(world.paydunya.invoices) == 1
+    assert len(world.db.rows(period="2026-12", status="pending")) == 1
+    other = client.post("/api/payments", json={"lease_id": 123}, headers=bearer(FATOU))
+    assert other.status_code == 404  # another user is not limited by Moussa's clicks
+
+
+def test_a_forged_token_is_401_before_the_rate_limit_counts_anything(api):
+    world, client = api
+    for _ in range(40):
+        assert client.post("/api/payments", json={"lease_id": 123},
+                           headers={"Authorization": "Bearer forged"}).status_code == 401
+    assert world.redis.redis.keys("dousell:ratelimit:*") == []
 
 
 def test_get_lists_the_payments_for_tenant_and_owner_cached(api):

@@ -1,10 +1,11 @@
-"""POST /api/visits on a real loopback server; the network faked by respx."""
+"""GET, POST /api/visits and DELETE /api/visits/{id} on a real loopback server; the network faked by respx."""
 
 from __future__ import annotations
 
 import importlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -142,3 +143,92 @@ def test_fifty_simultaneous_bookings_of_one_slot_make_one_visit(api):
     assert statuses.count(201) == 1, statuses
     assert {code(r) for r in answers if r.status_code != 201} <= {"slot_taken", "booking_in_progress"}
     assert len(db.visits) == 1
+
+
+# -- GET /api/visits and DELETE /api/visits/{id} ------------------------------------------------
+
+
+def _handler(relative: str):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / relative
+    spec = importlib.util.spec_from_file_location(f"endpoint_{abs(hash(relative))}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.handler
+
+
+@pytest.fixture
+def cancel_url(api):
+    with serve(_handler("api/visits/[id].py")) as base:
+        yield base
+
+
+def test_get_lists_the_users_visits_upcoming_first_and_is_cached(api):
+    db, _, client = api
+    book(client, db, n=1)
+    book(client, db, n=0)
+    first = client.get("/api/visits", headers=bearer(FATOU))
+    assert first.status_code == 200, first.text
+    assert [v["starts_at"] for v in first.json()["visits"]] == [db.slots[0]["starts_at"].isoformat(),
+                                                                db.slots[1]["starts_at"].isoformat()]
+    assert first.headers["x-cache"] == "MISS" and first.headers["cache-control"] == "no-store"
+    assert client.get("/api/visits", headers=bearer(FATOU)).headers["x-cache"] == "HIT"
+    assert [v["role"] for v in client.get("/api/visits", headers=bearer(AWA)).json()["visits"]] == ["owner", "owner"]
+
+
+def test_get_needs_a_token_and_takes_no_query(api):
+    _, _, client = api
+    assert code(client.get("/api/visits")) == "authentication_required"
+    assert client.get("/api/visits?user_id=x", headers=bearer(FATOU)).status_code == 422
+
+
+def test_delete_cancels_200_and_the_slot_is_free_at_once(api, cancel_url):
+    db, _, client = api
+    visit = book(client, db).json()["visit"]
+    with httpx.Client(base_url=cancel_url, timeout=20) as other:
+        response = other.delete(f"/api/visits/{visit['id']}", headers=bearer(AWA))  # the owner
+        assert response.status_code == 200, response.text
+        assert response.json()["visit"]["status"] == "cancelled"
+        again = other.delete(f"/api/visits/{visit['id']}", headers=bearer(FATOU))
+        assert (again.status_code, again.json()["visit"]["status"]) == (200, "cancelled")
+    assert book(client, db, who=MOUSSA).status_code == 201  # the same slot, at once
+
+
+@pytest.mark.parametrize("path, who, status, error", [
+    ("/api/visits/{id}", MOUSSA, 404, "not_found"),  # a stranger: as if it did not exist
+    ("/api/visits/424242", FATOU, 404, "not_found"),
+    ("/api/visits/abc", FATOU, 404, "not_found"),
+    ("/api/visits/0", FATOU, 404, "not_found"),
+    ("/api/visits/{id}", None, 401, "authentication_required"),
+])
+def test_delete_refuses_what_is_not_yours_or_not_a_visit(api, cancel_url, path, who, status, error):
+    db, _, client = api
+    visit = book(client, db).json()["visit"]
+    with httpx.Client(base_url=cancel_url, timeout=20) as other:
+        response = other.delete(path.format(id=visit["id"]), headers=bearer(who) if who else {})
+    assert (response.status_code, code(response)) == (status, error)
+    assert db.visits[0]["status"] == "booked"
+
+
+def test_delete_of_a_visit_that_started_is_409_visit_started(api, cancel_url):
+    db, _, client = api
+    visit = book(client, db).json()["visit"]
+    db.clock.now = db.slots[0]["starts_at"]
+    with httpx.Client(base_url=cancel_url, timeout=20) as other:
+        response = other.delete(f"/api/visits/{visit['id']}", headers=bearer(FATOU))
+    assert (response.status_code, code(response)) == (409, "visit_started")
+
+
+def test_a_fourth_booking_of_one_property_is_409_too_many_bookings(api):
+    db, _, client = api
+    db.slots.append({"id": 10, "property_id": 789, "starts_at": db.slots[2]["starts_at"] + timedelta(hours=3),
+                     "ends_at": db.slots[2]["starts_at"] + timedelta(hours=4)})
+    for n in range(3):
+        assert book(client, db, n=n).status_code == 201
+    response = book(client, db, n=4)
+    assert (response.status_code, code(response)) == (409, "too_many_bookings")
+    assert "3 par bien" in response.json()["error"]["message"]

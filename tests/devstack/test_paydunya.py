@@ -553,3 +553,22 @@ def test_the_cli_serves_on_the_given_port_with_the_default_keys():
             proc.terminate()  # SIGTERM: the CLI stops cleanly and exits 0
             proc.wait(5)
     assert proc.returncode == 0
+
+
+def test_fees_on_the_customer_raise_total_amount_and_keep_the_rent_as_total_amount_without_fees(client, receiver):
+    token = _create(client, receiver)
+    before = _confirm(client, token)["invoice"]
+    assert (before["total_amount"], before["total_amount_without_fees"], before["pal_is_on"]) == (150000, 150000, "0")
+    client.post(f"/checkout/{token}/complete", headers=JSON, json={"fees": 2250})
+    invoice = _confirm(client, token)["invoice"]
+    assert (invoice["total_amount"], invoice["total_amount_without_fees"]) == (152250, 150000)
+    form = _form(receiver.wait_for(1)[0])
+    assert (form["data[invoice][total_amount]"], form["data[invoice][total_amount_without_fees]"]) == ("152250", "150000")
+    assert form["data[invoice][pal_is_on]"] == "0"
+
+
+@pytest.mark.parametrize("fees", [-1, "beaucoup", 10_000_001])
+def test_bad_fees_are_refused_and_the_invoice_stays_pending(client, receiver, fees):
+    token = _create(client, receiver)
+    assert client.post(f"/checkout/{token}/complete", headers=JSON, json={"fees": fees}).status_code == 400
+    assert _confirm(client, token)["status"] == "pending"

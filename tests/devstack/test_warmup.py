@@ -28,7 +28,8 @@ def test_every_api_file_is_a_function_with_a_concrete_route():
     ("/api/properties", "GET"),  # a read: its own GET
     ("/api/payments", "GET"),  # GET and POST: the read, which writes nothing
     ("/api/paydunya/ipn", "POST"),  # POST only: a body it refuses before writing anything
-    ("/api/visits", "POST"),
+    ("/api/visits", "GET"),  # GET (the user's visits) and POST
+    ("/api/visits/1", "DELETE"),  # DELETE only: the stack wakes it as Moussa, who has no visit 1 (404)
 ])
 def test_each_function_is_woken_by_a_request_that_writes_nothing(route, method):
     found = {fn.route: fn for fn in warmup.functions()}
@@ -63,7 +64,7 @@ def _api(answer):
             self.end_headers()
             self.wfile.write(payload)
 
-        do_GET = do_POST = _any
+        do_GET = do_POST = do_DELETE = _any
 
         def log_message(self, *args):
             pass

@@ -18,6 +18,11 @@ from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 600  # the stack builds and wakes every function before it says ready (a uv install each)
+# Bursts of 50 simultaneous clicks by one user (test_write_path) test the lock and the fences, not the
+# limiter: writes get 60 a minute here (production: 30), each test starting afresh (below), so a burst
+# of 50 passes and a burst of 100 (test_money_and_visits) meets the limit. Refused IPNs keep production's 10.
+WRITES_PER_MINUTE = 60
+STACK_ENV = {"RATE_LIMIT_WRITES_PER_MINUTE": str(WRITES_PER_MINUTE)}
 
 
 @pytest.fixture(scope="session")
@@ -25,13 +30,24 @@ def stack() -> Iterator[child.ChildStack]:
     """The running stack: `stack.api` (an httpx client to vercel dev), `.auth(email)`, `.redis(...)`,
     `.devstack("redis-stop")`, `.supabase_url`, `.paydunya_url`, `.ports`, `.env` (devstack/child.py)."""
     try:
-        running = child.start(api=True, purpose="stack", timeout=START_TIMEOUT)
+        running = child.start(api=True, purpose="stack", timeout=START_TIMEOUT, extra_env=STACK_ENV)
     except RuntimeError as exc:
         pytest.fail(str(exc))
     try:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limits(request: pytest.FixtureRequest) -> None:
+    """Each stack test starts with every user's and address's allowance whole: the limits count per
+    minute, and the tests before it in that minute (often as the same demo users) are not its own."""
+    if "stack" not in request.fixturenames:
+        return
+    stack = request.getfixturevalue("stack")
+    for key in stack.redis("KEYS", "dousell:ratelimit:*") or []:
+        stack.redis("DEL", key)
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ from tests.support import show
 EXAMPLES = 25  # random examples per operation and identity, beside the explicit and coverage cases
 SEED = 20261126
 IDENTITIES = {"anonymous": None, "tenant": MOUSSA, "owner": AWA}
-WRITES = ("POST", "PATCH")
+WRITES = ("POST", "PATCH", "DELETE")
 
 # Hypothesis keeps caches (constants, unicode tables) in `.hypothesis/`: not in the work tree, which
 # vercel dev bundles into every function.

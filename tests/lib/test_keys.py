@@ -107,6 +107,13 @@ def test_the_helper_keys_live_under_meta():
     assert keys.applied_change("0a" * 16) == "dousell:meta:applied:" + "0a" * 16
     assert keys.idempotency("u:1", "k").startswith("dousell:meta:idem:u%3A1:")
     assert keys.user_visits("u1").key == "dousell:visits:user:u1"
+    assert keys.payment_recheck(42) == "dousell:meta:recheck:payment:42"
+
+
+def test_rate_limit_counters_live_under_their_own_prefix(monkeypatch):
+    assert keys.ratelimit_prefix("write") == "dousell:ratelimit:write"
+    monkeypatch.setenv("CACHE_NAMESPACE", "staging")
+    assert keys.ratelimit_prefix("ipn") == "staging:ratelimit:ipn"
 
 
 @pytest.mark.parametrize("key, kind", [

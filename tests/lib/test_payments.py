@@ -16,10 +16,11 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from lib import context, keys, locks, payments, upstash, writes
+from lib import context, keys, locks, payments, settle, upstash, writes
 from lib.db import DatabaseError
 from lib.errors import (
     AlreadyPaid,
+    AmountMismatch,
     BadRequest,
     ConfigurationError,
     DatabaseUnavailable,
@@ -49,15 +50,15 @@ from tests.world import (
 MOUSSA_U, AWA_U, FATOU_U = user(MOUSSA), user(AWA), user(FATOU)
 
 
-def start(who=MOUSSA_U, lease_id=123, period: str | None = "2026-12") -> Reply:
+def start(who=MOUSSA_U, lease_id=123, period: str | None = "2026-12") -> payments.Started:
     context.begin()
     return payments.start(who, lease_id, period)
 
 
 def test_a_tenant_starts_a_payment_and_gets_a_checkout_url(world):
     reply = start()
-    assert reply.status == 201
-    payment = reply.body["payment"]
+    assert reply.created
+    payment = reply.payment
     assert set(payment) == {"id", "lease_id", "period", "amount", "currency", "status", "checkout_url"}
     assert payment | {"id": 0} == {"id": 0, "lease_id": 123, "period": "2026-12", "amount": 50_000, "currency": "XOF",
                                    "status": "pending", "checkout_url": "https://pay.test/checkout/test_tok1"}
@@ -108,8 +109,8 @@ def test_the_payments_writes_are_marked_applied_with_the_tags_it_bumped(world):
 def test_a_second_request_gets_the_same_pending_payment_and_no_second_invoice(world):
     first = start()
     second = start()
-    assert second.status == 200
-    assert second.body == first.body
+    assert not second.created
+    assert second.payment == first.payment
     assert len(world.paydunya.invoices) == 1
     assert len(world.db.rows(period="2026-12", status="pending")) == 1
 
@@ -120,7 +121,7 @@ def test_a_second_request_gets_the_same_pending_payment_and_no_second_invoice(wo
 ])
 def test_the_period_defaults_to_the_current_month_in_dakar(world, at, period):
     world.clock.now = at
-    assert start(period=None).body["payment"]["period"] == period
+    assert start(period=None).payment["period"] == period
 
 
 @pytest.mark.parametrize("who, lease_id, error", [
@@ -157,7 +158,7 @@ def test_a_month_already_paid_is_409_already_paid(world):
 ])
 def test_the_period_must_be_within_the_window_and_the_lease(world, period, ok):
     if ok:
-        assert start(period=period).status == 201
+        assert start(period=period).created
     else:
         with pytest.raises(ValidationFailed) as info:
             start(period=period)
@@ -219,7 +220,7 @@ def test_a_paydunya_failure_marks_the_row_failed_and_leaves_nothing_pending(worl
     assert world.redis.redis.exists(world.lock_key()) == 0
     world.paydunya.failure = None
     retry = start()
-    assert retry.status == 201 and retry.body["payment"]["id"] != rows[0]["id"]
+    assert retry.created and retry.payment["id"] != rows[0]["id"]
 
 
 def test_a_failed_attempt_invalidates_the_history_it_changed(world):
@@ -241,9 +242,9 @@ def test_a_young_pending_row_without_an_invoice_is_another_request_at_work(world
 def test_a_pending_row_without_an_invoice_older_than_the_lock_ttl_is_abandoned_and_replaced(world):
     stale = world.db.add_payment(123, "2026-12", created_at=NOW - timedelta(seconds=31))
     reply = start()
-    assert reply.status == 201
+    assert reply.created
     assert world.db.payments[stale["id"]]["status"] == "failed"
-    assert reply.body["payment"]["id"] != stale["id"]
+    assert reply.payment["id"] != stale["id"]
     assert len(world.paydunya.invoices) == 1
 
 
@@ -251,7 +252,7 @@ def test_an_abandoned_pending_row_with_an_invoice_is_kept_the_tenant_may_be_payi
     row = world.db.add_payment(123, "2026-12", token="t0", url="https://pay.test/checkout/t0",
                                created_at=NOW - timedelta(hours=3))
     reply = start()
-    assert reply.status == 200 and reply.body["payment"]["id"] == row["id"]
+    assert not reply.created and reply.payment["id"] == row["id"]
 
 
 def test_a_row_declared_abandoned_while_we_made_its_invoice_never_shows_that_invoice(world):
@@ -272,7 +273,7 @@ def test_a_database_failure_after_the_invoice_leaves_a_row_that_is_abandoned_lat
     del world.db.broken["/rental_payments"]
     assert [r["status"] for r in world.db.rows(period="2026-12")] == ["pending"]
     world.clock.now = NOW + timedelta(seconds=31)
-    assert start().status == 201
+    assert start().created
     assert [r["status"] for r in world.db.rows(period="2026-12")] == ["failed", "pending"]
 
 
@@ -287,8 +288,8 @@ def test_redis_down_the_database_fence_still_gives_one_invoice(world):
     world.redis.down = httpx.ConnectError("redis down")
     first = start()
     second = start()
-    assert (first.status, second.status) == (201, 200)
-    assert second.body == first.body
+    assert (first.created, second.created) == (True, False)
+    assert second.payment == first.payment
     assert len(world.paydunya.invoices) == 1
 
 
@@ -304,7 +305,7 @@ def test_redis_down_the_breaker_skips_the_lock_after_the_first_failure(world):
 
 def test_a_lock_that_expired_while_we_worked_does_not_lose_the_answer(world, caplog):
     world.paydunya.during_create = lambda: world.redis.redis.set(world.lock_key(), "next-holder")
-    assert start().status == 201
+    assert start().created
     assert world.redis.redis.get(world.lock_key()) == b"next-holder"  # never deleted the other's lock
     assert "no longer owned" in caplog.text
 
@@ -438,7 +439,7 @@ def test_tenant_and_owner_read_the_leases_payments_newest_first(world):
     rows, status = listing(MOUSSA_U)
     assert status == "MISS"
     assert [r["period"] for r in rows] == ["2026-12", "2026-10", "2026-09"]
-    assert rows[0]["id"] == reply.body["payment"]["id"] and rows[0]["checkout_url"]
+    assert rows[0]["id"] == reply.payment["id"] and rows[0]["checkout_url"]
     assert "provider_token" not in rows[0]
     same, status = listing(AWA_U)
     assert (same, status) == (rows, "HIT")
@@ -486,13 +487,13 @@ def test_the_list_is_read_with_the_users_token(world):
 
 
 def pending_invoice(world, period="2026-12") -> tuple[str, int]:
-    payment = start(period=period).body["payment"]
+    payment = start(period=period).payment
     return world.db.payments[payment["id"]]["provider_token"], payment["id"]
 
 
 def ipn(world, body: bytes, content_type="application/x-www-form-urlencoded"):
     context.begin()
-    return payments.receive_ipn(body, content_type)
+    return settle.receive_ipn(body, content_type)
 
 
 def test_a_genuine_ipn_completes_the_payment_and_notifies_both_parties(world):
@@ -547,7 +548,7 @@ def test_the_ipn_status_is_not_believed_only_paydunyas_confirmation(world):
 def test_an_ipn_whose_amount_differs_from_the_confirmation_changes_nothing(world):
     token, pid = pending_invoice(world)
     world.paydunya.invoices[token]["status"] = "completed"
-    with pytest.raises(payments.AmountMismatch) as info:
+    with pytest.raises(AmountMismatch) as info:
         ipn(world, world.paydunya.ipn(token, amount=100))
     assert (info.value.status, info.value.code) == (409, "amount_mismatch")
     assert world.db.count("POST", "/rpc/confirm_payment") == 0
@@ -557,7 +558,7 @@ def test_an_ipn_whose_amount_differs_from_the_confirmation_changes_nothing(world
 def test_a_confirmed_amount_that_is_not_the_rent_changes_nothing(world):
     token, pid = pending_invoice(world)
     world.paydunya.invoices[token].update(status="completed", total_amount=100)
-    with pytest.raises(payments.AmountMismatch):
+    with pytest.raises(AmountMismatch):
         ipn(world, world.paydunya.ipn(token))
     assert world.db.payments[pid]["status"] == "pending" and world.db.notifications == []
 
@@ -591,13 +592,48 @@ def test_paydunya_down_at_confirmation_is_502_and_changes_nothing(world):
     assert world.db.payments[pid]["status"] == "pending"
 
 
-def test_a_second_completed_invoice_for_a_paid_month_is_409_already_paid(world, caplog):
+def test_a_second_completed_invoice_for_a_paid_month_is_put_under_review_and_logged(world, caplog):
     token, pid = pending_invoice(world)
     world.paydunya.invoices[token]["status"] = "completed"
     world.db.add_payment(123, "2026-12", status="completed")
-    with pytest.raises(AlreadyPaid):
+    assert ipn(world, world.paydunya.ipn(token)) == {"received": True, "status": "needs_review"}
+    assert world.db.payments[pid]["review_reason"] == "month_already_paid"
+    assert [r.levelname for r in caplog.records if "needs_review" in r.getMessage()] == ["ERROR"]
+
+
+@pytest.mark.parametrize("first", ["failed", "cancelled"])
+def test_money_received_for_a_failed_or_cancelled_payment_is_never_dropped(world, caplog, first):
+    token, pid = pending_invoice(world)
+    world.db.payments[pid]["status"] = first
+    world.paydunya.invoices[token]["status"] = "completed"
+    listing(MOUSSA_U)
+    versions = {t: world.tag_version(t) for t in
+                ("payments:lease:123", f"dashboard:{AWA}", f"notifications:{MOUSSA}", f"notifications:{AWA}")}
+    assert ipn(world, world.paydunya.ipn(token)) == {"received": True, "status": "needs_review"}
+    assert [(n["user_id"], n["kind"]) for n in world.db.notifications] == [(MOUSSA, "payment_needs_review"),
+                                                                           (AWA, "payment_needs_review")]
+    assert any(r.levelname == "ERROR" and f"payment {pid}" in r.getMessage() for r in caplog.records)
+    for tag, version in versions.items():
+        assert world.tag_version(tag) != version, tag
+    rows, _ = listing(MOUSSA_U)
+    assert (rows[0]["status"], rows[0]["review_reason"]) == ("needs_review", f"paid_after_{first}")
+
+
+def test_with_fees_on_the_customer_the_rent_is_compared_without_them(world):
+    token, pid = pending_invoice(world)
+    # PayDunya's confirm with the fees on the customer: total_amount includes them (strings, as it sends them).
+    world.paydunya.invoices[token].update(status="completed", total_amount="51500",
+                                          total_amount_without_fees="50000", pal_is_on="1")
+    assert ipn(world, world.paydunya.ipn(token)) == {"received": True, "status": "completed"}
+    assert world.db.payments[pid]["status"] == "completed"
+
+
+def test_without_fees_that_are_not_the_rent_nothing_changes(world):
+    token, pid = pending_invoice(world)
+    world.paydunya.invoices[token].update(status="completed", total_amount="50000", total_amount_without_fees="48500")
+    with pytest.raises(AmountMismatch):
         ipn(world, world.paydunya.ipn(token))
-    assert "refund" in caplog.text
+    assert world.db.payments[pid]["status"] == "pending"
 
 
 @pytest.mark.parametrize("body, content_type", [

@@ -105,3 +105,14 @@ def test_a_library_that_ignores_rest_retries_is_refused_loudly():
     sdk = upstash_redis.Redis(URL, "t", rest_retries=1)
     with pytest.raises(IncompatibleUpstashRedis, match="rest_retries"):
         upstash_sdk.adapt(sdk, upstash._client())
+
+
+@pytest.mark.parametrize("exc, kind", [
+    (upstash_redis.errors.UpstashError("WRONGTYPE"), "answer"),
+    (httpx.ConnectTimeout("slow"), "outage"),
+    (ValueError("Expecting value"), "outage"),  # a body that is not JSON (a proxy's page)
+    (KeyError("result"), "outage"),  # JSON without Upstash's `result`
+    (ZeroDivisionError(), None),  # not the client's: a bug, re-raised by lib/upstash.sdk_call
+])
+def test_classify_says_what_a_failed_call_means(exc, kind):
+    assert upstash_sdk.classify(exc) == kind

@@ -1,4 +1,5 @@
-"""lib/visits: booking a slot (cached pre-check, lock per slot, book_visit RPC as the fence, invalidation)."""
+"""lib/visits: booking a slot (cached pre-check, lock per slot, book_visit RPC as the fence, invalidation),
+a user's visits (cached), cancelling one (the slot free at once)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import respx
 
 from lib import context, keys, locks, upstash, visits
-from lib.errors import BookingInProgress, NotFound, SlotTaken
+from lib.errors import BookingInProgress, NotFound, SlotTaken, TooManyBookings, VisitStarted
 from tests.fakes import FakeUpstash
 from tests.world import (
     AWA,
@@ -131,7 +132,7 @@ def test_the_rpc_is_the_fence_when_the_cached_list_is_stale(world):
 
 @pytest.mark.parametrize("code, error", [
     ("slot_taken", SlotTaken), ("slot_not_found", SlotTaken), ("property_not_found", NotFound),
-    ("visitor_not_found", NotFound),
+    ("visitor_not_found", NotFound), ("too_many_bookings", TooManyBookings),
 ])
 def test_each_code_of_the_booking_rpc_becomes_its_contract_error(world, code, error):
     db, _ = world
@@ -185,3 +186,105 @@ def test_the_visit_body_is_the_row(world):
     visit = book(db)
     assert set(visit) >= {"id", "slot_id", "property_id", "visitor_id", "starts_at", "ends_at", "status"}
     json.dumps(visit)
+
+
+# -- a user's visits -------------------------------------------------------------------------------
+
+
+def my_visits(who):
+    ctx = context.begin()
+    return visits.list_for(user(who)), ctx.cache_status
+
+
+def test_a_user_lists_their_visits_as_visitor_and_the_owner_sees_them_as_owner(world):
+    db, _ = world
+    book(db, n=1)
+    book(db, n=0)
+    mine, status = my_visits(FATOU)
+    assert status == "MISS"
+    assert [(v["starts_at"], v["role"]) for v in mine] == [(slot(db, 0).isoformat(), "visitor"),
+                                                            (slot(db, 1).isoformat(), "visitor")]
+    assert [v["role"] for v in my_visits(AWA)[0]] == ["owner", "owner"]
+    assert my_visits(MOUSSA)[0] == []
+    assert ("POST", "/rpc/user_visits", "authenticated") in db.calls  # read as the user: RLS applies
+
+
+def test_the_visit_list_is_cached_and_a_booking_shows_in_it_at_once(world):
+    db, _ = world
+    my_visits(FATOU)
+    assert my_visits(FATOU) == ([], "HIT")
+    book(db)
+    mine, status = my_visits(FATOU)
+    assert status == "MISS" and len(mine) == 1
+    assert len(my_visits(AWA)[0]) == 1  # the owner's list too
+
+
+# -- cancelling ------------------------------------------------------------------------------------
+
+
+def cancel(who, visit_id):
+    context.begin()
+    return visits.cancel(user(who), visit_id)
+
+
+@pytest.mark.parametrize("who, told", [(FATOU, AWA), (AWA, FATOU)])  # the visitor, the property's owner
+def test_the_visitor_or_the_owner_cancels_and_the_slot_is_free_at_once_everywhere(world, who, told):
+    db, _ = world
+    visit = book(db)
+    free_before = len(visits.free_slots(789))
+    my_visits(FATOU), my_visits(AWA)  # cached
+    assert cancel(who, visit["id"])["status"] == "cancelled"
+    assert len(visits.free_slots(789)) == free_before + 1
+    assert [v["status"] for v in my_visits(FATOU)[0]] == ["cancelled"]
+    assert [v["status"] for v in my_visits(AWA)[0]] == ["cancelled"]
+    assert [(n["user_id"], n["kind"]) for n in db.notifications] == [(told, "visit_cancelled")]
+    assert book(db, who=MOUSSA)["visitor_id"] == MOUSSA  # bookable again at once
+
+
+def test_cancelling_bumps_the_slots_the_dashboard_both_lists_and_the_other_partys_notifications(world):
+    db, redis = world
+    visit = book(db)
+    tags = ("slots:789", f"dashboard:{AWA}", f"visits:user:{FATOU}", f"visits:user:{AWA}", f"notifications:{AWA}")
+    before = {t: redis.redis.get(keys.tag_key(t)) for t in tags}
+    cancel(FATOU, visit["id"])
+    for tag in tags:
+        assert redis.redis.get(keys.tag_key(tag)) != before[tag], tag
+
+
+def test_cancelling_twice_is_harmless_and_bumps_nothing_the_second_time(world):
+    db, redis = world
+    visit = book(db)
+    cancel(FATOU, visit["id"])
+    version = redis.redis.get(keys.tag_key("slots:789"))
+    assert cancel(FATOU, visit["id"])["status"] == "cancelled"
+    assert redis.redis.get(keys.tag_key("slots:789")) == version
+    assert len(db.notifications) == 1
+
+
+def test_a_stranger_or_an_unknown_visit_is_404(world):
+    db, _ = world
+    visit = book(db)
+    for who, visit_id in ((MOUSSA, visit["id"]), (FATOU, 424242)):
+        with pytest.raises(NotFound):
+            cancel(who, visit_id)
+    assert db.visits[0]["status"] == "booked"
+
+
+def test_a_visit_that_has_started_cannot_be_cancelled(world):
+    db, _ = world
+    visit = book(db)
+    db.clock.now = slot(db) + timedelta(minutes=5)
+    with pytest.raises(VisitStarted) as info:
+        cancel(FATOU, visit["id"])
+    assert (info.value.status, info.value.code) == (409, "visit_started")
+
+
+def test_the_cap_refuses_a_fourth_future_visit_of_one_property(world):
+    db, _ = world
+    db.slots.append({"id": 10, "property_id": 789, "starts_at": slot(db, 2) + timedelta(hours=3),
+                     "ends_at": slot(db, 2) + timedelta(hours=4)})
+    for n in range(3):
+        book(db, n=n)
+    with pytest.raises(TooManyBookings) as info:
+        book(db, at=db.slots[-1]["starts_at"])
+    assert (info.value.status, info.value.code) == (409, "too_many_bookings")

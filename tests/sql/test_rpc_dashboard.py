@@ -16,7 +16,7 @@ from tests.sql.demo import (
     VILLA_789,
 )
 
-ZERO = {"properties": 0, "published": 0, "active_leases": 0, "revenue_this_month": 0, "pending_payments": 0, "upcoming_visits": 0}
+ZERO = {"properties": 0, "published": 0, "active_leases": 0, "revenue_this_month": 0, "pending_payments": 0, "payments_to_review": 0, "upcoming_visits": 0}
 
 
 def dashboard(as_user, user):
@@ -30,9 +30,9 @@ def dashboard(as_user, user):
     [
         # Awa: 21 properties (18 published), lease 123 active, its current month unpaid,
         # Fatou's visit of property 102 ahead.
-        (AWA, {"properties": AWA_PROPERTIES, "published": 18, "active_leases": 1, "revenue_this_month": 0, "pending_payments": 0, "upcoming_visits": 1}),
+        (AWA, {"properties": AWA_PROPERTIES, "published": 18, "active_leases": 1, "revenue_this_month": 0, "pending_payments": 0, "payments_to_review": 0, "upcoming_visits": 1}),
         # Ibrahima: 28 properties (26 published), only an ended lease.
-        (IBRAHIMA, {"properties": IBRAHIMA_PROPERTIES, "published": 26, "active_leases": 0, "revenue_this_month": 0, "pending_payments": 0, "upcoming_visits": 0}),
+        (IBRAHIMA, {"properties": IBRAHIMA_PROPERTIES, "published": 26, "active_leases": 0, "revenue_this_month": 0, "pending_payments": 0, "payments_to_review": 0, "upcoming_visits": 0}),
         # Tenants own nothing: all zeros, not someone else's figures.
         (MOUSSA, ZERO),
         (FATOU, ZERO),

@@ -222,9 +222,8 @@ def test_a_pending_verdict_leaves_the_payment_pending(api, act_as, admin, pendin
     [
         ("completed", "cancelled"),  # a late cancel does not undo a payment
         ("completed", "failed"),
-        ("cancelled", "completed"),  # final states stay final
-        ("failed", "completed"),
-        ("failed", "cancelled"),
+        ("failed", "cancelled"),  # final states stay final
+        ("cancelled", "failed"),
     ],
 )
 def test_a_final_state_is_final(api, act_as, admin, pending, first, late):
@@ -235,16 +234,48 @@ def test_a_final_state_is_final(api, act_as, admin, pending, first, late):
     assert len(notifications(admin)) == (2 if first == "completed" else 0)
 
 
-def test_completing_a_second_attempt_of_a_paid_month_is_refused(api, act_as, admin, pending):
-    # Only reachable by writing behind the RPCs' back: a completed row and a pending row
-    # of the same month. The completed fence wins and the RPC says so cleanly.
+@pytest.mark.parametrize("first", ["failed", "cancelled"])
+def test_money_received_for_a_failed_or_cancelled_row_is_put_under_review_and_both_parties_are_told(
+        api, act_as, admin, pending, first):
+    confirm(api, act_as, "tok-1", first)
+    result = confirm(api, act_as, "tok-1", "completed")
+    assert (result["changed"], result["review"]) == (True, True)
+    payment = result["payment"]
+    assert (payment["status"], payment["review_reason"]) == ("needs_review", f"paid_after_{first}")
+    assert payment["paid_at"] is not None
+    sent = notifications(admin)
+    assert [(user, kind) for user, kind, *_ in sent] == [(AWA, "payment_needs_review"), (MOUSSA, "payment_needs_review")]
+    assert "50 000 FCFA" in sent[1][3] and "janvier 2030" in sent[1][3]
+    assert sent[0][4]["review_reason"] == f"paid_after_{first}"
+
+
+def test_a_review_is_opened_once_however_often_paydunya_says_completed(api, act_as, admin, pending):
+    confirm(api, act_as, "tok-1", "failed")
+    confirm(api, act_as, "tok-1", "completed")
+    again = confirm(api, act_as, "tok-1", "completed")
+    assert (again["changed"], again["review"]) == (False, False)
+    assert again["payment"]["status"] == "needs_review"
+    assert len(notifications(admin)) == 2
+
+
+def test_a_month_under_review_cannot_be_paid_again(api, act_as, admin, pending):
+    confirm(api, act_as, "tok-1", "cancelled")
+    confirm(api, act_as, "tok-1", "completed")
+    assert rpc_error(lambda: reserve(api, act_as)) == "already_paid"
+
+
+def test_completing_a_second_attempt_of_a_paid_month_puts_it_under_review(api, act_as, admin, pending):
+    # Two invoices of one month paid: only reachable by writing behind the RPCs' back (or an
+    # invoice paid after it was abandoned and the month paid again). The money is not dropped.
     admin.execute(
         "insert into rental_payments (lease_id, period, amount, status, paid_at) values (%s, '2030-01', %s, 'completed', now())",
         (LEASE_123, RENT_123),
     )
-    assert rpc_error(lambda: confirm(api, act_as, "tok-1")) == "already_paid"
-    assert admin.execute("select status from rental_payments where id = %s", (pending["id"],)).fetchone()[0] == "pending"
-    assert notifications(admin) == []
+    result = confirm(api, act_as, "tok-1")
+    assert (result["changed"], result["review"]) == (True, True)
+    assert admin.execute("select status, review_reason from rental_payments where id = %s",
+                         (pending["id"],)).fetchone() == ("needs_review", "month_already_paid")
+    assert [kind for _, kind, *_ in notifications(admin)] == ["payment_needs_review"] * 2
 
 
 def test_concurrent_callbacks_complete_once_and_notify_once(api_conns, act_as, admin, pending):
@@ -288,3 +319,70 @@ def test_reservations_of_one_lease_queue_up(seeded_db, pg_connect, api, act_as, 
     answer = result()
     assert not isinstance(answer, Exception), answer
     assert answer["created"] is True
+
+
+# -- payments_to_reconcile --------------------------------------------------------------------
+
+DUE = "select payments_to_reconcile(%s)"
+
+
+def due(conn, act_as, limit=50):
+    with act_as(conn, "service_role"):
+        return conn.execute(DUE, (limit,)).fetchone()[0]
+
+
+def pending_invoice(admin, period, minutes_old, token):
+    return admin.execute(
+        "insert into rental_payments (lease_id, period, amount, status, provider_token, checkout_url, created_at) "
+        "values (%s, %s, %s, 'pending', %s, 'https://pay/' || %s, now() - make_interval(mins => %s)) returning id",
+        (LEASE_123, period, RENT_123, token, token, minutes_old)).fetchone()[0]
+
+
+def test_only_invoices_pending_longer_than_ten_minutes_are_due_oldest_first(api, act_as, admin):
+    old = pending_invoice(admin, "2030-01", 60, "tok-old")
+    older = pending_invoice(admin, "2030-02", 120, "tok-older")
+    pending_invoice(admin, "2030-03", 5, "tok-young")  # the IPN may still come
+    admin.execute("insert into rental_payments (lease_id, period, amount, status, created_at) "
+                  "values (%s, '2030-04', %s, 'pending', now() - interval '1 hour')", (LEASE_123, RENT_123))  # no invoice
+    result = due(api, act_as)
+    assert result["due"] == 2
+    assert [(p["id"], p["provider_token"]) for p in result["batch"]] == [(older, "tok-older"), (old, "tok-old")]
+
+
+def test_a_checked_invoice_waits_a_minute_then_the_least_recently_checked_goes_first(api, act_as, admin):
+    first = pending_invoice(admin, "2030-01", 120, "tok-1")
+    assert [p["id"] for p in due(api, act_as, 1)["batch"]] == [first]
+    second = pending_invoice(admin, "2030-02", 60, "tok-2")
+    assert [p["id"] for p in due(api, act_as)["batch"]] == [second]  # the first was checked just now
+    admin.execute("update private.payment_checks set checked_at = now() - interval '3 minutes' where payment_id = %s", (second,))
+    admin.execute("update private.payment_checks set checked_at = now() - interval '2 minutes' where payment_id = %s", (first,))
+    assert [p["id"] for p in due(api, act_as, 1)["batch"]] == [second]  # older by its last check, not by age
+    assert admin.execute("select checks from private.payment_checks where payment_id = %s", (second,)).fetchone()[0] == 2
+
+
+def test_the_batch_is_bounded_and_reports_how_many_were_due(api, act_as, admin):
+    for month in range(1, 8):
+        pending_invoice(admin, f"2031-{month:02d}", 30 + month, f"tok-{month}")
+    result = due(api, act_as, 3)
+    assert (len(result["batch"]), result["due"]) == (3, 7)
+    assert due(api, act_as, 10)["due"] == 4  # the three just checked wait their minute
+
+
+def test_checking_an_invoice_does_not_touch_the_payment_row(api, act_as, admin):
+    pid = pending_invoice(admin, "2030-01", 60, "tok-1")
+    before = admin.execute("select updated_at from rental_payments where id = %s", (pid,)).fetchone()
+    outbox = admin.execute("select count(*) from private.invalidation_outbox").fetchone()[0]
+    due(api, act_as)
+    assert admin.execute("select updated_at from rental_payments where id = %s", (pid,)).fetchone() == before
+    assert admin.execute("select count(*) from private.invalidation_outbox").fetchone()[0] == outbox
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_only_the_server_may_list_the_invoices_to_reconcile(api, act_as, role):
+    with pytest.raises(errors.InsufficientPrivilege), act_as(api, role, sub=FATOU):
+        api.execute(DUE, (10,))
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1001, None])
+def test_a_batch_size_out_of_range_is_refused(api, act_as, limit):
+    assert rpc_error(lambda: due(api, act_as, limit)) == "invalid_limit"

@@ -252,3 +252,165 @@ def test_bookings_of_one_property_queue_up_so_overlaps_cannot_deadlock(seeded_db
     answer = result()
     assert not isinstance(answer, Exception), answer
     assert admin.execute("select count(*) from visits where property_id = %s", (VILLA_789,)).fetchone()[0] == 2
+
+
+# -- the per-visitor cap --------------------------------------------------------------------
+
+
+def published(admin, n: int, but: tuple[int, ...] = ()) -> list[int]:
+    rows = admin.execute("select id from properties where status = 'published' order by id").fetchall()
+    return [r[0] for r in rows if r[0] not in but][:n]
+
+
+def future_slot(admin, property_id, days=5, hour=9) -> datetime:
+    starts_at = admin.execute("select date_trunc('hour', now()) + make_interval(days => %s, hours => %s)",
+                              (days, hour)).fetchone()[0]
+    add_slot(admin, property_id, starts_at)
+    return starts_at
+
+
+def test_a_visitor_books_at_most_three_future_visits_of_one_property(api, act_as, admin):
+    starts = slot_starts(admin, VILLA_789)[1:5]
+    for starts_at in starts[:3]:
+        book(api, act_as, VILLA_789, starts_at, MOUSSA)
+    assert book_error(api, act_as, VILLA_789, starts[3], MOUSSA) == "too_many_bookings"
+    assert book(api, act_as, VILLA_789, starts[3], FATOU)["visit"]["visitor_id"] == FATOU  # others still can
+
+
+def test_a_visitor_books_at_most_ten_future_visits_in_all(api, act_as, admin):
+    targets = published(admin, 11, but=(MERMOZ_102,))
+    slots = [(pid, future_slot(admin, pid)) for pid in targets]
+    for pid, starts_at in slots[:10]:
+        book(api, act_as, pid, starts_at, MOUSSA)
+    assert book_error(api, act_as, *slots[10], MOUSSA) == "too_many_bookings"
+    assert admin.execute("select count(*) from visits where visitor_id = %s", (MOUSSA,)).fetchone()[0] == 10
+
+
+def test_cancelled_and_past_visits_do_not_count_against_the_cap(api, act_as, admin):
+    starts = slot_starts(admin, VILLA_789)
+    for starts_at in starts[1:4]:
+        book(api, act_as, VILLA_789, starts_at, MOUSSA)
+    admin.execute("update visits set status = 'cancelled' where visitor_id = %s and starts_at = %s", (MOUSSA, starts[1]))
+    admin.execute(  # a visit that took place yesterday (written behind the RPC's back: it refuses the past)
+        "insert into visits (slot_id, property_id, visitor_id, starts_at, ends_at) select id, property_id, %s, starts_at, ends_at "
+        "from visit_slots where property_id = %s and starts_at = %s", (MOUSSA, VILLA_789, starts[0]))
+    assert book(api, act_as, VILLA_789, starts[4], MOUSSA)["visit"]["status"] == "booked"
+
+
+def test_concurrent_bookings_of_one_account_cannot_pass_the_cap_together(api_conns, act_as, admin):
+    targets = published(admin, 14, but=(MERMOZ_102,))
+    slots = [(pid, future_slot(admin, pid)) for pid in targets]
+    results = race(api_conns(len(slots)), lambda conn, i: book(conn, act_as, *slots[i], MOUSSA))
+    refused = [raised_code(r) for r in results if isinstance(r, Exception)]
+    assert refused == ["too_many_bookings"] * 4
+    assert admin.execute("select count(*) from visits where visitor_id = %s and status = 'booked'", (MOUSSA,)).fetchone()[0] == 10
+
+
+# -- cancel_visit ---------------------------------------------------------------------------
+
+CANCEL = "select cancel_visit(%s, %s)"
+
+
+def cancel(conn, act_as, visit_id, user):
+    with act_as(conn, "service_role"):
+        return conn.execute(CANCEL, (visit_id, user)).fetchone()[0]
+
+
+def cancel_error(conn, act_as, visit_id, user) -> str | None:
+    with pytest.raises(errors.RaiseException) as info:
+        cancel(conn, act_as, visit_id, user)
+    return raised_code(info.value)
+
+
+def seeded_visit(admin) -> int:
+    return admin.execute("select id from visits where visitor_id = %s", (FATOU,)).fetchone()[0]
+
+
+def visit_notes(admin):
+    return admin.execute("select user_id::text, kind, body from notifications where kind = 'visit_cancelled'").fetchall()
+
+
+@pytest.mark.parametrize("who, told", [(FATOU, AWA), (AWA, FATOU)])  # the visitor, the property's owner
+def test_the_visitor_or_the_owner_cancels_and_the_other_is_told(api, act_as, admin, who, told):
+    visit_id = seeded_visit(admin)
+    result = cancel(api, act_as, visit_id, who)
+    assert (result["changed"], result["visit"]["status"], result["owner_id"], result["visitor_id"]) == (True, "cancelled", AWA, FATOU)
+    assert result["notified"] == told
+    notes = visit_notes(admin)
+    assert [(user, kind) for user, kind, _ in notes] == [(told, "visit_cancelled")]
+    assert "Mermoz" in notes[0][2] or "«" in notes[0][2]
+
+
+def test_a_cancelled_slot_is_free_at_once(api, act_as, admin):
+    before = len(free_slots(api, act_as, MERMOZ_102))
+    cancel(api, act_as, seeded_visit(admin), FATOU)
+    assert len(free_slots(api, act_as, MERMOZ_102)) == before + 1
+    starts_at = slot_starts(admin, MERMOZ_102)[1]
+    assert book(api, act_as, MERMOZ_102, starts_at, MOUSSA)["visit"]["visitor_id"] == MOUSSA
+
+
+def test_cancelling_twice_changes_nothing_and_tells_nobody_twice(api, act_as, admin):
+    visit_id = seeded_visit(admin)
+    cancel(api, act_as, visit_id, FATOU)
+    again = cancel(api, act_as, visit_id, AWA)
+    assert (again["changed"], again["visit"]["status"], again["notified"]) == (False, "cancelled", None)
+    assert len(visit_notes(admin)) == 1
+
+
+@pytest.mark.parametrize("who", [MOUSSA, IBRAHIMA, None])  # another tenant, another owner, nobody
+def test_a_stranger_cannot_cancel_nor_learn_that_the_visit_exists(api, act_as, admin, who):
+    visit_id = seeded_visit(admin)
+    assert cancel_error(api, act_as, visit_id, who) == "visit_not_found"
+    assert cancel_error(api, act_as, 999_999, FATOU) == "visit_not_found"
+    assert admin.execute("select status from visits where id = %s", (visit_id,)).fetchone()[0] == "booked"
+
+
+def test_a_visit_that_has_started_cannot_be_cancelled(api, act_as, admin):
+    visit_id = seeded_visit(admin)
+    admin.execute("update visits set starts_at = now() - interval '10 minutes', ends_at = now() + interval '50 minutes' "
+                  "where id = %s", (visit_id,))
+    assert cancel_error(api, act_as, visit_id, FATOU) == "visit_started"
+    assert admin.execute("select status from visits where id = %s", (visit_id,)).fetchone()[0] == "booked"
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_only_the_server_may_cancel(api, act_as, admin, role):
+    with pytest.raises(errors.InsufficientPrivilege), act_as(api, role, sub=FATOU):
+        api.execute(CANCEL, (seeded_visit(admin), FATOU))
+
+
+# -- user_visits ----------------------------------------------------------------------------
+
+
+def my_visits(as_user_conn, act_as, user):
+    with act_as(as_user_conn, "authenticated", sub=user):
+        return [dict(zip(("id", "property_id", "property_title", "visitor_id", "role", "starts_at", "status"), r, strict=True))
+                for r in as_user_conn.execute(
+                    "select id, property_id, property_title, visitor_id::text, role, starts_at, status from user_visits()")]
+
+
+def test_a_user_sees_their_visits_as_visitor_and_the_owner_sees_them_too(api, act_as, admin):
+    fatou = my_visits(api, act_as, FATOU)
+    awa = my_visits(api, act_as, AWA)
+    assert [(v["property_id"], v["role"]) for v in fatou] == [(MERMOZ_102, "visitor")]
+    assert [(v["property_id"], v["role"], v["visitor_id"]) for v in awa] == [(MERMOZ_102, "owner", FATOU)]
+    assert fatou[0]["property_title"]
+    assert my_visits(api, act_as, IBRAHIMA) == [] and my_visits(api, act_as, MOUSSA) == []
+
+
+def test_upcoming_visits_come_first_soonest_first_then_the_others(api, act_as, admin):
+    starts = slot_starts(admin, VILLA_789)
+    for starts_at in (starts[3], starts[1]):
+        book(api, act_as, VILLA_789, starts_at, MOUSSA)
+    admin.execute(
+        "insert into visits (slot_id, property_id, visitor_id, starts_at, ends_at) select id, property_id, %s, starts_at, ends_at "
+        "from visit_slots where property_id = %s and starts_at = %s", (MOUSSA, VILLA_789, starts[0]))  # past
+    cancelled = book(api, act_as, VILLA_789, starts[5], MOUSSA)["visit"]["id"]
+    cancel(api, act_as, cancelled, MOUSSA)
+    seen = [(v["starts_at"], v["status"]) for v in my_visits(api, act_as, MOUSSA)]
+    assert seen == [(starts[1], "booked"), (starts[3], "booked"), (starts[5], "cancelled"), (starts[0], "booked")]
+
+
+def test_anon_cannot_list_visits(api, act_as):
+    with pytest.raises(errors.InsufficientPrivilege), act_as(api, "anon"):
+        api.execute("select * from user_visits()")

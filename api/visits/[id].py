@@ -1,0 +1,16 @@
+"""DELETE /api/visits/{id}: the visitor or the property's owner cancels a visit; its slot is free again at once."""
+
+from typing import Any
+
+from lib import visits
+from lib.http import Endpoint
+from lib.request import Request
+
+
+class handler(Endpoint):
+    path_param = "id"
+
+    def delete(self, req: Request) -> dict[str, Any]:
+        user = req.user()
+        req.refuse_unknown_query(set())
+        return {"visit": visits.cancel(user, req.path_id())}
