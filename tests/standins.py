@@ -1,7 +1,8 @@
 """lib wired to the real stand-ins, for the lib tests that need the whole data path (fixtures of tests/lib).
 
 The Supabase stand-in over a fresh copy of the seeded PostgreSQL (one per test), the Upstash one
-over a real Valkey (one per module, flushed per test); every shared client reset around each test.
+over a real Valkey (tests/conftest.py: one per module, flushed here per test); every shared client
+reset around each test.
 
     pytestmark = pytest.mark.usefixtures("configured")     # in a tests/lib module: lib on the stand-ins
 
@@ -17,29 +18,12 @@ import pytest
 import redis
 
 from devstack import supabase
-from devstack import upstash as upstash_standin
-from devstack.redis_server import RedisServer, free_port
+from devstack.redis_server import RedisServer
 from lib import auth, db, upstash
 from tests.sql.demo import USERS
+from tests.support import UPSTASH_TOKEN
 
-ANON, SERVICE, UPSTASH_TOKEN = "test-anon-key", "test-service-role-key", "test-upstash-token"
-
-
-@pytest.fixture(scope="module")
-def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("valkey"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def upstash_url(valkey: RedisServer) -> Iterator[str]:
-    server, thread = upstash_standin.serve_in_thread(port=0, token=UPSTASH_TOKEN, redis_url=valkey.url)
-    yield server.url
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+ANON, SERVICE = "test-anon-key", "test-service-role-key"
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
+UPSTASH_TOKEN = "test-upstash-token"  # the token of the Upstash stand-ins the tests start (tests/conftest.py)
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True

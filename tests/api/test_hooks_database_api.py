@@ -12,31 +12,17 @@ import pytest
 import redis as redis_py
 import respx
 
-from devstack.redis_server import RedisServer, free_port
-from devstack.upstash import serve_in_thread
+from devstack.redis_server import free_port
 from lib import cache, db, invalidation, keys, upstash
-from tests.support import serve
+from tests.support import UPSTASH_TOKEN, serve
 
 hook_api = importlib.import_module("api.hooks.database")
 SUPABASE = "https://project.supabase.test"
 SECRET = "s3cret-webhook-secret"
-TOKEN = "test-upstash-token"
 AWA = "11111111-1111-4111-8111-111111111111"
 CHANGE = {"type": "UPDATE", "table": "properties", "schema": "public",
           "record": {"id": 123, "owner_id": AWA, "city": "Dakar", "status": "published", "price": 55000},
           "old_record": {"id": 123, "owner_id": AWA, "city": "Dakar", "status": "published", "price": 50000}}
-
-
-@pytest.fixture(scope="module")
-def valkey(tmp_path_factory):
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("valkey"))
-    server.start()
-    standin, thread = serve_in_thread(port=0, token=TOKEN, redis_url=server.url)
-    yield server, standin
-    standin.shutdown()
-    standin.server_close()
-    thread.join(timeout=5)
-    server.stop()
 
 
 class Outbox:
@@ -66,10 +52,10 @@ class Outbox:
 
 
 @pytest.fixture
-def outbox(monkeypatch, valkey):
-    server, standin = valkey
+def outbox(monkeypatch, valkey, upstash_server):
+    server, standin = valkey, upstash_server
     for name, value in {"SUPABASE_URL": SUPABASE, "SUPABASE_ANON_KEY": "anon", "SUPABASE_SERVICE_ROLE_KEY": "service",
-                        "UPSTASH_REDIS_REST_URL": standin.url, "UPSTASH_REDIS_REST_TOKEN": TOKEN,
+                        "UPSTASH_REDIS_REST_URL": standin.url, "UPSTASH_REDIS_REST_TOKEN": UPSTASH_TOKEN,
                         "DATABASE_WEBHOOK_SECRET": SECRET}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("CACHE_NAMESPACE", raising=False)

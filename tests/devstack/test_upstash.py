@@ -19,9 +19,7 @@ from upstash_redis.errors import UpstashError
 
 from devstack.redis_server import RedisServer, free_port
 from devstack.upstash import serve_in_thread
-from tests.support import wait_for
-
-TOKEN = "test-upstash-token"
+from tests.support import UPSTASH_TOKEN, wait_for
 
 COMPARE_AND_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -34,45 +32,26 @@ return 0
 # -- fixtures -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def upstash_redis_server(tmp_path_factory):
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def upstash_standin(upstash_redis_server):
-    server, thread = serve_in_thread(
-        port=0, token=TOKEN, redis_url=upstash_redis_server.url
-    )
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
-
 @pytest.fixture
-def upstash_client(upstash_standin):
-    client = Redis(upstash_standin.url, TOKEN, rest_retries=0, allow_telemetry=False)
+def upstash_client(upstash_server):
+    client = Redis(upstash_server.url, UPSTASH_TOKEN, rest_retries=0, allow_telemetry=False)
     yield client
     client.close()
 
 
 @pytest.fixture
-def upstash_http(upstash_standin):
+def upstash_http(upstash_server):
     with httpx.Client(
-        base_url=upstash_standin.url,
-        headers={"Authorization": f"Bearer {TOKEN}"},
+        base_url=upstash_server.url,
+        headers={"Authorization": f"Bearer {UPSTASH_TOKEN}"},
         timeout=5.0,
     ) as client:
         yield client
 
 
 @pytest.fixture
-def upstash_direct(upstash_redis_server):
-    client = redis.Redis(host=upstash_redis_server.host, port=upstash_redis_server.port)
+def upstash_direct(valkey):
+    client = redis.Redis(host=valkey.host, port=valkey.port)
     yield client
     client.close()
 
@@ -84,9 +63,9 @@ def upstash_key():
 
 
 @pytest.fixture
-def upstash_reset_delay(upstash_standin):
+def upstash_reset_delay(upstash_server):
     yield
-    upstash_standin.delay_ms = 0
+    upstash_server.delay_ms = 0
 
 
 # -- the commands the cache and the locks use ---------------------------------
@@ -228,7 +207,7 @@ def test_multi_exec_with_a_rejected_command_writes_nothing(
     assert upstash_client.get(key) is None
 
 
-def test_multi_exec_is_atomic_against_concurrent_readers(upstash_standin, upstash_key):
+def test_multi_exec_is_atomic_against_concurrent_readers(upstash_server, upstash_key):
     """Readers in other connections never see the first half of a transaction."""
     import threading
 
@@ -238,7 +217,7 @@ def test_multi_exec_is_atomic_against_concurrent_readers(upstash_standin, upstas
 
     def read():
         with httpx.Client(
-            base_url=upstash_standin.url, headers={"Authorization": f"Bearer {TOKEN}"}
+            base_url=upstash_server.url, headers={"Authorization": f"Bearer {UPSTASH_TOKEN}"}
         ) as c:
             while not stop.is_set():
                 got = c.post("/", json=["MGET", a, b]).json()["result"]
@@ -249,7 +228,7 @@ def test_multi_exec_is_atomic_against_concurrent_readers(upstash_standin, upstas
     reader.start()
     try:
         with httpx.Client(
-            base_url=upstash_standin.url, headers={"Authorization": f"Bearer {TOKEN}"}
+            base_url=upstash_server.url, headers={"Authorization": f"Bearer {UPSTASH_TOKEN}"}
         ) as c:
             for i in range(150):
                 c.post(
@@ -339,24 +318,24 @@ def test_numbers_in_a_command_are_sent_as_their_decimal_text(
 
 
 @pytest.mark.parametrize(
-    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": UPSTASH_TOKEN}]
 )
-def test_a_missing_or_wrong_token_is_answered_401(upstash_standin, headers):
-    response = httpx.post(upstash_standin.url, json=["PING"], headers=headers)
+def test_a_missing_or_wrong_token_is_answered_401(upstash_server, headers):
+    response = httpx.post(upstash_server.url, json=["PING"], headers=headers)
     assert response.status_code == 401
     assert response.json() == {"error": "Unauthorized"}
 
 
-def test_the_client_with_a_wrong_token_raises_upstash_error(upstash_standin):
+def test_the_client_with_a_wrong_token_raises_upstash_error(upstash_server):
     with (
-        Redis(upstash_standin.url, "wrong", rest_retries=0) as client,
+        Redis(upstash_server.url, "wrong", rest_retries=0) as client,
         pytest.raises(UpstashError, match="Unauthorized"),
     ):
         client.get("k")
 
 
-def test_the_token_may_also_come_as_the_underscore_token_parameter(upstash_standin):
-    assert httpx.get(f"{upstash_standin.url}/ping?_token={TOKEN}").json() == {
+def test_the_token_may_also_come_as_the_underscore_token_parameter(upstash_server):
+    assert httpx.get(f"{upstash_server.url}/ping?_token={UPSTASH_TOKEN}").json() == {
         "result": "PONG"
     }
 
@@ -430,12 +409,12 @@ def test_the_path_style_get_and_post_forms_work(upstash_http, upstash_key):
     assert 0 < upstash_http.get(f"/ttl/{key}").json()["result"] <= 100
 
 
-def test_one_keep_alive_connection_serves_many_requests(upstash_standin):
-    host, port = upstash_standin.server_address[:2]
+def test_one_keep_alive_connection_serves_many_requests(upstash_server):
+    host, port = upstash_server.server_address[:2]
     body = b'["PING"]'
     request = (
         b"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-        + TOKEN.encode()
+        + UPSTASH_TOKEN.encode()
         + b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     )
     with socket.create_connection((host, port), timeout=5) as sock:
@@ -464,19 +443,19 @@ def test_the_delay_drill_slows_every_command_until_reset(
     assert time.monotonic() - started < 0.25
 
 
-def test_the_drill_endpoints_need_the_token(upstash_standin, upstash_reset_delay):
-    response = httpx.post(f"{upstash_standin.url}/__devstack/delay", json={"ms": 5000})
+def test_the_drill_endpoints_need_the_token(upstash_server, upstash_reset_delay):
+    response = httpx.post(f"{upstash_server.url}/__devstack/delay", json={"ms": 5000})
     assert response.status_code == 401
-    assert upstash_standin.delay_ms == 0
+    assert upstash_server.delay_ms == 0
 
 
 def test_the_status_endpoint_reports_redis_up_and_the_delay(
-    upstash_http, upstash_redis_server
+    upstash_http, valkey
 ):
     assert upstash_http.get("/__devstack/status").json() == {
         "result": {
             "redis": "up",
-            "redis_url": upstash_redis_server.url,
+            "redis_url": valkey.url,
             "delay_ms": 0.0,
         }
     }
@@ -616,9 +595,9 @@ def test_scripts_are_counted_by_the_lock_they_take(upstash_http, upstash_key, st
     assert counted["billed"] == 5
 
 
-def test_the_stats_need_the_token_and_reset_to_zero(upstash_standin, upstash_http, stats):
+def test_the_stats_need_the_token_and_reset_to_zero(upstash_server, upstash_http, stats):
     upstash_http.post("/", json=["SET", "k", "v"])
-    assert httpx.get(f"{upstash_standin.url}/__devstack/stats").status_code == 401
+    assert httpx.get(f"{upstash_server.url}/__devstack/stats").status_code == 401
     assert stats()["billed"] == 1
     assert upstash_http.post("/__devstack/stats/reset").json() == {"result": "OK"}
     assert stats()["billed"] == 0
@@ -659,8 +638,8 @@ def test_the_stack_valkey_runs_with_upstashs_defaults(upstash_direct):
 
 def test_with_redis_stopped_requests_fail_fast_and_recover_once_it_restarts(tmp_path):
     backend = RedisServer(free_port(), tmp_path / "redis").start()
-    server, thread = serve_in_thread(port=0, token=TOKEN, redis_url=backend.url)
-    client = Redis(server.url, TOKEN, rest_retries=0, allow_telemetry=False)
+    server, thread = serve_in_thread(port=0, token=UPSTASH_TOKEN, redis_url=backend.url)
+    client = Redis(server.url, UPSTASH_TOKEN, rest_retries=0, allow_telemetry=False)
     try:
         client.set("k", "before")
         assert client.get("k") == "before"  # a pooled connection now exists
@@ -672,7 +651,7 @@ def test_with_redis_stopped_requests_fail_fast_and_recover_once_it_restarts(tmp_
                 client.get("k")
             assert time.monotonic() - started < 1.0
         response = httpx.post(
-            server.url, json=["PING"], headers={"Authorization": f"Bearer {TOKEN}"}
+            server.url, json=["PING"], headers={"Authorization": f"Bearer {UPSTASH_TOKEN}"}
         )
         assert response.status_code == 503
 
@@ -704,7 +683,7 @@ def test_a_redis_that_accepts_but_never_answers_is_reported_within_the_socket_ti
         silent.listen(16)
         server, thread = serve_in_thread(
             port=0,
-            token=TOKEN,
+            token=UPSTASH_TOKEN,
             redis_url=f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
             socket_timeout=0.3,
         )
@@ -713,7 +692,7 @@ def test_a_redis_that_accepts_but_never_answers_is_reported_within_the_socket_ti
             response = httpx.post(
                 server.url,
                 json=["GET", "k"],
-                headers={"Authorization": f"Bearer {TOKEN}"},
+                headers={"Authorization": f"Bearer {UPSTASH_TOKEN}"},
             )
             assert time.monotonic() - started < 2.0
             assert response.status_code == 503

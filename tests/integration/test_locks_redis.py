@@ -15,38 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from devstack.redis_server import RedisServer, free_port
-from devstack.upstash import serve_in_thread
 from lib import upstash, writes
 from lib.errors import PaymentInProgress
 from lib.locks import Lock, LockBusy, LockNotOwned
-from tests.support import wait_for
-
-TOKEN = "test-upstash-token"
-
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def standin(redis_server):
-    server, thread = serve_in_thread(port=0, token=TOKEN, redis_url=redis_server.url)
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+from tests.support import UPSTASH_TOKEN, wait_for
 
 
 @pytest.fixture(autouse=True)
-def upstash_env(monkeypatch, standin):
-    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", standin.url)
-    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", TOKEN)
+def upstash_env(monkeypatch, upstash_server):
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", upstash_server.url)
+    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", UPSTASH_TOKEN)
     upstash.set_client(None)
     upstash.breaker.reset()
     yield
@@ -55,9 +33,9 @@ def upstash_env(monkeypatch, standin):
 
 
 @pytest.fixture
-def direct(redis_server):
+def direct(valkey):
     """A plain redis-py connection, to look at the keys behind the stand-in's back."""
-    client = redis.Redis(host=redis_server.host, port=redis_server.port, decode_responses=True)
+    client = redis.Redis(host=valkey.host, port=valkey.port, decode_responses=True)
     yield client
     client.close()
 
@@ -68,13 +46,13 @@ def name():
 
 
 @pytest.fixture
-def billed(standin):
+def billed(upstash_server):
     """`billed()`: what Upstash counted since the last call (the stand-in's own counters)."""
-    standin.engine.reset_stats()
+    upstash_server.engine.reset_stats()
 
     def take():
-        stats = standin.engine.stats
-        standin.engine.reset_stats()
+        stats = upstash_server.engine.stats
+        upstash_server.engine.reset_stats()
         return stats
 
     return take

@@ -11,35 +11,16 @@ import psycopg
 import pytest
 import redis as redis_py
 
-from devstack.redis_server import RedisServer, free_port
+from devstack.redis_server import free_port
 from devstack.supabase import serve_in_thread as supabase_in_thread
 from devstack.supabase_net import configure_webhook
-from devstack.upstash import serve_in_thread as upstash_in_thread
 from lib import auth, cache, context, db, invalidation, keys, outbox, properties, upstash
 from lib import breaker as breaker_module
 from lib.errors import DatabaseUnavailable
 from tests.sql.demo import AWA, MOUSSA, PROPERTY_123
-from tests.support import serve, wait_for
+from tests.support import UPSTASH_TOKEN, serve, wait_for
 
-TOKEN = "test-upstash-token"
 ANON, SERVICE = "anon-key", "service-key"
-
-
-@pytest.fixture(scope="module")
-def valkey(tmp_path_factory):
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("valkey"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def upstash_standin(valkey):
-    server, thread = upstash_in_thread(port=0, token=TOKEN, redis_url=valkey.url)
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
 
 
 class Clock:
@@ -53,11 +34,11 @@ class Clock:
 
 
 @pytest.fixture
-def world(seeded_db, pg_connect, valkey, upstash_standin, monkeypatch):
+def world(seeded_db, pg_connect, valkey, upstash_server, monkeypatch):
     """Everything wired: `world.sql` (superuser, autocommit), `world.redis` (plain redis-py), `world.supabase`."""
     supabase, thread = supabase_in_thread("127.0.0.1", 0, dsn=seeded_db.dsn(), anon_key=ANON, service_role_key=SERVICE)
     for name, value in {"SUPABASE_URL": supabase.url, "SUPABASE_ANON_KEY": ANON, "SUPABASE_SERVICE_ROLE_KEY": SERVICE,
-                        "UPSTASH_REDIS_REST_URL": upstash_standin.url, "UPSTASH_REDIS_REST_TOKEN": TOKEN}.items():
+                        "UPSTASH_REDIS_REST_URL": upstash_server.url, "UPSTASH_REDIS_REST_TOKEN": UPSTASH_TOKEN}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
     clock = Clock()
@@ -206,7 +187,7 @@ def test_a_marker_covers_only_its_own_write(world):
 # -- nothing lost ------------------------------------------------------------------------------
 
 
-def test_redis_away_the_rows_stay_released_and_are_applied_when_it_is_back(world, monkeypatch, upstash_standin):
+def test_redis_away_the_rows_stay_released_and_are_applied_when_it_is_back(world, monkeypatch, upstash_server):
     detail()
     world.sql.execute("update properties set price = 59000 where id = %s", (PROPERTY_123,))
     redis_away(monkeypatch)
@@ -214,18 +195,18 @@ def test_redis_away_the_rows_stay_released_and_are_applied_when_it_is_back(world
     assert (done.applied, done.deferred) == (0, 1)
     [row] = outbox_rows(world)
     assert row["claimed_until"] is None, "released at once, not held for the claim's 30 s"
-    redis_back(monkeypatch, world, upstash_standin.url)
+    redis_back(monkeypatch, world, upstash_server.url)
     assert outbox.drain().applied == 1 and outbox_rows(world) == []
     assert detail()[0]["price"] == 59000
 
 
 def test_the_read_that_probes_redis_after_an_outage_drains_before_it_trusts_an_entry(world, monkeypatch,
-                                                                                   upstash_standin):
+                                                                                   upstash_server):
     assert detail()[0]["price"] == 50000  # cached, and Redis keeps it through the outage
     redis_away(monkeypatch)
     assert detail()[1] == "BYPASS"
     world.sql.execute("update properties set price = 60000 where id = %s", (PROPERTY_123,))
-    redis_back(monkeypatch, world, upstash_standin.url)
+    redis_back(monkeypatch, world, upstash_server.url)
     value, status = detail()
     assert (value["price"], status) == (60000, "MISS"), "the entry from before the change was served"
     assert outbox_rows(world) == [] and upstash.breaker.state == "closed"
