@@ -27,7 +27,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -70,6 +70,20 @@ class Writes:
         as it bumps (lib/refill). False if Redis could not be told (the outbox keeps the changes:
         they are applied by the next drain)."""
         return cache.invalidate(sorted(set(tags)), changes=self.ids, refills=refills, seen=seen)
+
+    def rpc(self, client: Any, function: str, params: dict[str, Any],
+            errors: Mapping[str, Callable[[], DousellError]]) -> Any:
+        """The database function `function(params)` through `client` (the caller says which role:
+        SECURITY.md lists every `db.service()`), stamped; an error it raises by name (`raise
+        exception 'slot_taken'`) becomes the one `errors` maps it to, any other propagates (503 if
+        the database is away, 500 otherwise)."""
+        try:
+            return db.run(lambda: self.stamp(client.rpc(function, params)).execute()).data
+        except db.DatabaseError as exc:
+            error = errors.get(exc.message)
+            if error is None:
+                raise
+            raise error() from exc
 
 
 @dataclass

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lib import cache, config, db, invalidation, keys, outbox, paydunya, settle
-from lib.db import DatabaseError
 from lib.errors import (
     AlreadyPaid,
     DousellError,
@@ -145,15 +144,8 @@ _RESERVE_ERRORS: dict[str, Callable[[], DousellError]] = {
 
 
 def _reserve(lease_id: int, tenant_id: str, period: str, writes: outbox.Writes) -> dict[str, Any]:
-    client = db.service()
-    try:
-        return db.run(lambda: writes.stamp(client.rpc("reserve_payment", {
-            "p_lease_id": lease_id, "p_tenant_id": tenant_id, "p_period": period})).execute()).data
-    except DatabaseError as exc:
-        error = _RESERVE_ERRORS.get(exc.message)
-        if error is None:
-            raise
-        raise error() from exc
+    return writes.rpc(db.service(), "reserve_payment", {"p_lease_id": lease_id, "p_tenant_id": tenant_id, "p_period": period},
+                      _RESERVE_ERRORS)
 
 
 def _abandoned(payment: dict[str, Any]) -> bool:

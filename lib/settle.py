@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from lib import db, invalidation, keys, outbox, paydunya, upstash
-from lib.db import DatabaseError
 from lib.errors import (
     AlreadyPaid,
     AmountMismatch,
@@ -63,16 +62,9 @@ def apply(token: str, verdict: dict[str, Any]) -> dict[str, Any]:
     if amount is None:
         log.warning("invoice %s: PayDunya's amount is not a whole number of XOF", token[:12])
         raise AmountMismatch()
-    client = db.service()
     writes = outbox.Writes()
-    try:
-        result = db.run(lambda: writes.stamp(client.rpc("confirm_payment", {
-            "p_token": token, "p_status": verdict["status"], "p_amount": amount})).execute()).data
-    except DatabaseError as exc:
-        error = _CONFIRM_ERRORS.get(exc.message)
-        if error is None:
-            raise
-        raise error() from exc
+    result = writes.rpc(db.service(), "confirm_payment", {"p_token": token, "p_status": verdict["status"], "p_amount": amount},
+                        _CONFIRM_ERRORS)
     payment = result["payment"]
     if result.get("review"):
         log.error("payment %s (invoice %s): PayDunya says paid, the row was not payable any more (%s): "

@@ -29,11 +29,11 @@ lists, the owner's dashboard), and the other party's notifications.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from lib import cache, db, invalidation, keys, outbox
-from lib.db import DatabaseError
 from lib.errors import BookingInProgress, DousellError, NotFound, SlotTaken, TooManyBookings, VisitStarted
 
 if TYPE_CHECKING:  # only signed-in endpoints pay for the JWT imports
@@ -81,14 +81,14 @@ def is_free(property_id: int, starts_at: datetime) -> bool:
     return any(_instant(slot.get("starts_at")) == starts_at for slot in slots)
 
 
-_BOOK_ERRORS = {
+_BOOK_ERRORS: dict[str, Callable[[], DousellError]] = {
     "property_not_found": lambda: NotFound("Ce bien est introuvable ou n'est plus publié."),
     "slot_not_found": SlotTaken,
     "slot_taken": SlotTaken,
     "visitor_not_found": lambda: NotFound("Profil introuvable."),
     "too_many_bookings": TooManyBookings,
 }
-_CANCEL_ERRORS = {
+_CANCEL_ERRORS: dict[str, Callable[[], DousellError]] = {
     "visit_not_found": lambda: NotFound("Cette visite est introuvable."),
     "visit_started": VisitStarted,
 }
@@ -115,19 +115,13 @@ def book(user: User, property_id: int, starts_at: datetime) -> dict[str, Any]:
         raise SlotTaken()
 
     def work() -> dict[str, Any]:
-        client = db.service()
         writes = outbox.Writes()
         try:
-            data = db.run(lambda: writes.stamp(client.rpc("book_visit", {
-                "p_property_id": property_id, "p_starts_at": starts_at.isoformat(),
-                "p_visitor_id": user.id})).execute()).data
-        except DatabaseError as exc:
-            error = _BOOK_ERRORS.get(exc.message)
-            if error is None:
-                raise
-            if exc.message in ("slot_taken", "slot_not_found"):
-                cache.invalidate(keys.visit_slots(property_id).tags)  # our cached list said free: it was wrong
-            raise error() from exc
+            data = writes.rpc(db.service(), "book_visit", {"p_property_id": property_id, "p_starts_at": starts_at.isoformat(),
+                                             "p_visitor_id": user.id}, _BOOK_ERRORS)
+        except SlotTaken:  # slot_taken or slot_not_found: our cached list said free, it was wrong
+            cache.invalidate(keys.visit_slots(property_id).tags)
+            raise
         visit = data["visit"]
         writes.applied(invalidation.change_tags("visits", None, visit, [_owner_of(property_id)]))
         return visit
@@ -146,16 +140,8 @@ def list_for(user: User) -> list[dict[str, Any]]:
 
 def cancel(user: User, visit_id: int) -> dict[str, Any]:
     """DELETE /api/visits/{id}: cancel a future visit as its visitor or the property's owner; the visit row."""
-    client = db.service()
     writes = outbox.Writes()
-    try:
-        result = db.run(lambda: writes.stamp(client.rpc("cancel_visit", {
-            "p_visit_id": visit_id, "p_user_id": user.id})).execute()).data
-    except DatabaseError as exc:
-        error = _CANCEL_ERRORS.get(exc.message)
-        if error is None:
-            raise
-        raise error() from exc
+    result = writes.rpc(db.service(), "cancel_visit", {"p_visit_id": visit_id, "p_user_id": user.id}, _CANCEL_ERRORS)
     visit = result["visit"]
     if result.get("changed"):
         tags = set(invalidation.change_tags("visits", None, visit, [result.get("owner_id")]))

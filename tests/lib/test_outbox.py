@@ -16,7 +16,7 @@ from devstack.supabase import serve_in_thread as supabase_in_thread
 from devstack.supabase_net import configure_webhook
 from lib import auth, cache, context, db, invalidation, keys, outbox, properties, upstash
 from lib import breaker as breaker_module
-from lib.errors import DatabaseUnavailable
+from lib.errors import DatabaseUnavailable, NotFound
 from tests.sql.demo import AWA, MOUSSA, PROPERTY_123
 from tests.support import UPSTASH_TOKEN, serve, wait_for
 
@@ -149,6 +149,18 @@ def test_the_apis_own_write_carries_its_change_id_to_the_outbox_and_is_not_bumpe
     done = outbox.drain()
     assert (done.applied, done.already, done.tags) == (1, 1, set())
     assert detail() == (updated, "HIT"), "the writer's refill was thrown away by a second bump"
+
+
+def test_a_functions_named_error_becomes_the_mapped_error_and_any_other_propagates(world):
+    writes = outbox.Writes()
+    missing = {"p_visit_id": 999_999_999, "p_user_id": AWA}
+    with pytest.raises(NotFound, match="introuvable"):
+        writes.rpc(db.service(), "cancel_visit", missing, {"visit_not_found": lambda: NotFound("Visite introuvable.")})
+    with pytest.raises(db.DatabaseError) as raised:  # not in the map: not turned into a client's error
+        writes.rpc(db.service(), "cancel_visit", missing, {})
+    assert raised.value.message == "visit_not_found"
+    assert len(writes.ids) == 2 and len(set(writes.ids)) == 2  # each call stamped with its own change id
+    assert outbox_rows(world) == []  # nothing was written
 
 
 def test_a_change_the_apis_view_missed_is_still_bumped(world):
