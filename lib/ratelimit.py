@@ -57,18 +57,19 @@ LIMITS = {
 }
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-_limiters: dict[tuple[str, int, int], Any] = {}
+# (limit, requests, window) → the client a limiter was built on, and the limiter
+_limiters: dict[tuple[str, int, int], tuple[Any, Any]] = {}
 
 
 def _limiter(redis: Any, name: str, requests: int, window: int) -> Any:
     from upstash_ratelimit import Ratelimit, SlidingWindow  # only writes pay for the import
 
-    found = _limiters.get((name, requests, window))
-    if found is None or found._redis is not redis:  # a new client (tests, rotated settings)
-        found = Ratelimit(redis=redis, limiter=SlidingWindow(max_requests=requests, window=window, unit="s"),
-                          prefix=keys.ratelimit_prefix(name))
-        _limiters[(name, requests, window)] = found
-    return found
+    built = _limiters.get((name, requests, window))
+    if built is None or built[0] is not redis:  # a new client (tests, rotated settings)
+        built = (redis, Ratelimit(redis=redis, limiter=SlidingWindow(max_requests=requests, window=window, unit="s"),
+                                  prefix=keys.ratelimit_prefix(name)))
+        _limiters[(name, requests, window)] = built
+    return built[1]
 
 
 def hit(name: str, identifier: str) -> None:
