@@ -13,7 +13,7 @@ import pytest
 
 from devstack.redis_server import free_port
 from lib import invalidation, upstash
-from tests.api.test_hooks_database_api import AWA, CHANGE, outbox, row, valkey  # noqa: F401 (fixtures)
+from tests.api.test_hooks_database_api import AWA, CHANGE, outbox, row  # noqa: F401 (fixtures)
 from tests.support import serve
 
 cron_api = importlib.import_module("api.cron.reconcile")
