@@ -11,16 +11,20 @@ import atexit
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import pytest
 import redis
 import respx
 
 from devstack.redis_server import RedisServer, free_port
 from devstack.upstash import Stats, UpstashEngine
-from lib import config
+from lib import config, upstash
 
+URL = "https://upstash.test"  # where lib is told Upstash is, in tests that fake it
 _server: RedisServer | None = None
 
 
@@ -94,3 +98,24 @@ class _Headers(dict):
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
         return dict.get(self, key.lower(), default)
+
+
+@contextmanager
+def fake_upstash(monkeypatch: pytest.MonkeyPatch, *, local: bool = False) -> Iterator[FakeUpstash]:
+    """lib pointed at a FakeUpstash at `URL`, its Redis client and breaker fresh before and after.
+
+    `local`: requests to 127.0.0.1 go through (a test that also calls a real local server).
+    """
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
+    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "t")
+    monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
+    upstash.set_client(None)
+    upstash.breaker.reset()
+    try:
+        with respx.mock(assert_all_called=False) as router:
+            if local:
+                router.route(host="127.0.0.1").pass_through()
+            yield FakeUpstash(router, URL)
+    finally:
+        upstash.set_client(None)
+        upstash.breaker.reset()

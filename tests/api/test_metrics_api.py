@@ -10,15 +10,13 @@ import types
 
 import httpx
 import pytest
-import respx
 from redis.exceptions import ResponseError
 
-from lib import bearer, metrics, upstash
-from tests.fakes import FakeUpstash
+from lib import bearer, metrics
+from tests.fakes import fake_upstash
 from tests.support import serve
 
 metrics_api = importlib.import_module("api.metrics")
-URL = "https://upstash.test"
 TOKEN = "s3cret-metrics-token"
 NOW = 1_800_000_030.0
 MINUTE, HOUR = int(NOW) // 60, int(NOW) // 3600
@@ -26,19 +24,11 @@ MINUTE, HOUR = int(NOW) // 60, int(NOW) // 3600
 
 @pytest.fixture
 def redis(monkeypatch):
-    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
-    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "t")
     monkeypatch.setenv("METRICS_TOKEN", TOKEN)
-    monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
     monkeypatch.setattr(metrics, "clock", lambda: NOW)
-    upstash.set_client(None)
-    upstash.breaker.reset()
     metrics.pending.clear()
-    with respx.mock(assert_all_called=False) as router:
-        router.route(host="127.0.0.1").pass_through()
-        yield FakeUpstash(router, URL)
-    upstash.set_client(None)
-    upstash.breaker.reset()
+    with fake_upstash(monkeypatch, local=True) as fake:
+        yield fake
     metrics.pending.clear()
 
 

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
-import respx
 
 from lib import breaker as breaker_module
 from lib import cache, context, entries, invalidation, keys, metrics, upstash
-from tests.fakes import FakeUpstash
+from tests.fakes import fake_upstash
 from tests.support import FakeClock
-
-URL = "https://upstash.test"
 
 
 @pytest.fixture
@@ -36,13 +33,10 @@ def reset():
 
 @pytest.fixture
 def redis(monkeypatch, clock):
-    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
-    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "t")
-    monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
     monkeypatch.setattr(cache, "_recovery_hooks", [])  # lib/outbox's drain is tested in tests/lib/test_outbox.py
     reset()
-    with respx.mock(assert_all_called=False) as router:
-        yield FakeUpstash(router, URL)
+    with fake_upstash(monkeypatch) as fake:
+        yield fake
     reset()
 
 

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
-import respx
 
 from lib import cache, context, db, keys, metrics, metrics_report, upstash, writes
 from lib.errors import NotFound, PaymentInProgress
 from lib.http import Endpoint
-from tests.fakes import FakeUpstash
+from tests.fakes import fake_upstash
 from tests.support import serve
 
-URL = "https://upstash.test"
 NOW = 1_800_000_030.0  # 30 s into an epoch minute
 MINUTE = int(NOW) // 60
 
@@ -82,14 +80,10 @@ def reset():
 
 @pytest.fixture
 def redis(monkeypatch, clocks):
-    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
-    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "t")
-    monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
     monkeypatch.setattr(cache, "draw", lambda: 0.5)
     reset()
-    with respx.mock(assert_all_called=False) as router:
-        router.route(host="127.0.0.1").pass_through()
-        yield FakeUpstash(router, URL)
+    with fake_upstash(monkeypatch, local=True) as fake:
+        yield fake
     reset()
 
 

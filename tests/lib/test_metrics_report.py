@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
-import respx
 
-from lib import metrics, metrics_report, upstash
+from lib import metrics, metrics_report
 from lib.errors import MetricsUnavailable
-from tests.fakes import FakeUpstash
+from tests.fakes import fake_upstash
 
-URL = "https://upstash.test"
 NOW = 1_800_000_030.0  # 30 s into an epoch minute
 MINUTE = int(NOW) // 60
 
@@ -122,16 +120,9 @@ def test_parse_info_reads_fields_and_skips_headings():
 
 @pytest.fixture
 def redis(monkeypatch):
-    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
-    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "t")
-    monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
     monkeypatch.setattr(metrics, "clock", lambda: NOW)
-    upstash.set_client(None)
-    upstash.breaker.reset()
-    with respx.mock(assert_all_called=False) as router:
-        yield FakeUpstash(router, URL)
-    upstash.set_client(None)
-    upstash.breaker.reset()
+    with fake_upstash(monkeypatch) as fake:
+        yield fake
 
 
 def test_the_report_sums_the_windows_buckets_in_one_call_of_two_billed_commands(redis):

@@ -7,27 +7,19 @@ from __future__ import annotations
 
 import httpx
 import pytest
-import respx
 
 from lib import locks, metrics, upstash, writes
 from lib.errors import PaymentInProgress
-from tests.fakes import FakeUpstash
+from tests.fakes import fake_upstash
 
-URL = "https://upstash.test"
 NAME = "dousell:lock:payment:lease123"
 
 
 @pytest.fixture
 def redis(monkeypatch):
-    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
-    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "t")
     monkeypatch.setattr(locks, "sleep", lambda seconds: None)
-    upstash.set_client(None)
-    upstash.breaker.reset()
-    with respx.mock(assert_all_called=False) as router:
-        yield FakeUpstash(router, URL)
-    upstash.set_client(None)
-    upstash.breaker.reset()
+    with fake_upstash(monkeypatch) as fake:
+        yield fake
 
 
 @pytest.fixture
