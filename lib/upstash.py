@@ -159,8 +159,7 @@ def sdk_call(call: Callable[[Any], T]) -> T:
     Upstash's `{"error"}`. For libraries built on upstash-redis (lib/ratelimit)."""
     from lib import upstash_sdk
 
-    if not breaker.allow():
-        raise RedisSkipped("Upstash skipped: the circuit breaker is open after a recent failure")
+    _gate(force=False)
     start = time.perf_counter()
     try:
         result = call(client())
@@ -174,10 +173,7 @@ def sdk_call(call: Callable[[Any], T]) -> T:
             raise RedisUnavailable(f"Upstash did not answer usably: {type(exc).__name__}") from exc
         raise
     finally:
-        tally = _tally.get()
-        if tally is not None:  # one REST call of one command: what the libraries built on upstash-redis send
-            tally.calls_ms.append((time.perf_counter() - start) * 1000)
-            tally.commands += 1
+        _record(start, 1)  # one REST call of one command: what the libraries built on upstash-redis send
     breaker.success()
     return result
 
@@ -226,8 +222,7 @@ def _call(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
 
 def _send(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
     """One REST call: the answers, each a value or a RedisCommandError; raises RedisUnavailable."""
-    if not force and not breaker.allow():
-        raise RedisSkipped("Upstash skipped: the circuit breaker is open after a recent failure")
+    _gate(force=force)
     import httpx
 
     settings = config.upstash()  # ConfigurationError names the missing variable: not an outage
@@ -243,10 +238,7 @@ def _send(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
         breaker.failure()
         raise RedisUnavailable(f"Upstash did not answer: {type(exc).__name__}: {exc}") from exc
     finally:
-        tally = _tally.get()
-        if tally is not None:
-            tally.calls_ms.append((time.perf_counter() - start) * 1000)
-            tally.commands += len(commands)
+        _record(start, len(commands))
     answers = _answers(response, len(commands), single)
     if answers is None:
         breaker.failure()
@@ -256,6 +248,20 @@ def _send(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
     if isinstance(answers, RedisCommandError):  # the whole request refused by Upstash
         raise answers
     return answers
+
+
+def _gate(*, force: bool) -> None:
+    """RedisSkipped while the breaker is open, unless `force`."""
+    if not force and not breaker.allow():
+        raise RedisSkipped("Upstash skipped: the circuit breaker is open after a recent failure")
+
+
+def _record(start: float, commands: int) -> None:
+    """One REST call begun at `start` (perf_counter) and its commands, in the request's tally (lib/metrics)."""
+    tally = _tally.get()
+    if tally is not None:
+        tally.calls_ms.append((time.perf_counter() - start) * 1000)
+        tally.commands += commands
 
 
 def _answers(response: Any, expected: int, single: bool) -> list[Any] | RedisCommandError | None:
