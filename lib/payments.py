@@ -144,8 +144,8 @@ _RESERVE_ERRORS: dict[str, Callable[[], DousellError]] = {
 
 
 def _reserve(lease_id: int, tenant_id: str, period: str, writes: outbox.Writes) -> dict[str, Any]:
-    return writes.rpc(db.service(), "reserve_payment", {"p_lease_id": lease_id, "p_tenant_id": tenant_id, "p_period": period},
-                      _RESERVE_ERRORS)
+    params = {"p_lease_id": lease_id, "p_tenant_id": tenant_id, "p_period": period}
+    return writes.rpc(db.service(), "reserve_payment", params, _RESERVE_ERRORS)
 
 
 def _abandoned(payment: dict[str, Any]) -> bool:

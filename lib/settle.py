@@ -9,8 +9,8 @@ Why: the IPN is PayDunya's only push, and it can be lost (we answered 503 during
 blip, or PayDunya gave up). A pending invoice older than `RECONCILE_AFTER` is asked about again,
 so a tenant who paid never stays "pending". A `completed` verdict for a row already failed or
 cancelled (or for a month already paid) becomes `needs_review` in the database (see
-supabase/migrations/20261202000040_money_and_visits.sql): money received is never dropped; both parties are notified
-there, and it is logged here as an error for the operators.
+supabase/migrations/20261202000040_money_and_visits.sql): money received is never dropped; both
+parties are notified there, and it is logged here as an error for the operators.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def apply(token: str, verdict: dict[str, Any]) -> dict[str, Any]:
         log.warning("invoice %s: PayDunya's amount is not a whole number of XOF", token[:12])
         raise AmountMismatch()
     writes = outbox.Writes()
-    result = writes.rpc(db.service(), "confirm_payment", {"p_token": token, "p_status": verdict["status"], "p_amount": amount},
-                        _CONFIRM_ERRORS)
+    params = {"p_token": token, "p_status": verdict["status"], "p_amount": amount}
+    result = writes.rpc(db.service(), "confirm_payment", params, _CONFIRM_ERRORS)
     payment = result["payment"]
     if result.get("review"):
         log.error("payment %s (invoice %s): PayDunya says paid, the row was not payable any more (%s): "
@@ -80,7 +80,7 @@ def apply(token: str, verdict: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-# -- PayDunya's push: the IPN -----------------------------------------------------------------------------------
+# -- PayDunya's push: the IPN ------------------------------------------------------------------
 
 IPN_MAX_FIELDS = 500
 

@@ -117,8 +117,8 @@ def book(user: User, property_id: int, starts_at: datetime) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         writes = outbox.Writes()
         try:
-            data = writes.rpc(db.service(), "book_visit", {"p_property_id": property_id, "p_starts_at": starts_at.isoformat(),
-                                             "p_visitor_id": user.id}, _BOOK_ERRORS)
+            params = {"p_property_id": property_id, "p_starts_at": starts_at.isoformat(), "p_visitor_id": user.id}
+            data = writes.rpc(db.service(), "book_visit", params, _BOOK_ERRORS)
         except SlotTaken:  # slot_taken or slot_not_found: our cached list said free, it was wrong
             cache.invalidate(keys.visit_slots(property_id).tags)
             raise
