@@ -1,16 +1,33 @@
-"""Test helpers: serve an `Endpoint` on a real loopback HTTP server, wait with a deadline, a fake clock, print a table."""
+"""Test helpers: load an api/ file, serve an `Endpoint` on a real loopback HTTP server, wait with a deadline, a fake clock, print a table."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 UPSTASH_TOKEN = "test-upstash-token"  # the token of the Upstash stand-ins the tests start (tests/conftest.py)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def api_module(relative: str) -> ModuleType:
+    """The module of an api/ file by its path (`api/visits/[id].py`: file routing names are not importable)."""
+    name = "api_file_" + re.sub(r"\W", "_", relative.removesuffix(".py"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    assert spec is not None and spec.loader is not None, relative
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class _Server(ThreadingHTTPServer):

@@ -9,7 +9,6 @@ import importlib.util
 import json
 import pkgutil
 import re
-import sys
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ from openapi_spec_validator import validate
 
 import lib
 from lib import errors
-from tests.support import serve
+from tests.support import api_module, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_FILE = ROOT / "openapi.json"
@@ -44,12 +43,7 @@ API_FILES = {route(p): p for p in sorted((ROOT / "api").rglob("*.py"))
 
 
 def load_handler(path: Path):
-    name = "openapi_check_" + "_".join(path.relative_to(ROOT).with_suffix("").parts).replace("[", "").replace("]", "")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module.handler
+    return api_module(path.relative_to(ROOT).as_posix()).handler
 
 
 def resolve(node):

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import httpx
 import pytest
 
 from lib import auth
-from tests.support import serve
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import api_module, serve
 
 
 def endpoint(relative: str):
-    spec = importlib.util.spec_from_file_location(f"endpoint_{abs(hash(relative))}", ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.handler
+    return api_module(relative).handler
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import respx
 
 from lib import keys
 from tests.fakes import FakeUpstash
-from tests.support import serve
+from tests.support import api_module, serve
 from tests.world import (
     AWA,
     FATOU,
@@ -148,22 +148,9 @@ def test_fifty_simultaneous_bookings_of_one_slot_make_one_visit(api):
 # -- GET /api/visits and DELETE /api/visits/{id} ------------------------------------------------
 
 
-def _handler(relative: str):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / relative
-    spec = importlib.util.spec_from_file_location(f"endpoint_{abs(hash(relative))}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.handler
-
-
 @pytest.fixture
 def cancel_url(api):
-    with serve(_handler("api/visits/[id].py")) as base:
+    with serve(api_module("api/visits/[id].py").handler) as base:
         yield base
 
 

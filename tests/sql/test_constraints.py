@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import uuid
 from pathlib import Path
@@ -15,6 +14,7 @@ from psycopg import errors
 from devstack.postgres import apply_schema, schema_files
 from tests.sql.demo import AWA, FATOU, LEASE_123, MERMOZ_102, MOUSSA, VILLA_789
 from tests.sql.helpers import race
+from tests.support import api_module
 
 ROOT = Path(__file__).resolve().parents[2]
 INSERT_PAYMENT = "insert into rental_payments (lease_id, period, amount, status, paid_at) values (%s, %s, 50000, %s, %s)"
@@ -252,10 +252,7 @@ def test_the_visit_fences_hold_between_racing_transactions(seeded_db, pg_connect
 
 def request_model(relative: str, name: str) -> Any:
     """A request model of an api/ file (file routing names like `[id].py` are not importable)."""
-    spec = importlib.util.spec_from_file_location(f"limits_{abs(hash(relative))}", ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)
+    return getattr(api_module(relative), name)
 
 
 def limits(model: Any) -> dict[str, dict[str, Any]]:
