@@ -1,8 +1,8 @@
 """GET /api/health: the API is up; Redis and the database are probed, each within about a second."""
 
-from lib import health
-from lib.http import Endpoint, Reply
-from lib.request import Request
+from lib.ops import health
+from lib.web.http import Endpoint, Reply
+from lib.web.request import Request
 
 
 class handler(Endpoint):

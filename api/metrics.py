@@ -2,10 +2,11 @@
 
 from typing import Any
 
-from lib import bearer, metrics_report
+from lib import bearer
 from lib.errors import InvalidFilter
-from lib.http import Endpoint
-from lib.request import Request
+from lib.ops import report
+from lib.web.http import Endpoint
+from lib.web.request import Request
 
 
 class handler(Endpoint):
@@ -13,7 +14,7 @@ class handler(Endpoint):
         bearer.require_secret(req.header("Authorization"), "METRICS_TOKEN", "metrics", label="Jeton de métriques")
         req.refuse_unknown_query({"window"}, InvalidFilter)
         window = req.query.get("window", "last_hour")
-        if window not in metrics_report.WINDOWS:
+        if window not in report.WINDOWS:
             raise InvalidFilter(details=[{"field": "window", "code": "literal_error",
                                           "message": "Fenêtre attendue : last_hour ou last_24h."}])
-        return metrics_report.report(window)
+        return report.report(window)

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lib.http import Endpoint
-from lib.request import Request
+from lib.web.http import Endpoint
+from lib.web.request import Request
 
 DOCUMENT = Path(__file__).resolve().parent.parent / "openapi.json"
 _document: dict[str, Any] | None = None

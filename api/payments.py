@@ -4,11 +4,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lib import payments, writes
+from lib.domain import payments, writes
 from lib.errors import PaymentInProgress
-from lib.http import Endpoint, Reply
-from lib.models import Id
-from lib.request import Request
+from lib.web.http import Endpoint, Reply
+from lib.web.models import Id
+from lib.web.request import Request
 
 
 class PaymentRequest(BaseModel):

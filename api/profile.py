@@ -4,10 +4,10 @@ from typing import Any
 
 from pydantic import Field
 
-from lib import account
-from lib.http import Endpoint
-from lib.models import Changes
-from lib.request import Request
+from lib.domain import account
+from lib.web.http import Endpoint
+from lib.web.models import Changes
+from lib.web.request import Request
 
 
 class ProfileChanges(Changes):

@@ -5,10 +5,10 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from lib import properties
+from lib.domain import properties
 from lib.errors import InvalidFilter
-from lib.http import Endpoint
-from lib.request import Request
+from lib.web.http import Endpoint
+from lib.web.request import Request
 
 
 class SearchFilters(BaseModel):

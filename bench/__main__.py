@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_stack_rows(stack, args: argparse.Namespace, results: dict[str, Any]) -> None:
     from devstack.__main__ import function_env
-    from lib import db, properties, upstash
+    from lib import db
+    from lib.domain import properties
+    from lib.edge import upstash
 
     os.environ.update(function_env(stack.ports))
     upstash.set_client(None)  # built again from the environment at first use

@@ -19,23 +19,13 @@ import httpx
 
 from bench.stack import LocalStack
 from bench.strategies import NaiveCacheAside, SeedCard, Strategy, installed, timed_request
-from lib import (
-    auth,
-    cache,
-    db,
-    invalidation,
-    keys,
-    metrics,
-    metrics_report,
-    payments,
-    properties,
-    ratelimit,
-    settle,
-    upstash,
-    visits,
-    writes,
-)
+from lib import auth, db, keys, metrics
+from lib.cache import aside, invalidation
+from lib.domain import payments, properties, settle, visits, writes
+from lib.edge import upstash
 from lib.errors import InvalidSignature, PaymentInProgress, RateLimited
+from lib.ops import report
+from lib.web import ratelimit
 
 RUNS = 3
 PRICE_PER_COMMAND = 0.20 / 100_000  # Upstash pay-as-you-go, regional: $0.20 per 100,000 commands
@@ -99,7 +89,7 @@ def per_kind(stack: LocalStack, rows: list[dict[str, Any]]) -> dict[str, dict[st
     upstash.breaker.reset()
     read(0)
     out["hit"][ours] = measure(stack, read)
-    out["miss"][ours] = measure(stack, read, lambda i: cache.invalidate(
+    out["miss"][ours] = measure(stack, read, lambda i: aside.invalidate(
         invalidation.property_changed(detail["id"], detail["owner_id"], {detail["city"]})))
     out["stale refresh (past its TTL, inside its stale window)"] = {ours: measure(stack, read, _age(detail["id"]))}
     out["PATCH (a property's update)"][ours] = measure(stack, _limited(
@@ -133,7 +123,7 @@ def per_kind(stack: LocalStack, rows: list[dict[str, Any]]) -> dict[str, dict[st
         lambda i: tokens.append(_paid_invoice(stack, tenant, _period(9 + i))))}
     out["write refused past the rate limit (429)"] = {ours: measure(stack, _refused_write)}
     out["IPN with a wrong hash (counted per address)"] = {ours: measure(stack, _forged_ipn)}
-    out["metrics read (GET /api/metrics)"] = {ours: measure(stack, lambda i: metrics_report.report("last_hour"))}
+    out["metrics read (GET /api/metrics)"] = {ours: measure(stack, lambda i: report.report("last_hour"))}
     out["metrics write (at most 1 per instance every 5 s)"] = {ours: measure(stack, _metrics_write)}
     return out
 
@@ -146,7 +136,7 @@ def _answer(started: payments.Started) -> Any:
 
 
 def _limited(user: auth.User, run: Callable[[int], Any]) -> Callable[[int], Any]:
-    """A write as the API runs it: the user's rate limit first (lib/request's `user()`), then the write."""
+    """A write as the API runs it: the user's rate limit first (lib/web/request's `user()`), then the write."""
     def write(i: int) -> Any:
         ratelimit.for_writes("POST", user.id)
         return run(i)
@@ -187,7 +177,7 @@ def _writer(strategy: Strategy, row: dict[str, Any]) -> Callable[[int], None]:
 
 def _age(property_id: int) -> Callable[[int], None]:
     def prepare(i: int) -> None:
-        """Past its TTL, inside its stale window: the entry's "expires at" (lib/entries) moved back."""
+        """Past its TTL, inside its stale window: the entry's "expires at" (lib/cache/entries) moved back."""
         key = keys.property_detail(property_id).key
         head, _, value = upstash.execute(["GET", key]).partition("\n")
         _, load, window, built = head.split("|")

@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "-- bench: imports start here --"
 ENDPOINT = "api/properties/index.py"
-LAZY_ON_HIT_PATH = ("httpx",)  # lib.upstash imports it at the first Redis call (upstash-redis: never on a read)
+LAZY_ON_HIT_PATH = ("httpx",)  # lib.edge.upstash imports it at the first Redis call (upstash-redis: never on a read)
 
 _PRELUDE = f"import sys\nsys.stderr.write({MARKER!r} + '\\n')\nsys.stderr.flush()\n"
 

@@ -21,7 +21,9 @@ from typing import Any
 
 from bench.stack import LocalStack
 from bench.strategies import Counter, Shim, Strategy, published, timed_request, write_price
-from lib import context, db, keys, metrics, properties, upstash
+from lib import context, db, keys, metrics
+from lib.domain import properties
+from lib.edge import upstash
 
 
 def percentile(samples: list[float], p: float) -> float:

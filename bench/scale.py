@@ -79,7 +79,8 @@ class Scale:
 def reads(conn: psycopg.Connection) -> dict[str, tuple[Any, Callable[[], Any], Callable[[Any], int]]]:
     """label → (cache entry, the read, rows shown): what each endpoint does, through lib."""
     from api.search import SearchFilters, canonical
-    from lib import keys, properties, visits
+    from lib import keys
+    from lib.domain import properties, visits
 
     newest = conn.execute("select id from properties where status = 'published' "
                           "order by created_at desc, id desc limit 1").fetchone()[0]
@@ -97,7 +98,8 @@ def reads(conn: psycopg.Connection) -> dict[str, tuple[Any, Callable[[], Any], C
 
 def measure_size(stack: Any, conn: psycopg.Connection, counter: CountingTransport, hits: int,
                  misses: int) -> dict[str, Figures]:
-    from lib import context, upstash
+    from lib import context
+    from lib.edge import upstash
 
     out: dict[str, Figures] = {}
     for label, (entry, read, shown) in reads(conn).items():
@@ -127,7 +129,9 @@ def measure_size(stack: Any, conn: psycopg.Connection, counter: CountingTranspor
 
 def run(stack: Any, *, hits: int = 100, misses: int = 15, progress: Callable[[str], None] = print) -> Scale:
     """Grow the stack's catalogue through SIZES and measure each; the database delay must be 0."""
-    from lib import keys, properties, upstash
+    from lib import keys
+    from lib.domain import properties
+    from lib.edge import upstash
 
     counter = CountingTransport()
     upstash.set_client(httpx.Client(transport=counter, timeout=httpx.Timeout(5.0, connect=2.0)))

@@ -1,13 +1,13 @@
-"""The three read strategies compared, each behind the `fetch`/`invalidate` pair lib.properties calls.
+"""The three read strategies compared, each behind the `fetch`/`invalidate` pair lib.domain.properties calls.
 
 - A `NoCache`: every read is the database query.
 - B `NaiveCacheAside`: the seed's drawing. `GET key`; on a miss run the loader, then
   `SET key json EX ttl`; a write `DEL`s the keys. No stampede protection, no tags.
-- C `ThisProject`: `lib.cache.fetch` / `lib.cache.invalidate`.
+- C `ThisProject`: `lib.cache.aside.fetch` / `lib.cache.aside.invalidate`.
 - `SeedCard` (rows 6 and 7 only): the card as drawn with its monitoring: B plus an `INCR` of its
   hit or miss counter on every read (the card's "Cache Hit Rate: Hits / Misses" KPI).
 
-`installed(strategy)` puts a strategy where `lib.properties` looks for its cache, so every
+`installed(strategy)` puts a strategy where `lib.domain.properties` looks for its cache, so every
 strategy runs the same endpoint code (`properties.get_public`, `list_public`) and the same
 loaders; the shim counts loader calls (one loader call = one database query).
 """
@@ -21,8 +21,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from lib import cache, context, db, invalidation, keys, outbox, properties, refill, upstash
-from lib.upstash import RedisError
+from lib import context, db, keys
+from lib.cache import aside, invalidation, outbox, refill
+from lib.domain import properties
+from lib.edge import upstash
+from lib.edge.upstash import RedisError
 
 T = TypeVar("T")
 
@@ -111,15 +114,15 @@ class ThisProject(Strategy):
     waits = True
 
     def fetch(self, entry: keys.CacheKey, loader: Callable[[], T]) -> T:
-        return cache.fetch(entry, loader)
+        return aside.fetch(entry, loader)
 
     def invalidate_property(self, property_id: int, owner_id: str, city: str | None) -> None:
-        # What lib.properties.update does after its UPDATE, for a write that returned no row.
-        cache.invalidate(invalidation.property_changed(property_id, owner_id, {city} if city else set()),
+        # What lib.domain.properties.update does after its UPDATE, for a write that returned no row.
+        aside.invalidate(invalidation.property_changed(property_id, owner_id, {city} if city else set()),
                          delete=_property_keys(property_id, city))
 
     def write_price(self, property_id: int, owner_id: str, city: str | None, price: int) -> None:
-        """What lib.properties.update does around its UPDATE: watch, update, then its tail (invalidate,
+        """What lib.domain.properties.update does around its UPDATE: watch, update, then its tail (invalidate,
         and refill what the returned row tells). Only the price changes: the row before differs from
         the returned one in its price alone, which the refill rules do not look at."""
         seen = refill.watch(keys.property_detail(property_id).tags)
@@ -132,7 +135,7 @@ class ThisProject(Strategy):
         writes.applied(invalidation.change_tags("properties", row, row), refills=properties.refills_after(row, row), seen=seen)
 
     def invalidate(self, tags: Any, **kwargs: Any) -> bool:
-        return cache.invalidate(tags, **kwargs)
+        return aside.invalidate(tags, **kwargs)
 
     def reset(self) -> None:
         super().reset()
@@ -168,7 +171,7 @@ class Counter:
 
 
 class Shim:
-    """What `lib.properties` sees as its `cache` module while a strategy is installed.
+    """What `lib.domain.properties` sees as its `cache` module while a strategy is installed.
 
     `loads` counts loader calls. `after_load`, when set, runs once right after the next loader
     returns and before the strategy stores the value: the bench forces the stale-set race with it.
@@ -190,20 +193,20 @@ class Shim:
         return self.strategy.fetch(entry, counted)
 
     def invalidate(self, tags: Any, **kwargs: Any) -> bool:
-        """Whatever lib.properties invalidates through its `cache` goes to the strategy."""
+        """Whatever lib.domain.properties invalidates through its `cache` goes to the strategy."""
         return self.strategy.invalidate(tags, **kwargs)
 
 
 @contextlib.contextmanager
 def installed(strategy: Strategy) -> Iterator[Shim]:
-    """Route lib.properties' cache calls to `strategy` through a `Shim`."""
-    original = properties.cache
+    """Route lib.domain.properties' cache calls to `strategy` through a `Shim`."""
+    original = properties.aside
     shim = Shim(strategy)
-    properties.cache = shim  # type: ignore[assignment]
+    properties.aside = shim  # type: ignore[assignment]
     try:
         yield shim
     finally:
-        properties.cache = original
+        properties.aside = original
 
 
 def timed_request(call: Callable[[], T]) -> tuple[T, str | None, float]:

@@ -92,7 +92,7 @@ def function_env(ports: Ports) -> dict[str, str]:
         "METRICS_TOKEN": METRICS_TOKEN,
         "DATABASE_WEBHOOK_SECRET": DATABASE_WEBHOOK_SECRET,
         "CRON_SECRET": CRON_SECRET,
-        # The rate limits (lib/ratelimit): production's defaults unless the stack is started with them set.
+        # The rate limits (lib/web/ratelimit): production's defaults unless the stack is started with them set.
         **{name: os.environ[name] for name in RATE_LIMIT_VARIABLES if os.environ.get(name, "").strip()},
     }
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import psycopg
 
 # (city as most owners type it, weight, districts). Weights: Dakar's share of the demo seed, spread
-# over the towns lib/properties knows.
+# over the towns lib/domain/properties knows.
 CITIES: tuple[tuple[str, float, tuple[str, ...]], ...] = (
     ("Dakar", 0.36, ("Almadies", "Mermoz", "Point E", "Plateau", "Médina", "Ngor", "Ouakam", "Yoff",
                      "Sacré-Cœur", "Fann", "Liberté 6", "HLM", "Grand Dakar", "Parcelles Assainies")),

@@ -1,7 +1,7 @@
 """Per-request bookkeeping shared by lib and the HTTP layer: timings and cache status.
 
 A handler runs one request at a time on its thread; the context lives in a ContextVar so
-lib/cache and lib/db can add their durations without being handed an object.
+lib/cache/aside and lib/db can add their durations without being handed an object.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     timings_ms: dict[str, float] = field(default_factory=dict)
     cache_status: str | None = None
-    cache_polls: int = 0  # READ calls made waiting for another request's fill (lib/cache)
+    cache_polls: int = 0  # READ calls made waiting for another request's fill (lib/cache/aside)
 
     def add_time(self, name: str, ms: float) -> None:
         self.timings_ms[name] = self.timings_ms.get(name, 0.0) + ms

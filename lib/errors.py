@@ -1,6 +1,6 @@
 """The exception tree: every error a handler can answer, with its stable code, HTTP status and French message.
 
-Handlers never build error responses themselves: they raise, and `lib.http` maps the
+Handlers never build error responses themselves: they raise, and `lib.web.http` maps the
 exception to the contract's shape `{"error": {"code", "message", "details"?}}` in one place.
 
     DousellError                        (500 internal_error)
@@ -49,7 +49,7 @@ class DousellError(Exception):
     code = "internal_error"
     status = 500
     message = "Une erreur interne est survenue. Veuillez réessayer plus tard."
-    # Why, in a fixed word safe for logs (`expired`, `jwks_unreachable`): lib.http logs it beside
+    # Why, in a fixed word safe for logs (`expired`, `jwks_unreachable`): lib.web.http logs it beside
     # the code; the client never sees it.
     reason: str | None = None
 

@@ -5,7 +5,7 @@ User input reaches a key only through `escape()`, which keeps letters, digits an
 and percent-encodes the rest (`:`, `*`, spaces, braces...), so no input can name another
 key, widen a pattern or change the key's shape.
 
-What a change invalidates (table + old/new row → these tags) is lib/invalidation.py, the one list of
+What a change invalidates (table + old/new row → these tags) is lib/cache/invalidation.py, the one list of
 invalidations: the database webhook, the outbox drain and the API's own writes all call it.
 """
 
@@ -32,7 +32,7 @@ TTL = {
     "visits": 60,  # GET /api/visits: a user's bookings, near real time
     "lease_parties": 60 * 60,  # who the tenant and owner of a lease are: changes never in practice
 }
-# How long the API remembers that it has itself applied a change (lib/outbox): far beyond the
+# How long the API remembers that it has itself applied a change (lib/cache/outbox): far beyond the
 # time the webhook or the cron takes to reach that change in the outbox.
 APPLIED_CHANGE_TTL = 60 * 60
 
@@ -63,7 +63,7 @@ def fill_lock_key(key: str) -> str:
 
 def load_estimate(family: str) -> str:
     """`dousell:meta:load:<family>`: how long a load of the family takes (smoothed, with its
-    deviation), so a request waiting for another's fill wakes when it should land (lib/entries)."""
+    deviation), so a request waiting for another's fill wakes when it should land (lib/cache/entries)."""
     return name("meta", "load", escape(family))
 
 
@@ -171,17 +171,17 @@ def idempotency(user_id: str, header: str) -> str:
 
 
 def applied_change(change_id: str) -> str:
-    """`dousell:meta:applied:{id}`: the tags the API bumped itself for one of its writes (lib/outbox)."""
+    """`dousell:meta:applied:{id}`: the tags the API bumped itself for one of its writes (lib/cache/outbox)."""
     return name("meta", "applied", escape(change_id))
 
 
 def payment_recheck(payment_id: int) -> str:
-    """`dousell:meta:recheck:payment:{id}`: a tenant's read re-confirmed it with PayDunya (TTL 60 s, lib/settle)."""
+    """`dousell:meta:recheck:payment:{id}`: a tenant's read re-confirmed it with PayDunya (TTL 60 s, lib/domain/settle)."""
     return name("meta", "recheck", "payment", int(payment_id))
 
 
 def ratelimit_prefix(limit: str) -> str:
-    """`dousell:ratelimit:{limit}`: upstash-ratelimit appends `:{escaped identifier}:{window}` (lib/ratelimit)."""
+    """`dousell:ratelimit:{limit}`: upstash-ratelimit appends `:{escaped identifier}:{window}` (lib/web/ratelimit)."""
     return name("ratelimit", escape(limit))
 
 

@@ -5,10 +5,10 @@ Every figure is a counter in two Redis hashes, the minute's and the hour's (keys
     dousell:meta:metrics:m:<epoch minute>   kept 26 h; the last hour sums 60 of them
     dousell:meta:metrics:h:<epoch hour>     kept 26 h; the last 24 hours sum 24 of them
 
-    <family>:HIT|STALE|REFRESH|LOAD|WAIT    a cached read's outcome (lib/cache)
+    <family>:HIT|STALE|REFRESH|LOAD|WAIT    a cached read's outcome (lib/cache/aside)
     <family>:BYPASS|TIMEOUT                 Redis unusable / a waiter gave up: answered from the database
     db:q:<family>  db:q:-  db:failed        queries PostgREST answered (inside a cache loader or not)
-    lock:<payment|visit|other>:<event>      acquired, blocked, expired, unavailable (lib/locks)
+    lock:<payment|visit|other>:<event>      acquired, blocked, expired, unavailable (lib/cache/locks)
     lat:api:<METHOD> <route>:<le>           request durations, histogram (<le> = bucket bound, ms)
     lat:upstash:<le>                        Upstash REST call durations, histogram
     redis:refused_writes                    writes Redis refused because the database is full
@@ -22,7 +22,7 @@ per instance every 5 s whatever the traffic, and a cache hit stays one command. 
 return: an instance frozen or recycled before its next request loses what it recorded since its
 last write, at most FLUSH_INTERVAL of its traffic (docs/monitoring.md). A failed write is counted
 and dropped, never retried (it may have landed) and never an error for the user.
-Recording happens only inside a request served by `lib.http.Endpoint` (not for /api/health or
+Recording happens only inside a request served by `lib.web.http.Endpoint` (not for /api/health or
 /api/metrics: probes and dashboards are not traffic).
 """
 
@@ -36,7 +36,8 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from lib import keys, upstash
+from lib import keys
+from lib.edge import upstash
 from lib.errors import ConfigurationError
 from lib.histogram import LABELS, bucket_index
 
@@ -52,7 +53,7 @@ FLUSH_INTERVAL = 5.0  # seconds between two writes of an instance's buffer
 MAX_PENDING = 5_000  # distinct (minute, field) increments an instance buffers; beyond, dropped
 UNRECORDED = ("/api/health", "/api/metrics")
 
-# Statuses of a cached read, as lib/cache records them.
+# Statuses of a cached read, as lib/cache/aside records them.
 SERVED_FROM_CACHE = ("HIT", "STALE")
 LOADED = ("LOAD", "REFRESH", "TIMEOUT")  # X-Cache: MISS
 CACHE_STATUSES = ("HIT", "STALE", "REFRESH", "LOAD", "WAIT", "BYPASS", "TIMEOUT")
@@ -188,7 +189,7 @@ def observe(name: str, ms: float) -> None:
     _add(f"lat:{name}:{LABELS[bucket_index(ms)]}")
 
 
-# -- the request's lifecycle (lib.http.Endpoint) -----------------------------------------------
+# -- the request's lifecycle (lib.web.http.Endpoint) -----------------------------------------------
 
 
 def route(path: str, path_param: str | None = None) -> str:

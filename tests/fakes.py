@@ -22,7 +22,8 @@ import respx
 
 from devstack.redis_server import RedisServer, free_port
 from devstack.upstash import Stats, UpstashEngine
-from lib import config, upstash
+from lib import config
+from lib.edge import upstash
 
 URL = "https://upstash.test"  # where lib is told Upstash is, in tests that fake it
 _server: RedisServer | None = None

@@ -19,7 +19,8 @@ import redis
 
 from devstack import supabase
 from devstack.redis_server import RedisServer
-from lib import auth, db, upstash
+from lib import auth, db
+from lib.edge import upstash
 from tests.sql.demo import USERS
 from tests.support import UPSTASH_TOKEN
 

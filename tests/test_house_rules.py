@@ -18,9 +18,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "lib"
-MODULES = sorted(p.stem for p in LIB.glob("*.py") if p.stem != "__init__")
+MODULES = sorted(p.relative_to(LIB).with_suffix("").as_posix().replace("/", ".") for p in LIB.rglob("*.py")
+                 if p.stem != "__init__")  # dotted below lib: "keys", "cache.aside"
+BY_NAME = {m.rsplit(".", 1)[-1]: m for m in MODULES}  # a module by its own name: "aside" → "cache.aside"
 HANDLERS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "api").rglob("*.py"))
-BUSINESS = ("payments", "visits", "properties", "account")  # what the endpoints do: domain values out
+BUSINESS = ("domain.payments", "domain.visits", "domain.properties", "domain.account")  # what the endpoints do: domain values out
 MAX_LINES = 300
 
 
@@ -30,7 +32,7 @@ def tree(relative: str) -> ast.Module:
 
 
 def lib(module: str) -> str:
-    return f"lib/{module}.py"
+    return f"lib/{module.replace('.', '/')}.py"
 
 
 def pending(rule: str, module: str, why: str) -> pytest.MarkDecorator:
@@ -50,12 +52,11 @@ def lib_imports(module: str) -> set[str]:
     """The lib modules `module` imports anywhere in its body (top level, functions, TYPE_CHECKING)."""
     found = set()
     for node in ast.walk(tree(lib(module))):
-        if isinstance(node, ast.ImportFrom) and node.module == "lib":
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lib."):
-            found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and (node.module == "lib" or (node.module or "").startswith("lib.")):
+            base = node.module[4:]
+            found |= {f"{base}.{alias.name}".lstrip(".") for alias in node.names} | {base}
         elif isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("lib.")}
+            found |= {alias.name[4:] for alias in node.names if alias.name.startswith("lib.")}
     return (found & set(MODULES)) - {module}
 
 
@@ -88,8 +89,8 @@ def test_the_cycle_finder_finds_a_cycle_through_three_modules_and_none_in_a_tree
 
 
 def test_the_import_reader_counts_imports_inside_functions() -> None:
-    assert "properties" in lib_imports("visits")  # `from lib import properties` inside _owner_of
-    assert "auth" in lib_imports("request")  # inside Request.user()
+    assert "domain.properties" in lib_imports("domain.visits")  # `from lib.domain import properties` inside _owner_of
+    assert "auth" in lib_imports("web.request")  # inside Request.user()
 
 
 def test_lib_has_no_import_cycle_even_counting_imports_inside_functions() -> None:
@@ -103,7 +104,7 @@ def test_lib_has_no_import_cycle_even_counting_imports_inside_functions() -> Non
 
 @pytest.mark.parametrize("module", cases(MODULES, {}))
 def test_a_lib_module_has_at_most_300_lines(module: str) -> None:
-    lines = (LIB / f"{module}.py").read_text(encoding="utf-8").count("\n")
+    lines = (ROOT / lib(module)).read_text(encoding="utf-8").count("\n")
     assert lines <= MAX_LINES, f"lib/{module}.py has {lines} lines: split it by job"
 
 
@@ -122,12 +123,12 @@ def test_a_module_starts_with_one_docstring_line_saying_its_job(path: str) -> No
 
 
 def http_use(module: ast.Module) -> list[str]:
-    """Where `module` imports lib.http or names `Reply` (constructing or returning one)."""
+    """Where `module` imports lib.web.http or names `Reply` (constructing or returning one)."""
     found = []
     for node in ast.walk(module):
-        if isinstance(node, ast.ImportFrom) and (node.module == "lib.http" or (
-                node.module == "lib" and any(a.name == "http" for a in node.names))):
-            found.append(f"line {node.lineno}: imports lib.http")
+        if isinstance(node, ast.ImportFrom) and (node.module == "lib.web.http" or (
+                node.module == "lib.web" and any(a.name == "http" for a in node.names))):
+            found.append(f"line {node.lineno}: imports lib.web.http")
         elif isinstance(node, ast.Name) and node.id == "Reply":
             found.append(f"line {node.lineno}: Reply")
         elif isinstance(node, ast.Attribute) and node.attr == "Reply":
@@ -137,12 +138,13 @@ def http_use(module: ast.Module) -> list[str]:
 
 @pytest.mark.parametrize("module", cases(BUSINESS, {}))
 def test_a_business_module_never_imports_lib_http_nor_builds_a_reply(module: str) -> None:
-    assert http_use(tree(lib(module))) == [], f"lib/{module}.py: return a domain value, the handler picks the status"
+    assert http_use(tree(lib(module))) == [], f"{lib(module)}: return a domain value, the handler picks the status"
 
 
 def test_the_http_reader_sees_an_import_and_a_reply() -> None:
-    source = "from lib import http\nfrom lib.http import Reply\n\ndef f():\n    return http.Reply({}, 201)\n"
-    assert http_use(ast.parse(source)) == ["line 1: imports lib.http", "line 2: imports lib.http", "line 5: .Reply"]
+    source = "from lib.web import http\nfrom lib.web.http import Reply\n\ndef f():\n    return http.Reply({}, 201)\n"
+    assert http_use(ast.parse(source)) == ["line 1: imports lib.web.http", "line 2: imports lib.web.http",
+                                           "line 5: .Reply"]
 
 
 # == auth.User, not Any, for a signed-in user ===================================================
@@ -165,7 +167,7 @@ def test_a_signed_in_user_is_typed_auth_user_not_any(module: str) -> None:
 
 
 # == every Redis key name and every invalidation findable from lib/keys.py =====================
-# (and its other half, lib/invalidation.py: the map of what a change invalidates, which it points to)
+# (and its other half, lib/cache/invalidation.py: the map of what a change invalidates, which it points to)
 #
 # A key is `<namespace>:<family>:...`; what may build one outside lib/keys.py:
 #   - a literal or f-string that starts with the namespace (`"dousell:..."`);
@@ -183,7 +185,7 @@ def test_a_signed_in_user_is_typed_auth_user_not_any(module: str) -> None:
 def key_heads() -> set[str]:
     """`family:` heads of every key (after the namespace) and every tag lib/keys.py makes."""
     keys = importlib.import_module("lib.keys")
-    invalidation = importlib.import_module("lib.invalidation")
+    invalidation = importlib.import_module("lib.cache.invalidation")
     made = [keys.properties_all(), keys.properties_city("Dakar"), keys.property_detail(1), keys.search({}),
             keys.visit_slots(1), keys.dashboard("u"), keys.profile("u"), keys.notifications("u"), keys.payments(1),
             keys.user_visits("u"), keys.lease_parties(1)]
@@ -249,7 +251,7 @@ def test_the_key_rule_catches_a_hand_made_key_a_tag_and_the_namespace() -> None:
     assert [f.split(":")[0] for f in found] == ["line 2", "line 3", "line 4", "line 5", "line 6"]
 
 
-@pytest.mark.parametrize("path", cases([lib(m) for m in MODULES if m not in ("keys", "invalidation")] + HANDLERS, {}))
+@pytest.mark.parametrize("path", cases([lib(m) for m in MODULES if m not in ("keys", "cache.invalidation")] + HANDLERS, {}))
 def test_no_key_name_or_tag_is_built_outside_lib_keys(path: str) -> None:
     assert hand_made_keys(path, tree(path), key_heads()) == [], f"{path}: add the name to lib/keys.py and call it"
 
@@ -296,7 +298,9 @@ def test_a_broad_except_reraises_or_logs(path: str) -> None:
 
 @pytest.mark.parametrize("module", MODULES)
 def test_every_lib_module_has_its_own_test_module(module: str) -> None:
-    assert (ROOT / "tests" / "lib" / f"test_{module}.py").exists(), f"tests/lib/test_{module}.py is missing"
+    *package, name = module.split(".")
+    expected = Path("tests", "lib", *package, f"test_{name}.py")
+    assert (ROOT / expected).exists(), f"{expected} is missing"
 
 
 # == the docs name what exists =================================================================
@@ -307,7 +311,8 @@ LAYOUT = re.compile(r"^\| (?P<paths>`[^|]+) \| ", re.MULTILINE)
 
 def test_the_readme_layout_table_names_every_lib_module() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    listed = {m for row in LAYOUT.finditer(readme) for m in re.findall(r"`lib/(\w+)\.py`", row["paths"])}
+    listed = {m for row in LAYOUT.finditer(readme) for m in re.findall(r"`lib/([\w/]+)\.py`", row["paths"])}
+    listed = {m.replace("/", ".") for m in listed}
     assert sorted(set(MODULES) - listed) == [], "README.md's layout table: add a row (or a name) for each"
     assert sorted(listed - set(MODULES)) == [], "README.md's layout table names modules that do not exist"
 
@@ -315,13 +320,14 @@ def test_the_readme_layout_table_names_every_lib_module() -> None:
 DOCS = ["README.md", "SECURITY.md", "bench/README.md", "drills/README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
 # `lib/x.py`, `lib/x.py::name`, `lib/x.name`, `lib.x.name`, or a bare `x.name` for a lib module x.
 # `request.*` is left out: PostgREST's `request.headers` / `request.jwt.claims` settings share the word.
-REFERENCE = re.compile(r"`(?:lib[/.])?(?P<module>[a-z_]+)(?P<py>\.py)?(?:(?:::|\.)(?P<name>[A-Za-z_]\w*))?")
+REFERENCE = re.compile(r"`(?:lib[/.](?:(?:web|domain|cache|edge|ops)[/.])?)?(?P<module>[a-z_]+)(?P<py>\.py)?"
+                       r"(?:(?:::|\.)(?P<name>[A-Za-z_]\w*))?")
 
 
 def references(text: str) -> Iterator[tuple[str, str | None]]:
     for match in REFERENCE.finditer(text):
         module, name, explicit = match["module"], match["name"], match.group(0).startswith(("`lib/", "`lib."))
-        if module not in MODULES or module == "request" and not explicit:
+        if module not in BY_NAME or module == "request" and not explicit:
             continue
         if name is None and not (explicit and match["py"]):
             continue  # a bare word (`cache`, `metrics`): prose, not a reference
@@ -332,13 +338,14 @@ def references(text: str) -> Iterator[tuple[str, str | None]]:
 def test_a_doc_names_only_lib_modules_and_attributes_that_exist(doc: str) -> None:
     text = (ROOT / doc).read_text(encoding="utf-8")
     missing = sorted({f"{module}.{name}" if name else f"lib/{module}.py" for module, name in references(text)
-                      if not (LIB / f"{module}.py").exists()
-                      or name and not hasattr(importlib.import_module(f"lib.{module}"), name)})
+                      if not (ROOT / lib(BY_NAME[module])).exists()
+                      or name and not hasattr(importlib.import_module(f"lib.{BY_NAME[module]}"), name)})
     assert missing == [], f"{doc} names what the code does not have"
 
 
 def test_the_reference_reader_finds_the_shapes_docs_use() -> None:
-    text = ("`lib/locks.py` `lib/locks.py::release_if_held` `lib/invalidation.change_tags` `lib.properties.update` "
+    text = ("`lib/cache/locks.py` `lib/cache/locks.py::release_if_held` `lib/cache/invalidation.change_tags` "
+            "`lib.domain.properties.update` "
             "`writes.under_lock` `request.headers` `locks.on_event` `cache`")
     assert list(references(text)) == [("locks", None), ("locks", "release_if_held"), ("invalidation", "change_tags"),
                                       ("properties", "update"), ("writes", "under_lock"), ("locks", "on_event")]

@@ -27,9 +27,9 @@ def test_every_test_security_md_names_exists():
 
 
 def service_role_uses() -> set[str]:
-    """`lib/payments.py::_reserve`, ...: each top-level function of lib/ or api/ that calls `db.service()`."""
+    """`lib/domain/payments.py::_reserve`, ...: each top-level function of lib/ or api/ that calls `db.service()`."""
     found = set()
-    for path in sorted([*(ROOT / "lib").glob("*.py"), *(ROOT / "api").rglob("*.py")]):
+    for path in sorted([*(ROOT / "lib").rglob("*.py"), *(ROOT / "api").rglob("*.py")]):
         if path.name == "db.py" and path.parent.name == "lib":
             continue  # where the client is made, not used
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -48,5 +48,5 @@ def test_the_service_role_uses_listed_are_exactly_those_in_the_code():
     section = section[:section.index("\n## ", 1)]
     listed = set(re.findall(r"`((?:lib|api)/[\w/\[\]]+\.py::\w+)`", section))
     used = service_role_uses()
-    assert "lib/payments.py::_parties" in used and "lib/visits.py::book" in used  # the scan sees nested calls
+    assert "lib/domain/payments.py::_parties" in used and "lib/domain/visits.py::book" in used  # the scan sees nested calls
     assert listed == used, f"used but not in SECURITY.md: {sorted(used - listed)}; listed but unused: {sorted(listed - used)}"

@@ -94,7 +94,7 @@ def test_only_api_lib_and_runtime_files_of_the_repository_are_in_any_function(bu
 
 
 def test_the_launcher_the_tests_compose_is_the_one_the_pinned_cli_installs():
-    # tests/lib/test_http.py builds Vercel's Fluid handler class from vercel-runtime's own source.
+    # tests/lib/web/test_http.py builds Vercel's Fluid handler class from vercel-runtime's own source.
     builder = (ROOT / ".tools" / "node_modules" / "@vercel" / "python" / "dist" / "index.js").read_text()
     pinned = re.search(r'VERCEL_RUNTIME_VERSION = "([^"]+)"', builder).group(1)
     dev = (ROOT / "requirements-dev.txt").read_text()

@@ -2,7 +2,7 @@
 
 `FakeSupabase` is an in-memory model of the tables, RLS and the RPCs of supabase/migrations;
 `FakePayDunya` answers PayDunya's checkout API; Upstash is tests.fakes.FakeUpstash (the real
-stand-in's engine over a real Valkey). Used by tests/lib/test_payments.py, tests/lib/test_visits.py and tests/api/.
+stand-in's engine over a real Valkey). Used by tests/lib/domain/test_payments.py, tests/lib/domain/test_visits.py and tests/api/.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ import respx
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from lib import auth, db, keys, locks, paydunya, payments, settle, upstash
+from lib import auth, db, keys
+from lib.cache import locks
+from lib.domain import payments, settle
+from lib.edge import paydunya, upstash
 from tests.fakes import FakeUpstash
 
 SUPABASE = "https://project.supabase.test"
@@ -43,7 +46,7 @@ FATOU = "44444444-4444-4444-8444-444444444444"
 NOW = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
 
 
-# == fakes (shared with tests/lib/test_visits.py and tests/api) ================================
+# == fakes (shared with tests/lib/domain/test_visits.py and tests/api) ================================
 
 
 def env(monkeypatch) -> None:

@@ -2,11 +2,14 @@
 
 from typing import Any
 
-from lib import bearer, outbox, platform, settle
-from lib.http import Endpoint
-from lib.request import Request
+from lib import bearer
+from lib.cache import outbox
+from lib.domain import settle
+from lib.ops import cron
+from lib.web.http import Endpoint
+from lib.web.request import Request
 
-JOBS: list[platform.Job] = [
+JOBS: list[cron.Job] = [
     ("invalidations", outbox.reconcile),  # the outbox: lost webhooks, changes made while Redis was down
     ("payments", settle.reconcile),  # lost IPNs: pending invoices older than 10 minutes asked again
 ]
@@ -16,4 +19,4 @@ class handler(Endpoint):
     def get(self, req: Request) -> dict[str, Any]:
         bearer.require_secret(req.header("Authorization"), "CRON_SECRET", "cron")
         req.refuse_unknown_query(set())
-        return platform.run_jobs(JOBS)
+        return cron.run_jobs(JOBS)

@@ -5,9 +5,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from lib import bearer, invalidation, outbox
-from lib.http import Endpoint
-from lib.request import Request
+from lib import bearer
+from lib.cache import invalidation, outbox
+from lib.web.http import Endpoint
+from lib.web.request import Request
 
 Table = Literal[invalidation.TABLES]  # type: ignore[valid-type]
 

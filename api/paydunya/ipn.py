@@ -6,10 +6,11 @@ one is never counted, so PayDunya is never throttled.
 
 from typing import Any
 
-from lib import ratelimit, settle
+from lib.domain import settle
 from lib.errors import InvalidSignature
-from lib.http import Endpoint
-from lib.request import Request
+from lib.web import ratelimit
+from lib.web.http import Endpoint
+from lib.web.request import Request
 
 
 class handler(Endpoint):
@@ -18,7 +19,7 @@ class handler(Endpoint):
 
 
 def receive(body: bytes, content_type: str | None, headers: Any) -> dict[str, Any]:
-    """The callback applied (lib/settle); a refused one counted against its address (bench/costs runs this too)."""
+    """The callback applied (lib/domain/settle); a refused one counted against its address (bench/costs runs this too)."""
     try:
         return settle.receive_ipn(body, content_type)
     except InvalidSignature:

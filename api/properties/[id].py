@@ -5,10 +5,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from lib import properties
-from lib.http import Endpoint
-from lib.models import Changes
-from lib.request import Request
+from lib.domain import properties
+from lib.web.http import Endpoint
+from lib.web.models import Changes
+from lib.web.request import Request
 
 
 class PropertyChanges(Changes):

@@ -4,10 +4,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lib import properties
+from lib.domain import properties
 from lib.errors import InvalidFilter
-from lib.http import Endpoint
-from lib.request import Request
+from lib.web.http import Endpoint
+from lib.web.request import Request
 
 
 class ListQuery(BaseModel):

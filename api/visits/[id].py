@@ -2,9 +2,9 @@
 
 from typing import Any
 
-from lib import visits
-from lib.http import Endpoint
-from lib.request import Request
+from lib.domain import visits
+from lib.web.http import Endpoint
+from lib.web.request import Request
 
 
 class handler(Endpoint):

@@ -8,11 +8,11 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
 from pydantic_core import PydanticCustomError
 
-from lib import visits, writes
+from lib.domain import visits, writes
 from lib.errors import BookingInProgress
-from lib.http import Endpoint, Reply
-from lib.models import Id
-from lib.request import Request
+from lib.web.http import Endpoint, Reply
+from lib.web.models import Id
+from lib.web.request import Request
 
 
 class VisitRequest(BaseModel):

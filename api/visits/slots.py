@@ -2,10 +2,10 @@
 
 from typing import Any
 
-from lib import visits
+from lib.domain import visits
 from lib.errors import InvalidFilter
-from lib.http import Endpoint
-from lib.request import Request
+from lib.web.http import Endpoint
+from lib.web.request import Request
 
 
 class handler(Endpoint):

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from devstack.redis_server import free_port
-from lib import invalidation, upstash
+from lib.cache import invalidation
+from lib.edge import upstash
 from tests.api.test_hooks_database_api import AWA, CHANGE, outbox, row  # noqa: F401 (fixtures)
 from tests.support import serve
 

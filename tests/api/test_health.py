@@ -11,7 +11,8 @@ import httpx
 import pytest
 import respx
 
-from lib import db, upstash
+from lib import db
+from lib.edge import upstash
 from tests.support import serve
 
 health = importlib.import_module("api.health")

@@ -13,7 +13,9 @@ import redis as redis_py
 import respx
 
 from devstack.redis_server import free_port
-from lib import cache, db, invalidation, keys, upstash
+from lib import db, keys
+from lib.cache import aside, invalidation
+from lib.edge import upstash
 from tests.support import UPSTASH_TOKEN, serve
 
 hook_api = importlib.import_module("api.hooks.database")
@@ -46,7 +48,7 @@ class Outbox:
             return httpx.Response(200, json=len(args["p_ids"]))
         if name == "invalidation_backlog":
             return httpx.Response(200, json={"pending": len(self.rows), "oldest_seconds": None})
-        if name == "payments_to_reconcile":  # the cron's other job (lib/settle): no payment is due here
+        if name == "payments_to_reconcile":  # the cron's other job (lib/domain/settle): no payment is due here
             return httpx.Response(200, json={"batch": [], "due": 0})
         return httpx.Response(404, json={"code": "PGRST202", "message": name, "details": None, "hint": None})
 
@@ -191,7 +193,7 @@ def test_it_drains_the_outbox_and_answers_the_tags_it_bumped(client, outbox):
 def test_a_change_the_api_applied_itself_is_deleted_without_a_second_bump(client, outbox):
     change_id = "c" * 32
     tags = invalidation.change_tags("properties", CHANGE["old_record"], CHANGE["record"], [AWA])
-    assert cache.invalidate(tags, changes=[change_id])
+    assert aside.invalidate(tags, changes=[change_id])
     versions = {tag: outbox.redis.get(keys.tag_key(tag)) for tag in tags}
     outbox.rows = [row(change_id=change_id, owners=[AWA])]
     body = post(client).json()

@@ -84,7 +84,7 @@ def documented_codes() -> dict[str, set[int]]:
 
 
 def error_classes() -> list[type[errors.DousellError]]:
-    """DousellError and every subclass defined in lib/ (lib.payments adds its own)."""
+    """DousellError and every subclass defined in lib/ (lib.domain.payments adds its own)."""
     for module in pkgutil.iter_modules(lib.__path__):
         importlib.import_module(f"lib.{module.name}")
     seen, todo = [], [errors.DousellError]

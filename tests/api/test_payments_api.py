@@ -11,7 +11,8 @@ import httpx
 import pytest
 import respx
 
-from lib import keys, payments, settle
+from lib import keys
+from lib.domain import payments, settle
 from tests.fakes import FakeUpstash
 from tests.support import serve
 from tests.world import (

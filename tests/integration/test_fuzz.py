@@ -243,7 +243,7 @@ HOSTILE_QUERY = {
     "long": "x" * 4_000,
     # Not here: percent-escapes that decode to invalid UTF-8 (`%FF`, `%ED%A0%80`). vercel dev's router
     # answers them itself, 500 "URI malformed" (decodeURIComponent in the CLI's parse-query-string.ts),
-    # before any function runs; lib/http reads them (tests/lib/test_http.py).
+    # before any function runs; lib/web/http reads them (tests/lib/web/test_http.py).
 }
 QUERY_OPERATIONS = [  # one parameter of each (operation, parameter) the spec declares
     (path, parameter["name"]) for path, item in SPEC["paths"].items() for method, operation in item.items()

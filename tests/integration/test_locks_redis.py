@@ -1,4 +1,4 @@
-"""lib/locks against a real Valkey server behind the Upstash REST stand-in: expiry, tokens, races, cost.
+"""lib/cache/locks against a real Valkey server behind the Upstash REST stand-in: expiry, tokens, races, cost.
 
 Both servers start once for the module on free ports in temporary folders, as in
 tests/devstack/test_upstash.py. The measured latency is printed (run with `-s`), never asserted.
@@ -15,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from lib import upstash, writes
+from lib.cache.locks import Lock, LockBusy, LockNotOwned
+from lib.domain import writes
+from lib.edge import upstash
 from lib.errors import PaymentInProgress
-from lib.locks import Lock, LockBusy, LockNotOwned
 from tests.support import UPSTASH_TOKEN, wait_for
 
 

@@ -40,7 +40,7 @@ def test_a_second_stack_in_the_same_folder_says_one_already_runs(stack):
     assert "already runs" in result.stderr and "make stop" in result.stderr
 
 
-@pytest.mark.parametrize("path", ["/lib/config.py", "/lib/http.py", "/requirements.txt", "/supabase/seed.sql",
+@pytest.mark.parametrize("path", ["/lib/config.py", "/lib/web/http.py", "/requirements.txt", "/supabase/seed.sql",
                                   "/.env.example", "/devstack/__main__.py", "/api/health.py"])
 def test_no_source_file_is_served(stack, path):
     response = stack.api.get(path)

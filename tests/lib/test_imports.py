@@ -12,17 +12,24 @@ def imports_of(path: Path) -> set[str]:
     """The lib modules `path` imports, at module level or inside a function."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module == "lib":
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lib."):
-            found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and (node.module == "lib" or (node.module or "").startswith("lib.")):
+            base = node.module[4:]
+            found |= {f"{base}.{alias.name}".lstrip(".") for alias in node.names} | {base}
         elif isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("lib.")}
-    return found - {path.stem}
+            found |= {alias.name[4:] for alias in node.names if alias.name.startswith("lib.")}
+    return (found & set(MODULES)) - {name(path)}
+
+
+def name(path: Path) -> str:
+    """`lib/cache/aside.py` → "cache.aside"."""
+    return path.relative_to(LIB).with_suffix("").as_posix().replace("/", ".")
+
+
+MODULES = {name(path) for path in LIB.rglob("*.py") if path.stem != "__init__"}
 
 
 def graph() -> dict[str, set[str]]:
-    return {path.stem: imports_of(path) for path in LIB.glob("*.py") if path.stem != "__init__"}
+    return {name(path): imports_of(path) for path in LIB.rglob("*.py") if path.stem != "__init__"}
 
 
 def test_lib_has_no_import_cycle():
@@ -43,7 +50,7 @@ def test_lib_has_no_import_cycle():
 
 
 def test_only_the_edge_and_its_adapter_talk_to_upstash_redis_or_httpx_for_redis():
-    for path in LIB.glob("*.py"):
+    for path in LIB.rglob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         names = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
                  for alias in node.names} | {node.module for node in ast.walk(tree)
@@ -54,6 +61,6 @@ def test_only_the_edge_and_its_adapter_talk_to_upstash_redis_or_httpx_for_redis(
 
 def test_cache_locks_writes_and_metrics_reach_redis_through_the_edge_not_through_each_other():
     edges = graph()
-    for module in ("locks", "writes", "metrics", "metrics_report", "health"):
-        assert "cache" not in edges[module], f"lib/{module} imports cache"
-    assert edges["upstash"] <= {"config", "breaker", "errors", "upstash_sdk"}
+    for module in ("cache.locks", "domain.writes", "metrics", "ops.report", "ops.health"):
+        assert "cache.aside" not in edges[module], f"lib/{module} imports cache.aside"
+    assert edges["edge.upstash"] <= {"config", "edge.breaker", "errors", "edge.upstash_sdk"}

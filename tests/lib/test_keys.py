@@ -6,7 +6,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from lib import invalidation, keys, properties
+from lib import keys
+from lib.cache import invalidation
+from lib.domain import properties
 from lib.errors import InvalidFilter
 
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from lib import cache, context, db, keys, metrics, metrics_report, upstash, writes
+from lib import context, db, keys, metrics
+from lib.cache import aside
+from lib.domain import writes
+from lib.edge import upstash
 from lib.errors import NotFound, PaymentInProgress
-from lib.http import Endpoint
+from lib.ops import report
+from lib.web.http import Endpoint
 from tests.fakes import fake_upstash
 from tests.support import serve
 
@@ -35,7 +39,7 @@ class App(Endpoint):
         pid = req.path_id()
         if req.path.startswith("/nothing/"):
             raise NotFound()
-        value = cache.fetch(keys.property_detail(pid), lambda: db.run(lambda: Row({"id": pid})).data)
+        value = aside.fetch(keys.property_detail(pid), lambda: db.run(lambda: Row({"id": pid})).data)
         return {"property": value}
 
     def post(self, req):
@@ -80,7 +84,7 @@ def reset():
 
 @pytest.fixture
 def redis(monkeypatch, clocks):
-    monkeypatch.setattr(cache, "draw", lambda: 0.5)
+    monkeypatch.setattr(aside, "draw", lambda: 0.5)
     reset()
     with fake_upstash(monkeypatch, local=True) as fake:
         yield fake
@@ -143,16 +147,16 @@ def test_known_reads_give_exact_hits_misses_queries_and_latency_counts(api, redi
     assert api.nothing().status_code == 404  # due: this request writes what the instance holds
     assert len(metrics.pending) == 0
 
-    report = metrics_report.report("last_hour")
-    detail = report["cache"]["families"]["property_detail"]
+    figures = report.report("last_hour")
+    detail = figures["cache"]["families"]["property_detail"]
     assert (detail["hits"], detail["misses"], detail["reads"], detail["hit_rate"]) == (6, 2, 8, 0.75)
-    assert report["database"] == {"queries_served": 2, "queries_failed": 0, "queries_avoided": 6,
+    assert figures["database"] == {"queries_served": 2, "queries_failed": 0, "queries_avoided": 6,
                                   "by_family": {"property_detail": 2}}
-    endpoints = report["latency"]["api"]["endpoints"]
+    endpoints = figures["latency"]["api"]["endpoints"]
     assert (endpoints["GET /t/[id]"]["count"], endpoints["GET /nothing/[id]"]["count"]) == (8, 1)
     # Every Upstash call the requests made is one sample (a miss: read, claim, fill; a script's first
     # use also its text after NOSCRIPT); the metrics' own writes are not the requests' work.
-    assert report["latency"]["upstash"]["count"] == calls_by_requests
+    assert figures["latency"]["upstash"]["count"] == calls_by_requests
     assert bucket(redis, "h", int(clocks.wall) // 3600) == bucket(redis, "m", MINUTE), "the hour holds the minute"
 
 
@@ -181,7 +185,7 @@ def test_a_frozen_instance_loses_at_most_what_it_counted_since_its_last_write(ap
     for _ in range(4):
         clocks.advance(1.0)  # t = 1..4 s: inside the interval, kept in the instance
         api.read(7)
-    in_redis = metrics_report.summarize(bucket(redis), {}, None)["cache"]["families"]["property_detail"]
+    in_redis = report.summarize(bucket(redis), {}, None)["cache"]["families"]["property_detail"]
     assert (in_redis["misses"], in_redis["hits"]) == (1, 0)
     assert pending_fields()["property_detail:HIT"] == 4, "what a freeze now would lose: under 5 s of traffic"
     metrics.pending.clear()  # the instance is frozen, then recycled: its memory is gone
@@ -201,7 +205,7 @@ def test_an_instance_that_comes_back_writes_what_it_kept(api, redis, clocks):
 
 def test_while_redis_is_skipped_nothing_is_written_and_the_bypasses_follow_once_it_is_back(api, redis, clocks,
                                                                                          monkeypatch):
-    from lib import breaker as breaker_module
+    from lib.edge import breaker as breaker_module
 
     now = {"t": 1000.0}
     monkeypatch.setattr(breaker_module, "clock", lambda: now["t"])
@@ -214,9 +218,9 @@ def test_while_redis_is_skipped_nothing_is_written_and_the_bypasses_follow_once_
     now["t"] += upstash.breaker.interval
     clocks.advance(metrics.FLUSH_INTERVAL)
     assert api.read(7).headers["x-cache"] == "MISS"
-    detail = metrics_report.report("last_hour")["cache"]["families"]["property_detail"]
+    detail = report.report("last_hour")["cache"]["families"]["property_detail"]
     assert (detail["bypasses"], detail["misses"], detail["hit_rate"]) == (3, 1, 0.0)
-    assert metrics_report.report("last_hour")["database"]["queries_served"] == 4
+    assert report.report("last_hour")["database"]["queries_served"] == 4
 
 
 def test_a_write_that_fails_is_counted_dropped_never_an_error_and_reported_by_the_next(api, redis, clocks):
@@ -227,9 +231,9 @@ def test_a_write_that_fails_is_counted_dropped_never_an_error_and_reported_by_th
     upstash.breaker.reset()
     clocks.advance(metrics.FLUSH_INTERVAL)
     api.nothing()
-    report = metrics_report.report("last_hour")
-    assert report["metrics"]["lost_writes"] == 1
-    assert report["latency"]["api"]["endpoints"]["GET /nothing/[id]"]["count"] == 1, "the lost write is not replayed"
+    figures = report.report("last_hour")
+    assert figures["metrics"]["lost_writes"] == 1
+    assert figures["latency"]["api"]["endpoints"]["GET /nothing/[id]"]["count"] == 1, "the lost write is not replayed"
 
 
 def test_a_write_refused_by_a_full_database_is_counted_and_keeps_the_breaker_closed(api, redis, clocks):
@@ -242,7 +246,7 @@ def test_a_write_refused_by_a_full_database_is_counted_and_keeps_the_breaker_clo
     redis.redis.config_set("maxmemory", "256mb")  # the operator raised the plan
     clocks.advance(metrics.FLUSH_INTERVAL)
     api.nothing()
-    assert metrics_report.report("last_hour")["redis"]["refused_writes"] == 1
+    assert report.report("last_hour")["redis"]["refused_writes"] == 1
 
 
 def test_an_increment_redis_refuses_is_counted_and_the_read_still_hits(api, redis, clocks):
@@ -255,7 +259,7 @@ def test_an_increment_redis_refuses_is_counted_and_the_read_still_hits(api, redi
 
 
 def test_locks_acquired_blocked_and_expired_are_counted_by_kind(api, redis, clocks, monkeypatch):
-    from lib import locks
+    from lib.cache import locks
 
     monkeypatch.setattr(locks, "sleep", lambda s: None)
     assert api.pay(1).status_code == 200
@@ -265,16 +269,16 @@ def test_locks_acquired_blocked_and_expired_are_counted_by_kind(api, redis, cloc
     assert api.pay(3, outlive="1").status_code == 200
     metrics.flush(force=True)
 
-    figures = metrics_report.report("last_hour")["locks"]
+    figures = report.report("last_hour")["locks"]
     assert figures["kinds"]["payment"] == {"acquired": 2, "blocked": 1, "expired": 1, "unavailable": 0}
     assert (figures["double_operations_prevented"], figures["prevented_rate"]) == (1, 0.5)
-    assert metrics_report.report("last_hour")["database"]["by_family"] == {"-": 2}
+    assert report.report("last_hour")["database"]["by_family"] == {"-": 2}
 
 
 def test_nothing_is_recorded_outside_a_request(redis):
     context.begin()
-    cache.fetch(keys.property_detail(5), lambda: db.run(lambda: Row(5)).data)
-    cache.fetch(keys.property_detail(5), lambda: 5)
+    aside.fetch(keys.property_detail(5), lambda: db.run(lambda: Row(5)).data)
+    aside.fetch(keys.property_detail(5), lambda: 5)
     assert len(metrics.pending) == 0
 
 

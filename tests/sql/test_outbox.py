@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from lib import invalidation as change_map
+from lib.cache import invalidation as change_map
 from tests.sql.demo import AWA, FATOU, LEASE_123, MOUSSA, PROPERTY_123, VILLA_789
 from tests.sql.helpers import race
 

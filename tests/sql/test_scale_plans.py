@@ -1,7 +1,7 @@
 """Every hot public read, EXPLAINed as `anon` over a generated catalogue of 20,000 published listings: no
 sequential scan of the properties, and a page never sorts or walks more than it must.
 
-The statements are what lib/properties asks PostgREST for, in the shape the Supabase stand-in
+The statements are what lib/domain/properties asks PostgREST for, in the shape the Supabase stand-in
 (devstack/supabase_rest.py) and PostgREST build them: the page with its LIMIT/OFFSET, and the
 `count=estimated` count stopped one row past max-rows. The catalogue is devstack/catalogue.py's
 (deterministic), grown once for this module and VACUUM ANALYZEd as autovacuum would have.
@@ -19,7 +19,7 @@ import pytest
 
 from devstack import catalogue
 from devstack.postgres import Cluster
-from lib.properties import COLUMNS, MAX_DEPTH
+from lib.domain.properties import COLUMNS, MAX_DEPTH
 
 LISTINGS = 20_000
 MAX_ROWS = 1_000
@@ -81,7 +81,7 @@ def test_the_catalogue_is_as_large_as_asked(conn):
     assert catalogue.published(conn) == LISTINGS
 
 
-# (where clause, what it is): the reads lib/properties makes, as PostgREST's filters become SQL.
+# (where clause, what it is): the reads lib/domain/properties makes, as PostgREST's filters become SQL.
 READS = [
     ("", "the public list"),
     ("where city_lower = 'dakar'", "the largest city's list"),

@@ -1,0 +1,265 @@
+"""Cache-aside over Upstash: a hit is one plain read command, stampede protection, tag invalidation, a fail-safe.
+
+    value = aside.fetch(keys.property_detail(123), lambda: db_read_property(123))
+    aside.invalidate(invalidation.change_tags("properties", before, after), changes=[change_id])
+
+An entry is a string: a header (when it expires by Redis's clock, how long it took to load, its
+stale window, the version of each tag when the database was read) and the JSON value. A tag's
+version lives in `dousell:meta:tag:<tag>`; invalidating a tag writes a new random version, so
+every entry built on the old one reads as a miss (O(1), no KEYS, no SCAN), and a fill that read
+the database before the invalidation is refused when it tries to land (the versions it carries
+are no longer current): no stale set survives a write.
+
+A read is one `MGET` of the entry and its tags, judged here: present, built on the current tag
+versions, inside its TTL and not drawn for an early refresh (XFetch, Vattani et al.) → HIT. That
+is all a hit costs: one billed command, no script, no write (not even a counter: lib/metrics
+counts in the instance). Anything else goes to CLAIM, one key-locked script that decides again,
+atomically:
+- entry past its TTL but inside its stale window, someone reloading → STALE, served meanwhile;
+- no valid entry, someone loading → WAIT: poll briefly (READ, read-only) for its value instead
+  of querying the database;
+- otherwise → LOAD (or REFRESH, early): this caller takes the fill lock, loads, and FILLs.
+A miss is three commands. Upstash failing or timing out is a BYPASS (answered from the
+database; lib/edge/upstash's breaker then skips Redis a while); a full database refuses the claim or
+the fill and the value is not stored. A failed invalidation is not kept here: the database's
+outbox keeps every change until its tags are bumped (lib/cache/outbox, docs/invalidation.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from lib import context, keys, metrics
+from lib.cache import entries, locks, refill
+from lib.cache.entries import BUMP, CLAIM, DEFAULT_LOAD_MS, FILL, READ, TAG_TTL_MS
+from lib.edge import upstash
+from lib.edge.upstash import RedisCommandError, RedisError, RedisFull
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Replaceable in tests: the clock of the waiters' deadline, the sleep between polls, XFetch's draw,
+# the wall clock a hit compares an entry's expiry with (the entry's is Redis's: a few ms of skew
+# between an instance and Upstash moves an expiry by as much).
+clock = time.monotonic
+sleep = time.sleep
+draw = random.random
+wall = time.time
+
+XFETCH_BETA = 1.0
+FILL_LOCK_MS = 6_000  # longer than a database call may take (lib.db bounds it at 5 s)
+WAIT_DEADLINE = 2.5  # seconds a caller waits for another's fill before loading itself
+# A waiter wakes when the filler's value is expected (the fill lock says when: the key's last load
+# time, or its family's, plus the family's deviation), POLL_MARGIN later: the filler's FILL travels
+# to Upstash as the waiter's READ does. A filler late past that is polled at OVERDUE_POLL, doubling
+# up to MAX_POLL (the lock said nothing: the same).
+POLL_MARGIN = 0.002
+OVERDUE_POLL = 0.02
+MAX_POLL = 0.2
+
+
+def wake_after(expected_in_ms: int | None, overdue_polls: int) -> float:
+    """Seconds a waiter sleeps before its next poll: until the filler's value is expected plus
+    POLL_MARGIN; once the filler is overdue (or its lock said nothing), OVERDUE_POLL doubling up to
+    MAX_POLL. `overdue_polls`: the polls that already found it overdue."""
+    if expected_in_ms is not None and expected_in_ms > 0:
+        return expected_in_ms / 1000 + POLL_MARGIN
+    return min(OVERDUE_POLL * 2 ** overdue_polls, MAX_POLL)
+
+
+# Run by the read that probes Redis after an outage, before it reads an entry (lib/cache/outbox
+# registers its drain, which sends with force=True: the breaker is half-open). Each returns False
+# if Redis failed again. Kept as a list, not an import, so lib/cache/aside imports nothing that imports it.
+_recovery_hooks: list[Callable[[], bool]] = []
+
+
+def _bypass(loader: Callable[[], T], family: str) -> T:
+    context.set_cache_status("BYPASS")
+    metrics.count_cache(family, "BYPASS")
+    return loader()
+
+
+def fetch(entry: keys.CacheKey, loader: Callable[[], T]) -> T:
+    """`get_or_load` with the family's TTL and tags."""
+    return get_or_load(entry.key, loader, entry.ttl, entry.tags, family=entry.family)
+
+
+def _entry_keys(key: str, tags: Sequence[str], family: str) -> list[str]:
+    """What READ, CLAIM and FILL take as KEYS: the entry, its fill lock, its family's load estimate, its tags."""
+    return [key, keys.fill_lock_key(key), keys.load_estimate(family), *(keys.tag_key(tag) for tag in tags)]
+
+
+def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str] = (), *, family: str = "other") -> T:
+    """The cached value of `key`, or `loader()`'s, stored for about `ttl` seconds under `tags`.
+
+    `loader` may return any JSON value, `None` included (a cached `None` or `[]` is a hit).
+    Never raises for a Redis problem: the database answers instead. A bug raises.
+    """
+    loader = metrics.attributed(family, loader)  # its queries count for the queries-avoided estimate
+    if upstash.breaker.state != "closed" and upstash.breaker.allow() and not _after_outage():
+        return _bypass(loader, family)
+    keys_ = _entry_keys(key, tags, family)
+    odds = [max(draw(), 1e-12), XFETCH_BETA]
+    deadline = clock() + WAIT_DEADLINE
+    overdue = 0
+    first = True
+    while True:
+        try:
+            with context.timed("cache"):
+                # The first look is a plain MGET of the entry and its tags: a hit ends there. A
+                # waiter polls with READ. Anything else is decided by CLAIM, which may take the lock.
+                if first:
+                    status, value, *rest = _plain_hit(keys_, odds)
+                else:
+                    context.count_poll()
+                    status, value, *rest = upstash.run(READ, keys_, odds)
+                if status not in ("HIT", "STALE", "WAIT"):
+                    token = secrets.token_hex(8)
+                    fresh = [secrets.token_hex(6) for _ in tags]
+                    status, value, *rest = upstash.run(CLAIM, keys_, [*odds, token, FILL_LOCK_MS, TAG_TTL_MS,
+                                                                      DEFAULT_LOAD_MS, *fresh])
+        except RedisFull:  # the database is full: nothing new can be stored, reads still work
+            metrics.count_refused_write()
+            return _answer_unstored(loader, family)
+        except RedisCommandError as exc:  # Upstash answered, and refused: a wrong key type, a script bug
+            log.error("cache: Upstash refused a %s read (%s); answering from the database", family, exc)
+            return _bypass(loader, family)
+        except RedisError:  # down, slow, or skipped by the breaker
+            return _bypass(loader, family)
+        first = False
+        metrics.count_cache(family, status)
+        if status in ("HIT", "STALE"):
+            context.set_cache_status(status)
+            return json.loads(value)
+        if status != "WAIT":
+            context.set_cache_status("MISS")
+            lock, *versions = rest
+            return _load_and_fill(keys_, versions, lock, loader, ttl)
+        left = deadline - clock()
+        if left <= 0:
+            # The filler is slow or gone: answer from the database without storing anything.
+            context.set_cache_status("MISS")
+            metrics.count_cache(family, "TIMEOUT")
+            return loader()
+        expected_in = rest[0] if rest else None  # ms until the filler is expected, by its fill lock
+        pause = wake_after(expected_in, overdue)
+        if expected_in is None or expected_in <= 0:
+            overdue += 1
+        sleep(min(pause, left))
+
+
+def _plain_hit(keys_: list[str], odds: list[float]) -> tuple[str, str | None]:
+    """("HIT", the JSON) if the entry is a plain hit (entries.fresh_value); ("LOAD", None) if CLAIM
+    must decide. One MGET of the entry and its tags."""
+    raw, *versions = upstash.execute(["MGET", keys_[0], *keys_[3:]])
+    value = entries.fresh_value(raw, versions, odds[0], odds[1], wall() * 1000)
+    return ("HIT", value) if value is not None else ("LOAD", None)
+
+
+def _answer_unstored(loader: Callable[[], T], family: str) -> T:
+    context.set_cache_status("MISS")
+    metrics.count_cache(family, "LOAD")
+    return loader()
+
+
+def _load_and_fill(keys_: list[str], versions: list[str], lock: str, loader: Callable[[], T], ttl: int) -> T:
+    start = time.perf_counter()
+    try:
+        value = loader()
+    except BaseException:
+        _release(keys_[1], lock)
+        raise
+    load_ms = int((time.perf_counter() - start) * 1000) + 1
+    payload = entries.serialize(value)
+    try:
+        with context.timed("cache"):
+            upstash.run(FILL, keys_, [payload, load_ms, entries.jittered_ttl_ms(ttl), entries.stale_window(ttl) * 1000,
+                                      lock, TAG_TTL_MS, *versions])
+    except RedisFull:  # not stored; the fill lock expires by itself after FILL_LOCK_MS
+        metrics.count_refused_write()
+    except RedisError:
+        pass  # not stored; a failure already opened the breaker, and the fill lock expires by itself
+    # JSON round trip, so a miss answers exactly what a hit will (dates as strings, etc.).
+    return json.loads(payload)
+
+
+def _release(fill_key: str, lock: str) -> None:
+    try:
+        locks.release_if_held(fill_key, lock)
+    except RedisError:
+        pass  # the fill lock expires by itself after FILL_LOCK_MS; a failure already opened the breaker
+
+
+def invalidate(tags: Sequence[str], *, changes: Sequence[str] = (), delete: Sequence[str] = (),
+               refills: Sequence[refill.Refill] = (), seen: dict[str, str | None] | None = None,
+               force: bool = False) -> bool:
+    """Give each tag a new version (every entry built on the old one becomes a miss), mark `changes`
+    (ids of the API's own writes, lib/cache/outbox) applied with these tags and delete `delete` keys, in
+    one command. `force`: send it while the breaker is half-open (the probe's recovery hook).
+
+    `refills`, with `seen` (`refill.watch` before the write): keys whose new value the writer knows,
+    read by the same command as the bump and filled right after it (lib/cache/refill). If a tag of `seen`
+    moved since the watch (another write slipped in), nothing is refilled. A refill never fails
+    the write: at worst its keys are misses.
+
+    Returns False if Redis could not be told. Nothing is kept in memory for later: the change
+    waits in the database's outbox, and the webhook, the cron or the first read after the
+    outage applies it (lib/cache/outbox).
+    """
+    tags = sorted(set(tags))
+    if not (tags or changes or delete):
+        return True
+    # Only keys built on tags this bump moves: any other tag would not say if a write slipped in.
+    refills = [r for r in refills if seen and set(r.entry.tags) <= set(tags)]
+    seen = seen or {}
+    markers = [keys.applied_change(change) for change in changes]
+    versions = [secrets.token_hex(6) for _ in tags]
+    token = secrets.token_hex(8)
+    expected = refill.gap.expected()
+    args: list[Any] = [len(tags), len(markers), len(refills), TAG_TTL_MS, keys.APPLIED_CHANGE_TTL * 1000,
+                       json.dumps(tags, separators=(",", ":")), token, refill.LOCK_MS, expected]
+    for tag, version in zip(tags, versions, strict=True):
+        args += [version, "" if tag not in seen else ("!" if seen[tag] is None else seen[tag])]
+    pairs = [k for r in refills for k in (r.entry.key, keys.fill_lock_key(r.entry.key))]
+    start = time.perf_counter()
+    try:
+        with context.timed("cache"):
+            try:
+                taken, now, *found = upstash.run(BUMP, [*map(keys.tag_key, tags), *markers, *pairs, *delete], args,
+                                                 force=force)
+            except RedisFull:
+                # No room for new versions: dropping them invalidates just as well. No marker then
+                # (the outbox's drain does it again, which is harmless), and nothing refilled.
+                upstash.execute(["DEL", *(keys.tag_key(tag) for tag in tags), *delete], force=force)
+                taken = 0
+    except RedisError:  # down, slow or skipped (lib/edge/upstash's breaker): the outbox keeps the change
+        return False
+    if taken and refill.fill(refills, found[len(tags):], dict(zip(tags, found[:len(tags)], strict=True)),
+                             dict(zip(tags, versions, strict=True)), f"{token}|{now}|{expected}", now):
+        refill.gap.add((time.perf_counter() - start) * 1000)  # what the next writer's locks will announce
+    return True
+
+
+def on_recovery(hook: Callable[[], bool]) -> None:
+    """Run `hook` when a read probes Redis after an outage (see `_recovery_hooks`); once per hook."""
+    if hook not in _recovery_hooks:
+        _recovery_hooks.append(hook)
+
+
+def _after_outage() -> bool:
+    """This caller is the breaker's probe: it applies what the outage held back before it reads an
+    entry. False if Redis failed again (the caller bypasses it)."""
+    if not all(hook() for hook in list(_recovery_hooks)):
+        return False
+    if upstash.breaker.state == "half-open":  # nothing to drain: the probe is still to be made
+        try:
+            upstash.execute(["PING"], force=True)
+        except RedisError:
+            return False
+    return True

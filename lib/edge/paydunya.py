@@ -1,0 +1,182 @@
+"""PayDunya's checkout API over httpx: create an invoice, confirm one, check an IPN's hash.
+
+    token, checkout_url = paydunya.create_invoice(50_000, "Loyer de novembre 2026", custom_data, actions)
+    verdict = paydunya.confirm(token)        # {"status", "total_amount", "rent_amount", "token", ...}
+    paydunya.check_ipn_hash(form_hash)       # constant time, against SHA-512 of the master key
+
+PayDunya reports business errors in the body with HTTP 200 (`response_code` other than "00");
+a 5xx, a body that is not JSON, a timeout or a refused connection are all the same to the
+caller: `PaymentProviderError` (502), whose `reason` attribute says why in words safe for a
+log line (never a key, never the body). Nothing here retries: a create that timed out may
+have made an invoice, and only the caller knows whether a second one is acceptable (it is
+not: lib/domain/payments marks the row failed and the tenant starts again).
+
+The client is created at first use and shared by the warm instance; `set_http_client`
+injects one (tests). Its timeout (10 s total, 3 s to connect) stays well under the payment
+lock's 30 s TTL, so a slow PayDunya cannot outlive the lock that guards the call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from typing import Any
+from urllib.parse import quote
+
+from lib import config, context
+from lib.errors import PaymentProviderError
+
+TOTAL_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 3.0
+STORE_NAME = "Dousell Immo"
+STATUSES = ("pending", "completed", "cancelled", "failed")
+
+_lock = threading.Lock()
+_http: Any = None
+
+
+def http_client() -> Any:
+    """The shared httpx client for PayDunya (bounded in time, no proxy surprises, no redirects)."""
+    global _http
+    if _http is None:
+        with _lock:
+            if _http is None:
+                import httpx
+
+                _http = httpx.Client(
+                    timeout=httpx.Timeout(TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT),
+                    follow_redirects=False,
+                )
+    return _http
+
+
+def set_http_client(client: Any) -> None:
+    """Inject the httpx client (tests); `None` builds a fresh one at next use."""
+    global _http
+    with _lock:
+        _http = client
+
+
+def _failure(reason: str) -> PaymentProviderError:
+    return PaymentProviderError(reason=reason)  # the reason is logged by lib.web.http beside the error code
+
+
+def _headers(settings: config.PayDunya) -> dict[str, str]:
+    return {
+        "PAYDUNYA-MASTER-KEY": settings.master_key,
+        "PAYDUNYA-PRIVATE-KEY": settings.private_key,
+        "PAYDUNYA-TOKEN": settings.token,
+        "Accept": "application/json",
+    }
+
+
+def _call(method: str, path: str, body: dict[str, Any] | None = None, *,
+          timeout: float = TOTAL_TIMEOUT) -> dict[str, Any]:
+    """One API call; the JSON body of a "00" answer, or PaymentProviderError."""
+    import httpx
+
+    settings = config.paydunya()
+    url = f"{settings.base_url}/{path}"
+    with context.timed("paydunya"):
+        try:
+            response = http_client().request(method, url, json=body, headers=_headers(settings),
+                                              timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)))
+        except httpx.TimeoutException as exc:
+            raise _failure(f"timeout: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            raise _failure(f"transport: {type(exc).__name__}") from exc
+    if not 200 <= response.status_code < 300:
+        raise _failure(f"http {response.status_code}")
+    try:
+        data = response.json()
+    except ValueError as exc:
+        raise _failure("answer is not JSON") from exc
+    if not isinstance(data, dict):
+        raise _failure("answer is not a JSON object")
+    code = data.get("response_code")
+    if code != "00":
+        # The code is PayDunya's (e.g. 1001 bad keys); its text names the key that is wrong,
+        # never its value, and is cut short in case it carries something unexpected.
+        text = str(data.get("response_text", ""))[:120]
+        raise _failure(f"response_code {str(code)[:10]}: {text}")
+    return data
+
+
+def whole_amount(value: Any) -> int | None:
+    """An amount as a whole number of XOF (`50000`, `50000.0`, `"50000"`), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")) or not value.is_integer():
+            return None
+        value = int(value)
+    return value if isinstance(value, int) else None
+
+
+def create_invoice(amount: int, description: str, custom_data: dict[str, Any],
+                   actions: dict[str, str]) -> tuple[str, str]:
+    """Create a checkout invoice; returns (token, checkout_url)."""
+    body = {
+        "invoice": {"total_amount": int(amount), "description": description},
+        "store": {"name": STORE_NAME},
+        "custom_data": custom_data,
+        "actions": actions,
+    }
+    data = _call("POST", "checkout-invoice/create", body)
+    token, url = data.get("token"), data.get("response_text")
+    if not isinstance(token, str) or not token or len(token) > 200:
+        raise _failure("create answered no token")
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        raise _failure("create answered no checkout url")
+    return token, url
+
+
+def confirm(token: str, *, timeout: float = TOTAL_TIMEOUT) -> dict[str, Any]:
+    """PayDunya's verdict on an invoice, checked: `{"status", "total_amount" (int or None when
+    not a whole number), "rent_amount", "token", "custom_data", "raw"}`.
+
+    `rent_amount` is what the rent must equal: `total_amount_without_fees` when PayDunya sends it
+    (with the fees on the customer, `total_amount` includes them), else `total_amount`. None
+    when the one it comes from is not a whole number. `timeout` bounds the call (seconds).
+    """
+    data = _call("GET", f"checkout-invoice/confirm/{quote(token, safe='')}", timeout=timeout)
+    status = data.get("status")
+    if status not in STATUSES:
+        raise _failure(f"confirm answered an unknown status {str(status)[:20]!r}")
+    invoice = data.get("invoice") if isinstance(data.get("invoice"), dict) else {}
+    if "total_amount" not in invoice:
+        raise _failure("confirm answered no amount")
+    answered_token = invoice.get("token")
+    if answered_token is not None and answered_token != token:
+        raise _failure("confirm answered another invoice")
+    custom = data.get("custom_data")
+    total = whole_amount(invoice.get("total_amount"))
+    without_fees = invoice.get("total_amount_without_fees")
+    return {
+        "status": status,
+        "total_amount": total,
+        "rent_amount": total if without_fees in (None, "") else whole_amount(without_fees),
+        "token": token,
+        "custom_data": custom if isinstance(custom, dict) else {},
+        "raw": data,
+    }
+
+
+def expected_hash() -> str:
+    """What PayDunya sends as `data[hash]`: SHA-512 hex of our master key."""
+    return hashlib.sha512(config.paydunya().master_key.encode("utf-8")).hexdigest()
+
+
+def check_ipn_hash(received: str | None) -> bool:
+    """True if `received` is our master key's SHA-512 (compared in constant time)."""
+    if not isinstance(received, str) or not received:
+        return False
+    expected = expected_hash()
+    # compare_digest on bytes: a non-ASCII str would raise TypeError instead of answering.
+    return hmac.compare_digest(received.strip().lower().encode("utf-8"), expected.encode("ascii"))

@@ -1,0 +1,290 @@
+"""The Redis edge: every call to Upstash leaves from here, bounded in time, never retried, behind one breaker.
+
+    execute(["GET", key])          one command, one REST call (`POST /`)
+    pipeline([[...], [...]])       several commands, one REST call (`/pipeline`); each answer in its place
+    run(SCRIPT, keys, args)        a Script: EVALSHA (EVALSHA_RO when read-only); EVAL once if Upstash lost it
+
+What a caller may catch (anything else is a bug and propagates to lib/web/http's last net, a 500):
+
+    RedisError                base; never shown to a user as such
+    ├── RedisUnavailable      no usable answer: unreachable, timed out (0.5 s), 5xx, not Upstash's
+    │   │                     protocol (a command sent may or may not have run)
+    │   ├── RedisRejected     refused before running anything: token refused (401), rate limit (429)
+    │   └── RedisSkipped      not even tried: the circuit breaker is open after a recent failure
+    └── RedisCommandError     Upstash answered `{"error"}` for a command (wrong type, Lua error...)
+        └── RedisFull         a write refused at the database's size limit (eviction off): reads still work
+
+Only RedisUnavailable opens the breaker; a command error is an answer, so Redis is up.
+
+Why our own small REST client on httpx rather than upstash-redis (docs/cache-strategy.md): the
+library sets no timeout, retries every failure (writes included), raises for the whole pipeline
+when one command fails, and offers no public way to change any of it. Upstash's REST protocol is
+a JSON array in, `{"result"}` or `{"error"}` out. Libraries built on upstash-redis
+(upstash-ratelimit) get one bounded `upstash_redis.Redis` from `client()` (lib/edge/upstash_sdk).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from lib import config
+from lib.edge.breaker import Breaker
+from lib.errors import ConfigurationError
+
+# Seconds. A cache call that takes longer is worth less than going to the database.
+CACHE_TIMEOUT = 0.5
+CONNECT_TIMEOUT = 0.3
+_CAPACITY = ("DB capacity quota exceeded", "OOM ")  # Upstash's words; plain Redis/Valkey's
+T = TypeVar("T")
+
+
+class RedisError(Exception):
+    """Base of the failures of an Upstash call; never shown to a user as such."""
+
+
+class RedisUnavailable(RedisError):
+    """Upstash gave no usable answer: unreachable, too slow, refused the token, or not its protocol."""
+
+
+class RedisRejected(RedisUnavailable):
+    """Upstash refused the whole request before running it (HTTP 401, 403, 429...): nothing ran."""
+
+
+class RedisSkipped(RedisUnavailable):
+    """The call was not made: the circuit breaker is open after a recent failure."""
+
+
+class RedisCommandError(RedisError):
+    """Upstash answered `{"error": ...}` for a command (wrong type, Lua error, unknown script)."""
+
+
+class RedisFull(RedisCommandError):
+    """A write refused because the database is at its size limit (Upstash: eviction off by default)."""
+
+
+def _command_error(message: str) -> RedisCommandError:
+    if any(mark in message for mark in _CAPACITY):
+        return RedisFull(message)
+    return RedisCommandError(message)
+
+
+class Script:
+    """A Lua script flagged as Upstash needs: `allow-key-locking` (it touches only its KEYS, so
+    Upstash locks those instead of the whole database) and, when it only reads, `no-writes` (sent
+    as EVALSHA_RO). The flags are the first line of the text, so they are part of its SHA."""
+
+    def __init__(self, body: str, *, writes: bool) -> None:
+        flags = "allow-key-locking" if writes else "no-writes,allow-key-locking"
+        self.text = f"#!lua flags={flags}\n{body.strip()}\n"
+        self.sha = hashlib.sha1(self.text.encode("utf-8")).hexdigest()
+        self.read_only = not writes
+        _SCRIPTS[self.sha] = self
+
+    def command(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
+        """The EVALSHA (or EVALSHA_RO) command, for `execute` or a `pipeline`."""
+        return ["EVALSHA_RO" if self.read_only else "EVALSHA", self.sha, len(keys), *keys, *map(str, args)]
+
+
+_SCRIPTS: dict[str, Script] = {}  # sha → Script: what a NOSCRIPT answer is resent as
+_EVAL_FOR = {"EVALSHA": "EVAL", "EVALSHA_RO": "EVAL_RO"}
+
+
+@dataclass
+class Tally:
+    """What one request asked of Upstash: the duration of each REST call (ms) and the commands sent."""
+
+    calls_ms: list[float] = field(default_factory=list)
+    commands: int = 0
+
+
+_tally: ContextVar[Tally | None] = ContextVar("dousell_upstash_tally", default=None)
+
+
+def start_tally() -> tuple[Tally, Token]:
+    """Count this context's calls from now on (lib/metrics, per request); `stop_tally(token)` ends it."""
+    tally = Tally()
+    return tally, _tally.set(tally)
+
+
+def stop_tally(token: Token) -> None:
+    _tally.reset(token)
+
+
+breaker = Breaker()
+_lock = threading.Lock()
+_http: Any = None  # httpx.Client, imported at first use (cold starts pay only for what they call)
+
+
+def set_client(http: Any) -> None:
+    """Use this httpx.Client for Upstash (tests), or `None` to build a bounded one at next use."""
+    global _http
+    with _lock:
+        _http = http
+
+
+def _client() -> Any:
+    global _http
+    if _http is None:
+        with _lock:
+            if _http is None:
+                import httpx
+
+                # As many kept alive as open: httpcore 1.0.9 closes "surplus" idle connections by
+                # counting all of them, and can close one it has just handed to a waiting request
+                # (encode/httpcore#1110, #1000): `[Errno 9] Bad file descriptor` under a burst, read
+                # as an outage. With one origin and no surplus, it never closes a connection.
+                _http = httpx.Client(timeout=httpx.Timeout(CACHE_TIMEOUT, connect=CONNECT_TIMEOUT),
+                                     limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
+    return _http
+
+
+def client() -> Any:
+    """One `upstash_redis.Redis` on the same URL, token, connections and time bound, never retrying:
+    for libraries built on upstash-redis (upstash-ratelimit). It does not go through the breaker."""
+    from lib.edge import upstash_sdk
+
+    return upstash_sdk.shared(config.upstash(), _client())
+
+
+def sdk_call(call: Callable[[Any], T]) -> T:
+    """`call(client())` behind the same breaker and errors as every other call: RedisSkipped while the
+    breaker is open, RedisUnavailable (breaker opened) without a usable answer, RedisCommandError for
+    Upstash's `{"error"}`. For libraries built on upstash-redis (lib/web/ratelimit)."""
+    from lib.edge import upstash_sdk
+
+    _gate(force=False)
+    start = time.perf_counter()
+    try:
+        result = call(client())
+    except Exception as exc:
+        kind = upstash_sdk.classify(exc)
+        if kind == "answer":
+            breaker.success()
+            raise _command_error(str(exc)) from exc
+        if kind == "outage":
+            breaker.failure()
+            raise RedisUnavailable(f"Upstash did not answer usably: {type(exc).__name__}") from exc
+        raise
+    finally:
+        _record(start, 1)  # one REST call of one command: what the libraries built on upstash-redis send
+    breaker.success()
+    return result
+
+
+def execute(command: Sequence[Any], *, force: bool = False) -> Any:
+    """Run one command in one REST call. `force`: send it even while the breaker is open (a check
+    that cannot wait, like whether a timed-out SET landed)."""
+    answer = _call([list(command)], force=force, single=True)[0]
+    if isinstance(answer, RedisCommandError):
+        raise answer
+    return answer
+
+
+def pipeline(commands: Sequence[Sequence[Any]], *, force: bool = False) -> list[Any]:
+    """Run several commands in one REST call (`/pipeline`, not atomic); answers in order. A command
+    Upstash refused comes back as its RedisCommandError, in its place: it never fails the others."""
+    return _call([list(c) for c in commands], force=force, single=False) if commands else []
+
+
+def run(script: Script, keys: Sequence[str], args: Sequence[Any], *, force: bool = False) -> Any:
+    """`script` on `keys` and `args`, in one REST call (two the first time after Upstash lost it)."""
+    return execute(script.command(keys, args), force=force)
+
+
+def probe() -> bool:
+    """True if Upstash answers PING within the cache timeout (PING is not billed). Asked even while
+    the breaker is open: /api/health reports Redis as it is, and a success closes the breaker."""
+    try:
+        return execute(["PING"], force=True) == "PONG"
+    except (RedisError, ConfigurationError):
+        return False
+
+
+def _call(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
+    answers = _send(commands, force=force, single=single)
+    lost = [i for i, (command, answer) in enumerate(zip(commands, answers, strict=True))
+            if isinstance(answer, RedisCommandError) and str(answer).startswith("NOSCRIPT")
+            and str(command[0]).upper() in _EVAL_FOR and command[1] in _SCRIPTS]
+    if lost:  # Upstash does not know the script (flushed, or never sent): send its text once
+        resent = [[_EVAL_FOR[str(command[0]).upper()], _SCRIPTS[command[1]].text, *command[2:]]
+                  for command in (commands[i] for i in lost)]
+        for i, answer in zip(lost, _send(resent, force=True, single=single), strict=True):
+            answers[i] = answer
+    return answers
+
+
+def _send(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
+    """One REST call: the answers, each a value or a RedisCommandError; raises RedisUnavailable."""
+    _gate(force=force)
+    import httpx
+
+    settings = config.upstash()  # ConfigurationError names the missing variable: not an outage
+    http = _client()
+    body = json.dumps(commands[0] if single else commands, ensure_ascii=False, separators=(",", ":"))
+    start = time.perf_counter()
+    try:
+        response = http.post(settings.url if single else f"{settings.url}/pipeline",
+                             content=body.encode("utf-8"),
+                             headers={"Authorization": f"Bearer {settings.token}",
+                                      "Content-Type": "application/json"})
+    except httpx.TransportError as exc:  # refused, reset, timed out, DNS...
+        breaker.failure()
+        raise RedisUnavailable(f"Upstash did not answer: {type(exc).__name__}: {exc}") from exc
+    finally:
+        _record(start, len(commands))
+    answers = _answers(response, len(commands), single)
+    if answers is None:
+        breaker.failure()
+        error = RedisRejected if 400 < response.status_code < 500 else RedisUnavailable
+        raise error(f"Upstash answered HTTP {response.status_code}: {response.text[:200]!r}")
+    breaker.success()
+    if isinstance(answers, RedisCommandError):  # the whole request refused by Upstash
+        raise answers
+    return answers
+
+
+def _gate(*, force: bool) -> None:
+    """RedisSkipped while the breaker is open, unless `force`."""
+    if not force and not breaker.allow():
+        raise RedisSkipped("Upstash skipped: the circuit breaker is open after a recent failure")
+
+
+def _record(start: float, commands: int) -> None:
+    """One REST call begun at `start` (perf_counter) and its commands, in the request's tally (lib/metrics)."""
+    tally = _tally.get()
+    if tally is not None:
+        tally.calls_ms.append((time.perf_counter() - start) * 1000)
+        tally.commands += commands
+
+
+def _answers(response: Any, expected: int, single: bool) -> list[Any] | RedisCommandError | None:
+    """Upstash's answers in order; a RedisCommandError if it refused the whole request; None if the
+    response is not Upstash's protocol (an outage, a proxy's page, a refused token, a rate limit)."""
+    if response.status_code not in (200, 400):
+        return None
+    try:
+        payload = response.json()
+    except ValueError:
+        return None
+    if single:
+        payload = [payload]
+    elif isinstance(payload, dict) and isinstance(payload.get("error"), str) and response.status_code == 400:
+        return _command_error(payload["error"])
+    if not isinstance(payload, list) or len(payload) != expected:
+        return None
+    out: list[Any] = []
+    for entry in payload:
+        if isinstance(entry, dict) and "result" in entry:
+            out.append(entry["result"])
+        elif isinstance(entry, dict) and isinstance(entry.get("error"), str):
+            out.append(_command_error(entry["error"]))
+        else:
+            return None
+    return out

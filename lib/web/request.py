@@ -1,0 +1,186 @@
+"""A request as a handler sees it: query, `[id]`, JSON body, each validated into the contract's 400 or 422.
+
+`Request.body_as(Model)` and `Request.query_as(Model)` turn pydantic's errors into a 422 that lists
+each bad field with a French message; what cannot be read at all (not JSON, nested past the
+recursion limit, NaN, lone surrogates) is a 400 `malformed_json`. lib/web/http builds a Request per call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from email.message import Message
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
+
+from lib.errors import MalformedJSON, NotFound, ValidationFailed
+
+if TYPE_CHECKING:  # pydantic is imported by the endpoints that take a body, never on the hot path
+    from pydantic import BaseModel
+    from pydantic_core import ValidationError
+
+    from lib.auth import User
+
+M = TypeVar("M", bound="BaseModel")
+
+# An id in a path or a query string: a positive integer of at most 18 digits (openapi.json), so
+# always within PostgreSQL's bigint. An id in a JSON body may be any positive bigint: MAX_ID
+# (lib/web/models.Id).
+ID_DIGITS = 18
+MAX_ID = 2**63 - 1
+
+# French messages for pydantic's error types; the type itself is kept as the detail's code.
+_FIELD_MESSAGES = {
+    "missing": "Champ obligatoire.",
+    "extra_forbidden": "Champ inconnu.",
+    "int_type": "Doit être un nombre entier.",
+    "int_parsing": "Doit être un nombre entier.",
+    "int_from_float": "Doit être un nombre entier.",
+    "float_parsing": "Doit être un nombre.",
+    "bool_parsing": "Doit être vrai ou faux.",
+    "string_type": "Doit être une chaîne de caractères.",
+    "string_too_short": "Texte trop court.",
+    "string_too_long": "Texte trop long.",
+    "string_pattern_mismatch": "Format invalide.",
+    "greater_than": "Valeur trop petite.",
+    "greater_than_equal": "Valeur trop petite.",
+    "less_than": "Valeur trop grande.",
+    "less_than_equal": "Valeur trop grande.",
+    "literal_error": "Valeur non autorisée.",
+    "enum": "Valeur non autorisée.",
+    "datetime_parsing": "Date et heure invalides (format ISO 8601 attendu).",
+    "datetime_type": "Date et heure invalides (format ISO 8601 attendu).",
+    "timezone_aware": "La date doit préciser son fuseau horaire.",
+    "datetime_out_of_range": "Date hors des limites acceptées.",
+    "model_type": "Doit être un objet JSON.",
+    "dict_type": "Doit être un objet JSON.",
+    "not_nullable": "Ce champ ne peut pas être vide.",
+    "nothing_to_change": "Aucun champ à modifier.",
+    "unknown_parameter": "Paramètre inconnu.",
+    "control_characters": "Caractères de contrôle interdits.",
+}
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """One `{"field", "code", "message"}` per problem of a pydantic ValidationError."""
+    details = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(part) for part in err.get("loc", ()) if part != "__root__") or "body"
+        kind = err.get("type", "value_error")
+        details.append({"field": loc, "code": kind, "message": _FIELD_MESSAGES.get(kind, "Valeur invalide.")})
+    return details
+
+
+def is_validation_error(exc: BaseException) -> TypeGuard[ValidationError]:
+    # Checked by module so the hot path never imports pydantic just to catch its error.
+    pydantic_core = sys.modules.get("pydantic_core")
+    return pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError)
+
+
+@dataclass
+class Request:
+    """A parsed request, as a handler sees it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: Message  # http.server's headers: case-insensitive get()
+    path_param: str | None
+    body: bytes
+    repeated: list[str] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        value = self.headers.get(name)
+        return value.strip() if isinstance(value, str) else None
+
+    def path_id(self) -> int:
+        """The `[id]` segment as a positive integer; anything else is a 404, not a crash."""
+        found = _positive_id(self.path_param or "")
+        if found is None:
+            raise NotFound()
+        return found
+
+    def json(self) -> Any:
+        """The body as JSON (400 `malformed_json` otherwise, also for what Python reads but JSON is not)."""
+        if not self.body.strip():
+            raise MalformedJSON("Le corps de la requête est vide : un objet JSON est attendu.")
+        try:
+            data = json.loads(self.body, parse_constant=_refuse_number, parse_float=_finite_float)
+            # A lone surrogate (`"\ud800"`) parses, then fails whoever encodes it (httpx, Redis, the
+            # log): refused here, where the client can be told.
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except RecursionError as exc:  # `[[[[...`: C's json recursion guard, not a bug of ours
+            raise MalformedJSON("Le corps de la requête est trop imbriqué.") from exc
+        except ValueError as exc:  # JSONDecodeError, UnicodeError, too many digits for int()
+            raise MalformedJSON() from exc
+        return data
+
+    def body_as(self, model: type[M]) -> M:
+        """The JSON body validated by a pydantic model (422 with each bad field otherwise)."""
+        data = self.json()
+        if not isinstance(data, dict):
+            raise MalformedJSON("Le corps de la requête doit être un objet JSON.")
+        return self._validate(model, data, ValidationFailed)
+
+    def refuse_unknown_query(self, allowed: set[str], error: type[ValidationFailed] = ValidationFailed) -> None:
+        """A light check for endpoints whose query needs no model: unknown or repeated names are a 422."""
+        bad = sorted(set(self.query) - allowed)
+        details = [{"field": name, "code": "unknown_parameter", "message": _FIELD_MESSAGES["unknown_parameter"]}
+                   for name in bad]
+        details += [{"field": name, "code": "repeated", "message": "Paramètre répété."} for name in self.repeated]
+        if details:
+            raise error(details=details)
+
+    def query_id(self, name: str, error: type[ValidationFailed] = ValidationFailed) -> int:
+        """A required query parameter holding an id (a positive integer), or a 422 naming it."""
+        found = _positive_id(self.query.get(name, ""))
+        if found is None:
+            raise error(details=[{"field": name, "code": "int_parsing",
+                                  "message": "Identifiant attendu (nombre entier positif)."}])
+        return found
+
+    def query_as(self, model: type[M], error: type[ValidationFailed] = ValidationFailed) -> M:
+        """The query string validated by a pydantic model; a repeated parameter is refused."""
+        if self.repeated:
+            raise error(details=[
+                {"field": name, "code": "repeated", "message": "Paramètre répété."} for name in self.repeated
+            ])
+        return self._validate(model, self.query, error)
+
+    @staticmethod
+    def _validate(model: type[M], data: dict[str, Any], error: type[ValidationFailed]) -> M:
+        try:
+            return model.model_validate(data)
+        except Exception as exc:
+            if is_validation_error(exc):
+                raise error(details=field_errors(exc)) from exc
+            raise
+
+    def user(self) -> User:
+        """The signed-in user (401 without a valid Supabase token); on a write, counted against the
+        user's rate limit (429 past it, lib/web/ratelimit) once the token is known to be theirs."""
+        from lib.auth import authenticate  # only signed-in endpoints pay for JWT imports
+        from lib.web import ratelimit
+
+        user = authenticate(self.header("Authorization"))
+        ratelimit.for_writes(self.method, user.id)
+        return user
+
+
+def _positive_id(raw: str) -> int | None:
+    """`raw` as an id of a path or query (ASCII digits only: `²` passes str.isdigit()), or None."""
+    if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= ID_DIGITS):
+        return None
+    return int(raw) or None
+
+
+def _refuse_number(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity: Python's extension, not the RFC's
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999
+        raise ValueError("number out of range")
+    return number

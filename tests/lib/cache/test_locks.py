@@ -1,0 +1,345 @@
+"""lib/cache/locks: acquire and release by token, the retry schedule, timed-out acquires, the one compare-and-delete.
+
+Upstash is the real stand-in's engine over a real Valkey (tests/fakes.py), reached through respx.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import httpx
+import pytest
+import respx
+
+from lib import metrics
+from lib.cache import locks
+from lib.cache.locks import Lock, LockBusy, LockError, LockNotOwned, LockUnavailable
+from lib.edge import upstash
+from tests.fakes import FakeUpstash
+from tests.support import FakeClock
+
+URL = "https://upstash.test"
+NAME = "dousell:lock:payment:lease123"
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(locks, "clock", fake)
+    monkeypatch.setattr(locks, "sleep", fake.sleep)
+    monkeypatch.setattr(locks, "draw", lambda: 0.5)
+    return fake
+
+
+@pytest.fixture
+def events(monkeypatch):
+    """What lib/metrics is told about each lock (acquired, blocked, expired, unavailable)."""
+    seen: list[tuple[str, str]] = []
+    monkeypatch.setattr(metrics, "lock_event", lambda name, event: seen.append((name, event)))
+    return seen
+
+
+@pytest.fixture
+def router(monkeypatch, clock):
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
+    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "t")
+    upstash.set_client(None)
+    upstash.breaker.reset()
+    with respx.mock(assert_all_called=False) as mock:
+        yield mock
+    upstash.set_client(None)
+    upstash.breaker.reset()
+
+
+@pytest.fixture
+def redis(router) -> FakeUpstash:
+    return FakeUpstash(router, URL)
+
+
+def commands(fake: FakeUpstash) -> list[str]:
+    return [call[0] for call in fake.calls]
+
+
+def held_by(fake: FakeUpstash, name: str = NAME) -> str | None:
+    value = fake.redis.get(name)
+    return value.decode() if value is not None else None
+
+
+def warm_scripts() -> None:
+    """Load the compare-and-delete once, as any earlier request on this Redis would have."""
+    lock = Lock("warm:release", ttl=30)
+    lock.acquire()
+    lock.release()
+
+
+# Per REST call, what the network does with it (the commands after the plan are answered normally).
+ANSWER = "answer"
+LANDS_THEN_TIMES_OUT = "runs, but the answer is lost"
+TIMES_OUT = "times out before running"
+REFUSED = "connection refused"
+
+
+def plan(router: respx.Router, fake: FakeUpstash, *steps: str) -> None:
+    """Make the next single-command calls behave as `steps` say."""
+    pending = list(steps)
+
+    def side_effect(request: httpx.Request) -> httpx.Response:
+        step = pending.pop(0) if pending else ANSWER
+        if step == ANSWER:
+            return fake._single(request)
+        if step == LANDS_THEN_TIMES_OUT:
+            fake._single(request)
+            raise httpx.ReadTimeout("timed out", request=request)
+        fake.calls.append(json.loads(request.content))
+        if step == TIMES_OUT:
+            raise httpx.ReadTimeout("timed out", request=request)
+        raise httpx.ConnectError("refused", request=request)
+
+    router.post(URL).mock(side_effect=side_effect)  # same pattern: replaces FakeUpstash's route
+
+
+# -- acquire and release -----------------------------------------------------------------------
+
+
+def test_a_free_lock_is_taken_with_a_random_token_and_the_ttl_then_released(redis, events):
+    lock = Lock(NAME, ttl=30)
+    lock.acquire()
+    assert lock.token is not None and len(lock.token) == 32 and held_by(redis) == lock.token
+    assert 29_000 < redis.redis.pttl(NAME) <= 30_000
+    lock.release()
+    assert held_by(redis) is None and lock.token is None
+    assert events == [(NAME, "acquired")]
+
+
+def test_the_set_is_nx_px_in_milliseconds(redis):
+    Lock(NAME, ttl=0.25).acquire()
+    set_command = redis.calls[0]
+    assert set_command[:2] == ["SET", NAME] and set_command[3:] == ["NX", "PX", 250]
+
+
+def test_each_acquire_draws_a_new_token(redis):
+    lock = Lock(NAME, ttl=30)
+    lock.acquire()
+    first = lock.token
+    lock.release()
+    lock.acquire()
+    assert lock.token != first
+
+
+def test_a_free_lock_costs_one_command_to_acquire_and_one_key_locked_script_to_release(redis):
+    warm_scripts()
+    redis.calls.clear()
+    redis.engine.reset_stats()
+    lock = Lock(NAME, ttl=30)
+    lock.acquire()
+    assert commands(redis) == ["SET"]
+    lock.release()
+    assert commands(redis) == ["SET", "EVALSHA"]
+    assert (redis.stats.billed, redis.stats.scripts_key_locked, redis.stats.scripts_global_lock) == (2, 1, 0)
+
+
+def test_the_first_release_after_a_redis_restart_costs_one_extra_call_to_load_the_script(redis):
+    redis.redis.script_flush()
+    lock = Lock(NAME, ttl=30)
+    lock.acquire()
+    lock.release()
+    assert commands(redis) == ["SET", "EVALSHA", "EVAL"]
+    assert held_by(redis) is None
+
+
+def test_acquiring_a_lock_this_object_already_holds_is_a_programming_error(redis):
+    lock = Lock(NAME, ttl=30)
+    lock.acquire()
+    with pytest.raises(LockError, match="already holds"):
+        lock.acquire()
+
+
+def test_releasing_a_lock_never_acquired_is_an_error_without_a_call(redis):
+    lock = Lock(NAME, ttl=30)
+    with pytest.raises(LockError, match="Cannot release an unlocked lock") as caught:
+        lock.release()
+    assert not isinstance(caught.value, LockNotOwned)
+    assert redis.calls == []
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"ttl": 0},  # a lock that never holds
+    {"ttl": -1},
+    {"retries": -1},
+    {"retry_delay": -0.1},
+    {"jitter": -0.01},
+])
+def test_a_nonsensical_policy_is_refused_at_construction(kwargs):
+    with pytest.raises(ValueError):
+        Lock(NAME, **{"ttl": 30, **kwargs})
+
+
+# -- the retry policy --------------------------------------------------------------------------
+
+
+def test_a_taken_lock_is_retried_once_after_about_100_ms_then_reported_busy(redis, clock, events):
+    redis.redis.set(NAME, "other-holder", px=30_000)
+    with pytest.raises(LockBusy, match="not free after trying 2 times") as caught:
+        Lock(NAME, ttl=30).acquire()
+    assert caught.value.name == NAME
+    assert clock.sleeps == [pytest.approx(0.125)]  # 100 ms + 50 ms jitter × draw 0.5
+    assert commands(redis) == ["SET", "SET"]
+    assert held_by(redis) == "other-holder"
+    assert events == [(NAME, "blocked")]
+
+
+@pytest.mark.parametrize("draw, delay", [
+    (0.0, 0.100),  # the lowest draw waits exactly the base delay
+    (0.999_999, 0.15),  # the highest stays under base + jitter
+])
+def test_the_jitter_adds_between_zero_and_jitter_seconds_to_the_delay(redis, clock, monkeypatch, draw, delay):
+    monkeypatch.setattr(locks, "draw", lambda: draw)
+    redis.redis.set(NAME, "other-holder", px=30_000)
+    with pytest.raises(LockBusy):
+        Lock(NAME, ttl=30).acquire()
+    assert clock.sleeps == [pytest.approx(delay, abs=1e-6)]
+
+
+def test_fifty_double_clicks_do_not_retry_in_lockstep(redis, clock, monkeypatch):
+    monkeypatch.setattr(locks, "draw", random.Random(7).random)
+    redis.redis.set(NAME, "first-click", px=30_000)
+    for _ in range(50):
+        with pytest.raises(LockBusy):
+            Lock(NAME, ttl=30).acquire()
+    assert len(clock.sleeps) == 50
+    assert all(0.1 <= s < 0.15 for s in clock.sleeps)
+    assert len({round(s, 6) for s in clock.sleeps}) > 40
+
+
+@pytest.mark.parametrize("policy, sleeps, sets", [
+    ({}, [0.125], 2),  # the seed's policy: one retry after ~100 ms
+    ({"retries": 0}, [], 1),  # fail fast: one attempt, no sleep
+    ({"retries": 3, "retry_delay": 0.05, "jitter": 0}, [0.05, 0.05, 0.05], 4),  # patient, no jitter
+    ({"retries": 2, "retry_delay": 0.2, "jitter": 0.1}, [0.25, 0.25], 3),  # jitter × draw 0.5
+])
+def test_the_retry_policy_is_configurable_per_lock(redis, clock, policy, sleeps, sets):
+    redis.redis.set(NAME, "other-holder", px=30_000)
+    with pytest.raises(LockBusy):
+        Lock(NAME, ttl=30, **policy).acquire()
+    assert clock.sleeps == pytest.approx(sleeps)
+    assert commands(redis) == ["SET"] * sets
+
+
+def test_a_lock_freed_during_the_pause_is_taken_by_the_retry(redis, clock):
+    redis.redis.set(NAME, "other-holder", px=30_000)
+    clock.during_sleep.append(lambda: redis.redis.delete(NAME))
+    lock = Lock(NAME, ttl=30)
+    lock.acquire()
+    assert held_by(redis) == lock.token
+    assert commands(redis) == ["SET", "SET"]
+
+
+# -- release and extend only while ours --------------------------------------------------------
+
+
+@pytest.mark.parametrize("after_expiry", [
+    None,  # our lock expired and nobody took it
+    "next-holder",  # our lock expired and the next request took it
+])
+def test_releasing_a_lock_no_longer_ours_raises_and_never_deletes_the_other_holders_key(
+        redis, clock, events, after_expiry):
+    lock = Lock(NAME, ttl=30)
+    lock.acquire()
+    redis.redis.delete(NAME)  # expired
+    if after_expiry:
+        redis.redis.set(NAME, after_expiry, px=30_000)
+    clock.now += 31
+    with pytest.raises(LockNotOwned, match="Cannot release a lock that's no longer owned") as caught:
+        lock.release()
+    assert caught.value.name == NAME
+    assert "held 31.00 s, ttl 30 s" in str(caught.value)
+    assert held_by(redis) == after_expiry
+    assert events == [(NAME, "acquired"), (NAME, "expired")]
+
+
+def test_the_compare_and_delete_is_one_script_shared_by_every_token_checked_key(redis):
+    redis.redis.set("dousell:meta:idem:u:abc", "marker-1", px=60_000)
+    assert locks.release_if_held("dousell:meta:idem:u:abc", "marker-2") is False
+    assert redis.redis.get("dousell:meta:idem:u:abc") == b"marker-1"
+    assert locks.release_if_held("dousell:meta:idem:u:abc", "marker-1") is True
+    assert redis.redis.exists("dousell:meta:idem:u:abc") == 0
+
+
+def test_a_release_that_cannot_reach_redis_raises_lock_unavailable(redis, events):
+    lock = Lock(NAME, ttl=30)
+    lock.acquire()
+    redis.down = httpx.ReadTimeout("slow")
+    with pytest.raises(LockUnavailable, match="Cannot release lock"):
+        lock.release()
+    assert events == [(NAME, "acquired"), (NAME, "unavailable")]
+
+
+# -- a timed-out acquire checks what it holds --------------------------------------------------
+
+
+@pytest.mark.parametrize("steps, other_holder, retries, outcome, sent", [
+    # the SET ran but its answer was lost: the follow-up GET sees our token; no second SET
+    ([LANDS_THEN_TIMES_OUT], None, 1, "acquired", ["SET", "GET"]),
+    # the SET never ran and the lock is free: the retry takes it properly
+    ([TIMES_OUT], None, 1, "acquired", ["SET", "GET", "SET"]),
+    # the SET never ran and no retry is allowed: busy, and nothing was written
+    ([TIMES_OUT], None, 0, LockBusy, ["SET", "GET"]),
+    # the SET never ran and another request holds the lock: busy after the retry, whose busy
+    # answer is checked once more in case our first SET landed late
+    ([TIMES_OUT], "first-click", 1, LockBusy, ["SET", "GET", "SET", "GET"]),
+    # the SET timed out and so did the GET: nobody can say, fall back to the database fence
+    ([TIMES_OUT, TIMES_OUT], None, 1, LockUnavailable, ["SET", "GET"]),
+    # the SET ran, then the GET failed: still unknown to us, so unavailable (the TTL frees it)
+    ([LANDS_THEN_TIMES_OUT, REFUSED], None, 1, LockUnavailable, ["SET", "GET"]),
+])
+def test_a_timed_out_acquire_asks_redis_whether_it_holds_the_lock_instead_of_resending_the_set(
+        redis, router, clock, steps, other_holder, retries, outcome, sent):
+    if other_holder:
+        redis.redis.set(NAME, other_holder, px=30_000)
+    plan(router, redis, *steps)
+    lock = Lock(NAME, ttl=30, retries=retries)
+    if outcome == "acquired":
+        lock.acquire()
+        assert held_by(redis) == lock.token
+    else:
+        with pytest.raises(outcome) as caught:
+            lock.acquire()
+        assert caught.value.name == NAME and lock.token is None
+    assert commands(redis) == sent
+
+
+def test_a_set_that_lands_after_its_timeout_is_recognised_as_ours_by_the_retry(redis, router, clock):
+    """The timed-out SET was still in flight when the GET looked; it lands during the pause."""
+    plan(router, redis, TIMES_OUT)
+    clock.during_sleep.append(lambda: redis.redis.set(NAME, redis.calls[0][2], px=30_000))  # our token
+    lock = Lock(NAME, ttl=30)
+    lock.acquire()
+    assert held_by(redis) == lock.token == redis.calls[0][2]
+    assert commands(redis) == ["SET", "GET", "SET", "GET"]
+
+
+def test_redis_down_makes_acquire_raise_lock_unavailable_after_two_calls(redis, router, clock, events):
+    route = router.post(URL).mock(side_effect=httpx.ConnectError("refused"))
+    with pytest.raises(LockUnavailable, match="Redis did not answer") as caught:
+        Lock(NAME, ttl=30).acquire()
+    assert isinstance(caught.value.__cause__, upstash.RedisUnavailable)
+    assert route.call_count == 2, "the SET, then the GET that asks whether it landed"
+    assert clock.sleeps == []
+    assert events == [(NAME, "unavailable")]
+
+
+def test_while_the_breaker_is_open_acquire_makes_no_call_at_all(redis, events):
+    upstash.breaker.failure()
+    with pytest.raises(LockUnavailable) as caught:
+        Lock(NAME, ttl=30).acquire()
+    assert isinstance(caught.value.__cause__, upstash.RedisSkipped)
+    assert redis.calls == []
+    assert events == [(NAME, "unavailable")]
+
+
+def test_a_refused_set_is_unavailable_at_once_without_a_follow_up_get(redis, router):
+    route = router.post(URL).mock(return_value=httpx.Response(401, json={"error": "Unauthorized"}))
+    with pytest.raises(LockUnavailable):
+        Lock(NAME, ttl=30).acquire()
+    assert route.call_count == 1

@@ -1,0 +1,165 @@
+"""lib/domain/settle: a lost IPN settled by the cron or by the tenant's own read; money for a dead row put under review.
+
+Faked at the network boundary (tests/world.py): PostgREST by FakeSupabase (its RPCs mirror
+supabase/migrations/20261202000040_money_and_visits.sql), PayDunya by FakePayDunya, Upstash by FakeUpstash over a
+real Valkey. tests/sql/test_rpc_payments.py checks the same RPCs on a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from lib import context, keys
+from lib.domain import payments, settle
+from lib.errors import PaymentProviderError
+from tests.world import AWA, MOUSSA, user
+
+MOUSSA_U = user(MOUSSA)
+
+
+def invoice(world, period="2026-12", minutes_old=11, paid=True) -> tuple[str, int]:
+    """A pending payment with its PayDunya invoice, made `minutes_old` ago; paid at PayDunya or not."""
+    context.begin()
+    now = world.clock.now
+    world.clock.now = now - timedelta(minutes=minutes_old)
+    try:
+        payment = payments.start(MOUSSA_U, 123, period).payment
+    finally:
+        world.clock.now = now
+    token = world.db.payments[payment["id"]]["provider_token"]
+    if paid:
+        world.paydunya.invoices[token]["status"] = "completed"
+    return token, payment["id"]
+
+
+def listing():
+    context.begin()
+    return payments.list_for(MOUSSA_U, 123)
+
+
+# -- the cron ------------------------------------------------------------------------------------
+
+
+def test_a_payment_whose_ipn_was_lost_is_completed_by_the_next_cron_run(world):
+    _, pid = invoice(world)
+    versions = {t: world.tag_version(t) for t in ("payments:lease:123", f"dashboard:{AWA}", f"notifications:{MOUSSA}")}
+    counts = settle.reconcile()
+    assert counts == {"due": 1, "checked": 1, "changed": 1, "needs_review": 0, "errors": 0, "left": 0}
+    assert world.db.payments[pid]["status"] == "completed"
+    assert [n["kind"] for n in world.db.notifications] == ["payment_completed", "rent_received"]
+    for tag, version in versions.items():
+        assert world.tag_version(tag) != version, tag
+
+
+def test_a_payment_younger_than_ten_minutes_waits_for_its_ipn(world):
+    invoice(world, minutes_old=9)
+    assert settle.reconcile()["due"] == 0
+    assert world.paydunya.confirm_calls == 0
+
+
+def test_an_invoice_still_unpaid_stays_pending_and_is_asked_again_a_minute_later(world):
+    _, pid = invoice(world, paid=False)
+    assert settle.reconcile() == {"due": 1, "checked": 1, "changed": 0, "needs_review": 0, "errors": 0, "left": 0}
+    assert settle.reconcile()["due"] == 0  # checked just now
+    world.clock.now += timedelta(seconds=61)
+    assert settle.reconcile()["checked"] == 1
+    assert world.db.payments[pid]["status"] == "pending"
+    assert world.paydunya.confirm_calls == 2
+
+
+def test_a_run_checks_a_bounded_batch_and_counts_the_rest(world, monkeypatch):
+    monkeypatch.setattr(settle, "BATCH", 3)
+    for month in range(1, 6):
+        invoice(world, period=f"2027-{month:02d}", paid=False)
+    assert settle.reconcile() | {"checked": None} == {"due": 5, "checked": None, "changed": 0, "needs_review": 0,
+                                                      "errors": 0, "left": 2}
+    assert settle.reconcile()["checked"] == 2  # the two left over, the next run
+
+
+def test_a_run_stops_at_its_time_budget_and_leaves_the_rest_for_the_next(world, monkeypatch):
+    for month in range(1, 4):
+        invoice(world, period=f"2027-{month:02d}")
+    ticks = iter([0.0, 0.0, settle.CRON_BUDGET])  # the start, the first payment, then the budget is spent
+    monkeypatch.setattr(settle, "monotonic", lambda: next(ticks, settle.CRON_BUDGET))
+    counts = settle.reconcile()
+    assert (counts["checked"], counts["changed"], counts["left"]) == (1, 1, 2)
+
+
+def test_paydunya_down_fails_the_job_and_changes_nothing(world):
+    _, pid = invoice(world)
+    world.paydunya.confirm_failure = httpx.ConnectTimeout("slow")
+    with pytest.raises(PaymentProviderError):
+        settle.reconcile()
+    assert world.db.payments[pid]["status"] == "pending"
+
+
+def test_one_failure_among_successes_is_counted_not_fatal(world):
+    token, _ = invoice(world, period="2027-01")
+    invoice(world, period="2027-02")
+    world.paydunya.invoices[token]["total_amount"] = 1  # PayDunya's amount is not the rent
+    counts = settle.reconcile()
+    assert (counts["checked"], counts["changed"], counts["errors"]) == (2, 1, 1)
+
+
+@pytest.mark.parametrize("dead", ["failed", "cancelled"])
+def test_a_paid_invoice_of_a_dead_row_is_put_under_review_and_logged_as_an_error(world, caplog, dead):
+    token, pid = invoice(world)
+    world.db.payments[pid]["status"] = dead
+    # The cron asks only about pending rows; a dead row's verdict comes by the IPN, through the same apply.
+    verdict = {"status": "completed", "total_amount": 50_000, "rent_amount": 50_000}
+    result = settle.apply(token, verdict)
+    assert (result["changed"], result["review"], result["payment"]["status"]) == (True, True, "needs_review")
+    assert any(r.levelname == "ERROR" for r in caplog.records)
+
+
+# -- the tenant's read ---------------------------------------------------------------------------
+
+
+def test_a_tenant_reading_an_overdue_payment_sees_it_paid_with_one_paydunya_call(world):
+    _, pid = invoice(world)
+    rows = listing()
+    assert rows[0]["id"] == pid and rows[0]["status"] == "completed"
+    assert world.paydunya.confirm_calls == 1
+    assert 0 < world.redis.redis.ttl(keys.payment_recheck(pid)) <= settle.RECHECK_EVERY
+
+
+def test_a_payment_is_re_checked_at_most_once_a_minute_whoever_reads(world):
+    invoice(world, paid=False)
+    listing()
+    listing()
+    context.begin()
+    payments.list_for(user(AWA), 123)  # the owner too
+    assert world.paydunya.confirm_calls == 1
+
+
+def test_a_young_pending_payment_is_not_re_checked(world):
+    invoice(world, minutes_old=2)
+    assert listing()[0]["status"] == "pending"
+    assert world.paydunya.confirm_calls == 0
+
+
+def test_redis_down_the_read_does_not_re_check(world):
+    invoice(world)
+    world.redis.down = httpx.ConnectError("down")
+    assert listing()[0]["status"] == "pending"
+    assert world.paydunya.confirm_calls == 0
+
+
+def test_paydunya_failing_leaves_the_list_as_it_is(world):
+    _, pid = invoice(world)
+    world.paydunya.confirm_failure = httpx.ReadTimeout("slow")
+    assert listing()[0]["status"] == "pending"
+    assert world.db.payments[pid]["status"] == "pending"
+
+
+def test_the_re_check_is_bounded_in_time(world, monkeypatch):
+    invoice(world)
+    seen = {}
+    original = settle.paydunya.confirm
+    monkeypatch.setattr(settle.paydunya, "confirm", lambda token, timeout: seen.setdefault("t", timeout)
+                        and original(token, timeout=timeout))
+    listing()
+    assert seen["t"] == settle.RECHECK_TIMEOUT < settle.paydunya.TOTAL_TIMEOUT

@@ -1,0 +1,68 @@
+"""lib/edge/breaker: closed, open for a growing interval, one probe when half-open."""
+
+from __future__ import annotations
+
+import pytest
+
+from lib.edge import breaker as breaker_module
+from lib.edge.breaker import Breaker
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock()
+    monkeypatch.setattr(breaker_module, "clock", fake)
+    return fake
+
+
+def test_a_closed_breaker_lets_every_call_through():
+    breaker = Breaker()
+    assert all(breaker.allow() for _ in range(10))
+
+
+def test_a_failure_opens_it_for_the_base_interval(clock):
+    breaker = Breaker(base=1.0)
+    breaker.failure()
+    assert (breaker.state, breaker.interval) == ("open", 1.0)
+    assert breaker.allow() is False
+    clock.now += 0.99
+    assert breaker.allow() is False
+
+
+def test_only_one_caller_probes_while_half_open(clock):
+    breaker = Breaker()
+    breaker.failure()
+    clock.now += 1.0
+    assert breaker.allow() is True
+    assert breaker.allow() is False
+    assert breaker.state == "half-open"
+
+
+def test_a_failed_probe_reopens_it_for_twice_as_long_and_a_good_one_closes_it(clock):
+    breaker = Breaker()
+    breaker.failure()
+    clock.now += 1.0
+    assert breaker.allow()
+    breaker.failure()
+    assert (breaker.state, breaker.interval) == ("open", 2.0)
+    clock.now += 2.0
+    assert breaker.allow()
+    breaker.success()
+    assert (breaker.state, breaker.interval) == ("closed", 0.0)
+
+
+def test_the_interval_is_capped(clock):
+    breaker = Breaker(base=1.0, cap=30.0)
+    for _ in range(10):
+        breaker.failure()
+        clock.now += breaker.interval
+        breaker.allow()
+    assert breaker.interval == 30.0
