@@ -179,6 +179,7 @@ class Stack:
         self.ports, self.state = ports, state
         self.cluster: Any = None
         self.redis: Any = None
+        self.replicas: Any = None
         self.servers: list[Any] = []
         self.vercel: subprocess.Popen | None = None
         self.supabase: Any = None
@@ -187,6 +188,7 @@ class Stack:
         from devstack import paydunya, supabase, supabase_net, upstash
         from devstack.postgres import Cluster
         from devstack.redis_server import RedisServer
+        from devstack.replicas import ReplicaSet, lag_from_env, replicas_from_env
 
         self.state.mkdir(parents=True, exist_ok=True)
         pg_dir = Path(os.environ.get("DEVSTACK_PG_DIR", f"/tmp/dousell-devstack-pg-{self.ports.postgres}"))
@@ -202,9 +204,16 @@ class Stack:
         self.redis = RedisServer(self.ports.redis, self.state / "redis")
         self.redis.start()
         print(f"· Redis on 127.0.0.1:{self.ports.redis}: {self.redis.describe()}", flush=True)
+        # As Upstash is deployed: the leader and its read replicas, each applying writes late.
+        self.replicas = ReplicaSet(self.redis, replicas_from_env(), lag_from_env(), self.state / "replicas").start()
+        if self.replicas.count:
+            print(f"· {self.replicas.count} read replica(s), {self.replicas.lag_ms:g} ms behind the leader "
+                  f"(DEVSTACK_UPSTASH_REPLICAS, DEVSTACK_UPSTASH_REPLICA_LAG_MS)", flush=True)
 
         server, _ = upstash.serve_in_thread("127.0.0.1", self.ports.upstash, token=UPSTASH_TOKEN,
-                                            redis_url=self.redis.url)
+                                            redis_url=self.redis.url, replica_urls=self.replicas.urls,
+                                            daily_requests=upstash.daily_from_env())
+        server.engine.replicas = self.replicas
         self.servers.append(server)
         self.supabase, _ = supabase.serve_in_thread(
             "127.0.0.1", self.ports.supabase, dsn=dsn, anon_key=ANON_KEY, service_role_key=SERVICE_ROLE_KEY,
@@ -252,6 +261,8 @@ class Stack:
         for server in reversed(self.servers):
             server.shutdown()
             server.server_close()
+        if self.replicas is not None:
+            self.replicas.stop()
         if self.redis is not None:
             self.redis.stop()
         if self.cluster is not None:

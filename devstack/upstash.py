@@ -66,6 +66,7 @@ import argparse
 import base64
 import collections
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -93,6 +94,12 @@ DEFAULT_PORT = 8079
 DEFAULT_TOKEN = "dev-upstash-token"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 MAX_BODY = 64 * 1024 * 1024
+SYNC_TOKEN = "upstash-sync-token"
+DAILY_VARIABLE = "DEVSTACK_UPSTASH_DAILY_REQUESTS"
+# Seconds a read carrying a sync token waits for its replica before the leader (which has every
+# write) serves it instead: Upstash publishes no lag figure; a wait past the clients' time bound
+# (lib/edge/upstash: 0.5 s) would read as an outage, where Upstash's replicas are milliseconds late.
+SYNC_WAIT = 0.05
 
 # Commands that would change the state of a pooled connection (or hold it
 # forever): refused on every endpoint (Upstash's REST API has no use for them:
@@ -123,6 +130,7 @@ __all__ = [
     "DEFAULT_TOKEN",
     "UpstashEngine",
     "UpstashStandIn",
+    "daily_from_env",
     "main",
     "make_server",
     "serve_in_thread",
@@ -145,6 +153,69 @@ class _BadRequest(Exception):
 
 class _Unavailable(Exception):
     pass
+
+
+class _Quota(Exception):
+    """The plan's request quota is used up: Upstash refuses the request."""
+
+
+class _Node:
+    """One Valkey of the database: the leader or a read replica, with its connection pool."""
+
+    def __init__(self, name: str, url: str, pool: redis.ConnectionPool) -> None:
+        self.name, self.url, self.pool = name, url, pool
+        self.loaded: set[str] = set()  # SHAs of the scripts the stand-in loaded here
+
+    def run(self, commands: list[list[bytes]]) -> list[Any]:
+        """Send ``commands`` in one write on one pooled connection; return one
+        reply per command (a ResponseError instance for an error reply)."""
+        try:
+            conn = self.pool.get_connection()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise _Unavailable(f"ERR Redis is unavailable: {exc}") from None
+        try:
+            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            conn.disconnect()
+            raise _Unavailable(f"ERR Redis is unavailable: {exc}") from None
+        except BaseException:
+            conn.disconnect()  # never hand back a connection with unread replies
+            raise
+        finally:
+            self.pool.release(conn)
+
+
+def _sync_offset(token: Any) -> int | None:
+    """The replication offset an ``upstash-sync-token`` carries (ours are decimal offsets); None
+    for none or one of another format (served as without)."""
+    if isinstance(token, str) and token.strip().isdigit():
+        return int(token.strip())
+    return None
+
+
+def _offset(role: Any) -> int | None:
+    """A node's replication offset from its ``ROLE`` reply (leader: [master, offset, ...];
+    replica: [slave, host, port, state, offset])."""
+    if not isinstance(role, list) or not role:
+        return None
+    value = role[1] if role[0] == b"master" else (role[4] if len(role) > 4 else None)
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _linked(role: Any) -> bool:
+    """A leader, or a replica whose link to its leader is up."""
+    return isinstance(role, list) and bool(role) and (
+        role[0] == b"master" or (len(role) > 3 and role[3] == b"connected"))
 
 
 def _arg(value: Any) -> bytes:
@@ -265,7 +336,7 @@ class _Handler(StandInHandler):
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return True
 
-    def _reply(self, status: int, payload: Any) -> None:
+    def _reply(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(
             "utf-8"
         )
@@ -274,6 +345,8 @@ class _Handler(StandInHandler):
             "Content-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n"
         )
+        for name, value in (headers or {}).items():
+            head += f"{name}: {value}\r\n"
         if self.close_connection:
             head += "Connection: close\r\n"
         self.wfile.write(
@@ -338,10 +411,10 @@ class _Handler(StandInHandler):
             self.close_connection = True
             self._reply(400, {"error": str(exc)})
             return
-        status, payload = self.server.engine.answer(
+        status, payload, headers = self.server.engine.respond(
             self.command, path, query, self.headers, body if with_body else b""
         )
-        self._reply(status, payload)
+        self._reply(status, payload, headers)
 
 
 @dataclass
@@ -354,11 +427,17 @@ class Stats:
     scripts_global_lock: int = 0  # scripts run under the global lock (no flag, or in /multi-exec)
     scripts_key_locked: int = 0  # scripts run locking only their KEYS
     capacity_refusals: int = 0  # commands refused because the database is full
+    quota_refusals: int = 0  # requests refused because the day's quota is used up
+    sync_waits: int = 0  # reads that waited for their replica to reach the request's sync token
+    sync_fallbacks: int = 0  # reads the leader served because their replica did not catch up in time
     by_command: collections.Counter = field(default_factory=collections.Counter)
+    by_node: collections.Counter = field(default_factory=collections.Counter)  # requests each node served
+    reads_by_node: collections.Counter = field(default_factory=collections.Counter)  # read-only ones
 
     def as_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "by_command"}
-        return {**out, "by_command": dict(sorted(self.by_command.items()))}
+        counters = ("by_command", "by_node", "reads_by_node")
+        out = {k: v for k, v in self.__dict__.items() if k not in counters}
+        return {**out, **{k: dict(sorted(getattr(self, k).items())) for k in counters}}
 
 
 @dataclass
@@ -385,6 +464,8 @@ class UpstashEngine:
         redis_url: str = DEFAULT_REDIS_URL,
         token: str = DEFAULT_TOKEN,
         *,
+        replica_urls: Sequence[str] = (),
+        daily_requests: int | None = None,
         delay_ms: float = 0.0,
         socket_timeout: float = 3.0,
         connect_timeout: float = 1.0,
@@ -392,31 +473,54 @@ class UpstashEngine:
         self.redis_url = redis_url
         self.token = token
         self.delay_ms = float(delay_ms)
+        self.daily_requests = daily_requests  # None: no daily quota (pay as you go without a cap)
         self.stats = Stats()
         self._stats_lock = threading.Lock()
+        self._billed_day: tuple[str, int] = ("", 0)  # (UTC date, billed commands that day)
         self._scripts: dict[str, Prepared] = {}  # the client's SHA -> what Valkey runs
         # command -> (first, last, step) key positions, None when its keys move (COMMAND INFO)
         self._key_specs: dict[str, tuple[int, int, int] | None] = {}
-        self.pool = redis.ConnectionPool.from_url(
-            redis_url,
-            protocol=2,
-            parser_class=_FullErrorParser,
-            decode_responses=False,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            socket_keepalive=True,
-        )
+        self._readonly: dict[str, bool] = {}  # command -> flagged `readonly` by the server (COMMAND INFO)
+        self._local = threading.local()  # the node and sync token of this thread's last execute
+        self.replicas: Any = None  # the devstack.replicas.ReplicaSet behind replica_urls, when known (its lag)
+
+        def pool(url: str) -> redis.ConnectionPool:
+            return redis.ConnectionPool.from_url(
+                url,
+                protocol=2,
+                parser_class=_FullErrorParser,
+                decode_responses=False,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                socket_keepalive=True,
+            )
+
+        self.nodes = [_Node("leader", redis_url, pool(redis_url))] + [
+            _Node(f"replica-{i}", url, pool(url)) for i, url in enumerate(replica_urls, 1)]
+        self.leader = self.nodes[0]
+        self.pool = self.leader.pool
+        self._turn = itertools.count()
 
     # -- one request --------------------------------------------------------
     def answer(
         self, method: str, path: str, query: str, headers: Any, body: bytes
     ) -> tuple[int, Any]:
+        """``respond`` without the response headers."""
+        status, payload, _ = self.respond(method, path, query, headers, body)
+        return status, payload
+
+    def respond(
+        self, method: str, path: str, query: str, headers: Any, body: bytes
+    ) -> tuple[int, Any, dict[str, str]]:
+        """``(status, payload, headers)`` as the HTTP server sends them; the headers carry
+        ``upstash-sync-token`` after every command request."""
         if not self._authorized(headers, query):
-            return 401, {"error": "Unauthorized"}
+            return 401, {"error": "Unauthorized"}, {}
         b64 = (headers.get("Upstash-Encoding") or "").lower() == "base64"
+        self._local.token = None
         try:
             if path.startswith("/__devstack/"):
-                return self.admin(method, path, body)
+                return (*self.admin(method, path, body), {})
             if path in ("/", "/pipeline", "/multi-exec") and method in ("POST", "PUT"):
                 try:
                     data = json.loads(body)
@@ -426,19 +530,25 @@ class UpstashEngine:
             else:
                 data = _path_command(path, query, body)
                 kind = "/"
+            sync = _sync_offset(headers.get(SYNC_TOKEN))
             if self.delay_ms > 0:
                 time.sleep(self.delay_ms / 1000.0)
             if kind == "/":
-                reply = self.execute([_command(data)])[0]
-                return (400 if isinstance(reply, ResponseError) else 200), _entry(reply, b64)
-            if kind == "/pipeline":
+                reply = self.execute([_command(data)], sync=sync)[0]
+                status, payload = (400 if isinstance(reply, ResponseError) else 200), _entry(reply, b64)
+            elif kind == "/pipeline":
                 cmds = _commands(data)
-                return 200, [_entry(r, b64) for r in self.execute(cmds)] if cmds else []
-            return self._multi_exec(_commands(data), b64)
+                status, payload = 200, [_entry(r, b64) for r in self.execute(cmds, sync=sync)] if cmds else []
+            else:
+                status, payload = self._multi_exec(_commands(data), b64, sync)
         except _BadRequest as exc:
-            return 400, {"error": str(exc)}
+            return 400, {"error": str(exc)}, {}
+        except _Quota as exc:
+            return 400, {"error": str(exc)}, {}
         except _Unavailable as exc:
-            return 503, {"error": str(exc)}
+            return 503, {"error": str(exc)}, {}
+        token = getattr(self._local, "token", None)
+        return status, payload, ({SYNC_TOKEN: str(token)} if token is not None else {})
 
     def _authorized(self, headers: Any, query: str) -> bool:
         expected = self.token.encode()
@@ -453,10 +563,10 @@ class UpstashEngine:
                     return True
         return False
 
-    def _multi_exec(self, cmds: list[list[bytes]], b64: bool) -> tuple[int, Any]:
+    def _multi_exec(self, cmds: list[list[bytes]], b64: bool, sync: int | None = None) -> tuple[int, Any]:
         if not cmds:
             return 200, []
-        replies = self.execute(cmds, transaction=True)
+        replies = self.execute(cmds, transaction=True, sync=sync)
         result = replies[-1]
         if isinstance(result, ResponseError):  # EXECABORT: refused while queueing
             return 400, {"error": str(result)}
@@ -466,16 +576,42 @@ class UpstashEngine:
 
     # -- what Upstash does that Valkey does not ------------------------------
     def execute(
-        self, commands: list[list[bytes]], *, transaction: bool = False
+        self, commands: list[list[bytes]], *, transaction: bool = False, sync: int | None = None
     ) -> list[Any]:
-        """Run the clients' ``commands`` as Upstash would: flags translated,
-        scripts and billed commands counted, capacity errors in Upstash's words.
+        """Run the clients' ``commands`` as Upstash would: on the leader, or, when they only read,
+        on the next node in turn (leader and replicas, round-robin) once it has caught up to
+        ``sync`` (a replication offset from an ``upstash-sync-token``); flags translated, scripts
+        and billed commands counted, capacity errors in Upstash's words, the daily quota applied.
         With ``transaction``, inside MULTI/EXEC: the last reply is EXEC's."""
+        self._check_quota()
         sent = [self._translate(cmd) for cmd in commands]
         wire = [s[0] for s in sent]
+        node = self.leader
+        reads = not transaction and self._reads_only(sent)
+        if reads and len(self.nodes) > 1:
+            node = self.nodes[next(self._turn) % len(self.nodes)]
+        if node is not self.leader:
+            node = self._caught_up(node, sync)
+        if node is not self.leader:
+            self._load_scripts(node, sent)
         if transaction:
             wire = [[b"MULTI"], *wire, [b"EXEC"]]
-        replies = self.run(wire)
+        if len(self.nodes) > 1:
+            replies = node.run([*wire, [b"ROLE"]])
+            role = replies.pop()
+            if node is not self.leader and not _linked(role):
+                # A replica without its link to the leader (the leader restarting, a resync) is out of
+                # the rotation: the leader answers, or Upstash is down, never a stale replica.
+                node = self.leader
+                replies = node.run([*wire, [b"ROLE"]])
+                role = replies.pop()
+            self._local.token = _offset(role)
+        else:
+            replies = node.run(wire)
+        with self._stats_lock:
+            self.stats.by_node[node.name] += 1
+            if reads:
+                self.stats.reads_by_node[node.name] += 1
         if transaction:
             results = replies[-1] if isinstance(replies[-1], list) else None
             self._count(sent, results, transaction=True)
@@ -484,6 +620,82 @@ class UpstashEngine:
             return replies
         self._count(sent, replies, transaction=False)
         return [self._upstash_reply(r, s[1]) for r, s in zip(replies, sent, strict=True)]
+
+    # -- replicas -----------------------------------------------------------
+    def _reads_only(self, sent: list[tuple[list[bytes], _Sent]]) -> bool:
+        """True when every command may run on a replica: a read command (the server's `readonly`
+        flag), EVAL_RO/EVALSHA_RO, or a script flagged `no-writes`."""
+        plain = {what.name for _, what in sent if not what.is_script}
+        flags = self._read_flags(plain)
+        for _, what in sent:
+            if what.is_script:
+                if not (what.name.endswith("_RO") or (what.script is not None and what.script.read_only)):
+                    return False
+            elif not flags.get(what.name, False):
+                return False
+        return True
+
+    def _read_flags(self, names: set[str]) -> dict[str, bool]:
+        missing = sorted(names - self._readonly.keys())
+        if missing:
+            try:
+                infos = self.leader.run([[b"COMMAND", b"INFO", *(n.encode() for n in missing)]])[0]
+            except _Unavailable:
+                infos = None
+            if isinstance(infos, list):
+                for name, info in zip(missing, infos, strict=True):
+                    self._readonly[name] = (isinstance(info, list) and b"readonly" in info[2]
+                                            and b"write" not in info[2])
+        return {n: self._readonly.get(n, False) for n in names}
+
+    def _caught_up(self, node: _Node, sync: int | None) -> _Node:
+        """`node` once its replication offset reaches `sync` (Upstash's read-your-writes: a request
+        carrying a sync token waits for its replica); the leader, which is never behind, if the
+        replica has not caught up within SYNC_WAIT seconds (its link down, the leader restarted)."""
+        if sync is None:
+            return node
+        deadline = time.monotonic() + SYNC_WAIT
+        waited = False
+        while True:
+            try:
+                role = node.run([[b"ROLE"]])[0]
+            except _Unavailable:
+                return self.leader
+            offset = _offset(role)
+            if offset is not None and offset >= sync and _linked(role):
+                if waited:
+                    with self._stats_lock:
+                        self.stats.sync_waits += 1
+                return node
+            if time.monotonic() >= deadline:
+                with self._stats_lock:
+                    self.stats.sync_fallbacks += 1
+                return self.leader
+            waited = True
+            time.sleep(0.001)
+
+    def _load_scripts(self, node: _Node, sent: list[tuple[list[bytes], _Sent]]) -> None:
+        """Upstash's scripts are known on every replica; Valkey does not replicate SCRIPT LOAD."""
+        for _, what in sent:
+            script = what.script
+            if script is not None and script.sha not in node.loaded:
+                node.run([[b"SCRIPT", b"LOAD", script.text.encode("utf-8", "surrogateescape")]])
+                node.loaded.add(script.sha)
+
+    def _check_quota(self) -> None:
+        """``ERR max daily request limit exceeded`` once the day's billed commands reached the quota
+        (Upstash's words; its day is UTC's)."""
+        limit = self.daily_requests
+        if limit is None:
+            return
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        with self._stats_lock:
+            day, used = self._billed_day
+            if day != today:
+                self._billed_day = (today, used := 0)
+            if used >= limit:
+                self.stats.quota_refusals += 1
+                raise _Quota(f"ERR max daily request limit exceeded. Limit: {limit}, Usage: {used}.")
 
     def _translate(self, cmd: list[bytes]) -> tuple[list[bytes], _Sent]:
         name = cmd[0].upper().decode("ascii", "replace")
@@ -501,6 +713,12 @@ class UpstashEngine:
                 name, prepared, load_sha=sha1(cmd[2]))
         if name == "SCRIPT" and len(cmd) > 1 and cmd[1].upper() == b"FLUSH":
             self._scripts.clear()
+            for node in self.nodes[1:]:  # the replicas forget them too, as Upstash's do
+                try:
+                    node.run([[b"SCRIPT", b"FLUSH"]])
+                except _Unavailable:
+                    pass
+                node.loaded.clear()
         return cmd, _Sent(name)
 
     def _prepare(self, script: bytes) -> Prepared:
@@ -532,6 +750,8 @@ class UpstashEngine:
                 stats.by_command[what.name] += 1
                 if what.name not in _FREE:
                     stats.billed += 1
+                    day, used = self._billed_day
+                    self._billed_day = (day, used + 1)
                 reply = replies[i] if replies is not None else None
                 full = isinstance(reply, ResponseError) and str(reply).startswith("OOM ")
                 stats.capacity_refusals += full
@@ -569,29 +789,8 @@ class UpstashEngine:
 
     # -- Redis ------------------------------------------------------------
     def run(self, commands: list[list[bytes]]) -> list[Any]:
-        """Send ``commands`` in one write on one pooled connection; return one
-        reply per command (a ResponseError instance for an error reply)."""
-        try:
-            conn = self.pool.get_connection()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise _Unavailable(f"ERR Redis is unavailable: {exc}") from None
-        try:
-            conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-            return replies
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            conn.disconnect()
-            raise _Unavailable(f"ERR Redis is unavailable: {exc}") from None
-        except BaseException:
-            conn.disconnect()  # never hand back a connection with unread replies
-            raise
-        finally:
-            self.pool.release(conn)
+        """Send ``commands`` to the leader in one write (``_Node.run``)."""
+        return self.leader.run(commands)
 
     def redis_up(self) -> bool:
         try:
@@ -617,9 +816,30 @@ class UpstashEngine:
                 "result": {
                     "redis": "up" if self.redis_up() else "down",
                     "redis_url": self.redis_url,
+                    "replicas": [node.url for node in self.nodes[1:]],
+                    "replica_lag_ms": self.replicas.lag_ms if self.replicas is not None else None,
+                    "daily_requests": self.daily_requests,
                     "delay_ms": self.delay_ms,
                 }
             }
+        if path == "/__devstack/replicas" and method in ("POST", "PUT"):
+            try:
+                lag = float(json.loads(body or b"{}")["lag_ms"])
+            except (ValueError, KeyError, TypeError):
+                raise _BadRequest('ERR expected {"lag_ms": <milliseconds>}') from None
+            if self.replicas is None or lag < 0:
+                raise _BadRequest("ERR no replicas to set a lag on, or a negative lag")
+            self.replicas.lag_ms = lag
+            return 200, {"result": {"replica_lag_ms": lag}}
+        if path == "/__devstack/quota" and method in ("POST", "PUT"):
+            try:
+                daily = json.loads(body or b"{}").get("daily")
+                self.daily_requests = None if daily is None else int(daily)
+            except (ValueError, AttributeError, TypeError):
+                raise _BadRequest('ERR expected {"daily": <billed commands a day, or null>}') from None
+            with self._stats_lock:
+                self._billed_day = ("", 0)  # a new day begins for the quota
+            return 200, {"result": {"daily_requests": self.daily_requests}}
         if path == "/__devstack/stats":
             with self._stats_lock:
                 return 200, {"result": self.stats.as_dict()}
@@ -633,7 +853,14 @@ class UpstashEngine:
             self.stats = Stats()
 
     def close(self) -> None:
-        self.pool.disconnect()
+        for node in self.nodes:
+            node.pool.disconnect()
+
+
+def daily_from_env() -> int | None:
+    """``DEVSTACK_UPSTASH_DAILY_REQUESTS``: the daily quota in billed commands (unset: none)."""
+    value = os.environ.get(DAILY_VARIABLE, "").strip()
+    return int(value) if value else None
 
 
 def _commands(data: Any) -> list[list[bytes]]:
@@ -668,6 +895,8 @@ class UpstashStandIn(StandInServer):
         *,
         token: str = DEFAULT_TOKEN,
         redis_url: str = DEFAULT_REDIS_URL,
+        replica_urls: Sequence[str] = (),
+        daily_requests: int | None = None,
         delay_ms: float = 0.0,
         socket_timeout: float = 3.0,
         connect_timeout: float = 1.0,
@@ -678,6 +907,8 @@ class UpstashStandIn(StandInServer):
         self.engine = UpstashEngine(
             redis_url,
             token,
+            replica_urls=replica_urls,
+            daily_requests=daily_requests,
             delay_ms=delay_ms,
             socket_timeout=socket_timeout,
             connect_timeout=connect_timeout,
@@ -723,6 +954,8 @@ def make_server(
     *,
     token: str = DEFAULT_TOKEN,
     redis_url: str = DEFAULT_REDIS_URL,
+    replica_urls: Sequence[str] = (),
+    daily_requests: int | None = None,
     delay_ms: float = 0.0,
     socket_timeout: float = 3.0,
     connect_timeout: float = 1.0,
@@ -734,6 +967,8 @@ def make_server(
         (host, port),
         token=token,
         redis_url=redis_url,
+        replica_urls=replica_urls,
+        daily_requests=daily_requests,
         delay_ms=delay_ms,
         socket_timeout=socket_timeout,
         connect_timeout=connect_timeout,
@@ -782,6 +1017,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=3.0,
         help="seconds to wait for Redis before answering 503",
     )
+    p.add_argument("--replica-url", action="append", default=[],
+                   help="a read replica of the Redis (repeat for several); reads go round-robin")
+    p.add_argument("--daily-requests", type=int, default=daily_from_env(),
+                   help="billed commands a day before 'ERR max daily request limit exceeded'")
     p.add_argument("--verbose", action="store_true", help="log every request")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -791,6 +1030,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.port,
         token=args.token,
         redis_url=redis_url,
+        replica_urls=args.replica_url,
+        daily_requests=args.daily_requests,
         delay_ms=args.delay_ms,
         socket_timeout=args.socket_timeout,
         verbose=args.verbose,

@@ -27,6 +27,7 @@ import pytest
 
 from devstack.postgres import TEMPLATE_DB, Cluster
 from devstack.redis_server import RedisServer, free_port
+from devstack.replicas import ReplicaSet, lag_from_env, replicas_from_env
 from devstack.upstash import UpstashStandIn
 from devstack.upstash import serve_in_thread as serve_upstash
 from tests.support import UPSTASH_TOKEN
@@ -56,9 +57,23 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="module")
-def upstash_server(valkey: RedisServer) -> Iterator[UpstashStandIn]:
-    """The Upstash stand-in over `valkey` (its engine's stats and switches reachable), token UPSTASH_TOKEN."""
-    server, thread = serve_upstash(port=0, token=UPSTASH_TOKEN, redis_url=valkey.url)
+def replicas(request: pytest.FixtureRequest, valkey: RedisServer,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplicaSet]:
+    """`valkey`'s read replicas, as Upstash deploys a database: DEVSTACK_UPSTASH_REPLICAS of them (default 1),
+    DEVSTACK_UPSTASH_REPLICA_LAG_MS late (default 20). A module that needs one node says so, and why:
+    `UPSTASH_REPLICAS = 0` at its top."""
+    count = getattr(request.module, "UPSTASH_REPLICAS", None)
+    count = replicas_from_env() if count is None else count
+    with ReplicaSet(valkey, count, lag_from_env(), tmp_path_factory.mktemp("replicas")) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def upstash_server(valkey: RedisServer, replicas: ReplicaSet) -> Iterator[UpstashStandIn]:
+    """The Upstash stand-in over `valkey` and its `replicas` (its engine's stats and switches reachable),
+    token UPSTASH_TOKEN."""
+    server, thread = serve_upstash(port=0, token=UPSTASH_TOKEN, redis_url=valkey.url, replica_urls=replicas.urls)
+    server.engine.replicas = replicas
     yield server
     server.shutdown()
     server.server_close()

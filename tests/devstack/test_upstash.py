@@ -41,10 +41,23 @@ def upstash_client(upstash_server):
 
 @pytest.fixture
 def upstash_http(upstash_server):
+    """A client that reads its own writes as upstash-redis does (`read_your_writes`): it sends back
+    the last `upstash-sync-token` it got, so a replica serves it only once caught up."""
+    last: dict[str, str] = {}
+
+    def send_token(request: httpx.Request) -> None:
+        if "token" in last and "upstash-sync-token" not in request.headers:
+            request.headers["upstash-sync-token"] = last["token"]
+
+    def keep_token(response: httpx.Response) -> None:
+        if token := response.headers.get("upstash-sync-token"):
+            last["token"] = token
+
     with httpx.Client(
         base_url=upstash_server.url,
         headers={"Authorization": f"Bearer {UPSTASH_TOKEN}"},
         timeout=5.0,
+        event_hooks={"request": [send_token], "response": [keep_token]},
     ) as client:
         yield client
 
@@ -449,16 +462,112 @@ def test_the_drill_endpoints_need_the_token(upstash_server, upstash_reset_delay)
     assert upstash_server.delay_ms == 0
 
 
-def test_the_status_endpoint_reports_redis_up_and_the_delay(
-    upstash_http, valkey
+def test_the_status_endpoint_reports_redis_up_the_replicas_and_the_delay(
+    upstash_http, valkey, replicas
 ):
     assert upstash_http.get("/__devstack/status").json() == {
         "result": {
             "redis": "up",
             "redis_url": valkey.url,
+            "replicas": replicas.urls,
+            "replica_lag_ms": replicas.lag_ms,
+            "daily_requests": None,
             "delay_ms": 0.0,
         }
     }
+
+
+# -- replicated as Upstash deploys a database: a leader and read replicas, late --------------------
+# https://upstash.com/docs/redis/features/replication, features/consistency, howto/readyourwrites
+
+
+@pytest.fixture
+def slow_replicas(replicas):
+    """The replicas 500 ms behind the leader for one test (the stack's default is 20 ms)."""
+    if not replicas.count:
+        pytest.skip("about replicas: DEVSTACK_UPSTASH_REPLICAS=0 runs none")
+    before = replicas.lag_ms
+    replicas.lag_ms = 500
+    yield replicas
+    replicas.lag_ms = before
+
+
+def _raw(upstash_server, command, token=None):
+    headers = {"Authorization": f"Bearer {UPSTASH_TOKEN}"}
+    if token is not None:
+        headers["upstash-sync-token"] = token
+    return httpx.post(upstash_server.url, json=command, headers=headers, timeout=5.0)
+
+
+def test_reads_go_round_robin_and_a_replica_answers_late_without_a_sync_token(
+    upstash_server, slow_replicas, upstash_key, stats
+):
+    key = upstash_key()
+    assert _raw(upstash_server, ["SET", key, "new"]).json() == {"result": "OK"}
+    seen = [_raw(upstash_server, ["GET", key]).json()["result"] for _ in range(2 * len(upstash_server.engine.nodes))]
+    assert None in seen and "new" in seen  # the leader has it; the replica, 500 ms late, not yet
+    counted = stats()
+    assert counted["by_node"]["replica-1"] >= 2 and counted["reads_by_node"]["leader"] >= 2
+    assert counted["by_node"]["leader"] == counted["reads_by_node"]["leader"] + 1  # the SET: the leader's
+
+
+def test_a_request_with_the_writes_sync_token_is_served_only_once_its_replica_caught_up(
+    upstash_server, slow_replicas, upstash_key, stats
+):
+    key = upstash_key()
+    response = _raw(upstash_server, ["SET", key, "new"])
+    token = response.headers["upstash-sync-token"]
+    assert token.isdigit()
+    answers = [_raw(upstash_server, ["GET", key], token) for _ in range(4)]
+    assert [a.json() for a in answers] == [{"result": "new"}] * 4
+    assert all(a.headers["upstash-sync-token"].isdigit() for a in answers)
+    counted = stats()
+    assert counted["by_node"].get("replica-1", 0) + counted["sync_fallbacks"] >= 1
+
+
+def test_writes_and_scripts_without_no_writes_run_on_the_leader_read_only_ones_in_turn(
+    upstash_server, slow_replicas, upstash_key, stats
+):
+    key = upstash_key()
+    for _ in range(4):
+        assert _raw(upstash_server, ["EVAL", KEY_LOCKED_SET, 1, key, "v"]).json() == {"result": "OK"}
+        assert _raw(upstash_server, ["INCR", upstash_key("n")]).status_code == 200
+    assert stats()["by_node"] == {"leader": 8}
+    for _ in range(4):
+        assert _raw(upstash_server, ["EVAL_RO", KEY_LOCKED_GET, 1, key]).status_code == 200
+    counted = stats()
+    assert counted["reads_by_node"] == {"leader": 2, "replica-1": 2}
+
+
+def test_a_script_known_on_the_leader_runs_by_its_sha_on_a_replica(upstash_server, replicas, upstash_key):
+    sha = _raw(upstash_server, ["SCRIPT", "LOAD", KEY_LOCKED_GET]).json()["result"]
+    answers = [_raw(upstash_server, ["EVALSHA_RO", sha, 1, upstash_key()]).json() for _ in range(4)]
+    assert answers == [{"result": None}] * 4
+
+
+def test_the_daily_quota_refuses_with_upstashs_words_past_the_billed_commands(upstash_http, upstash_key):
+    try:
+        assert upstash_http.post("/__devstack/quota", json={"daily": 3}).json() == {"result": {"daily_requests": 3}}
+        assert upstash_http.post("/pipeline", json=[["SET", upstash_key(), "1"], ["GET", upstash_key()]]).status_code == 200
+        assert upstash_http.post("/", json=["PING"]).json() == {"result": "PONG"}  # not billed
+        assert upstash_http.post("/", json=["GET", upstash_key()]).status_code == 200  # the third
+        refused = upstash_http.post("/", json=["GET", upstash_key()])
+        assert refused.status_code == 400
+        assert refused.json()["error"].startswith("ERR max daily request limit exceeded")
+    finally:
+        upstash_http.post("/__devstack/quota", json={"daily": None})
+    assert upstash_http.post("/", json=["GET", upstash_key()]).status_code == 200
+
+
+def test_with_the_leader_down_a_replica_does_not_answer_in_its_place(upstash_server, valkey, replicas):
+    valkey.stop()
+    try:
+        for _ in range(2 * len(upstash_server.engine.nodes)):
+            assert _raw(upstash_server, ["GET", "k"]).status_code == 503
+    finally:
+        valkey.start()
+    wait_for(lambda: all(_raw(upstash_server, ["GET", "k"]).status_code == 200 for _ in range(4)),
+             timeout=15, what="the replicas to resync")
 
 
 # -- what Upstash does that Valkey does not: script flags and the key rule -------
