@@ -1,4 +1,4 @@
-"""Cache-aside over Upstash: a hit is one plain read command, stampede protection, tag invalidation, a fail-safe.
+"""Cache-aside over Upstash: a hit is one command on the leader, stampede protection, tag invalidation, a fail-safe.
 
     value = aside.fetch(keys.property_detail(123), lambda: db_read_property(123))
     aside.invalidate(invalidation.change_tags("properties", before, after), changes=[change_id])
@@ -10,16 +10,17 @@ every entry built on the old one reads as a miss (O(1), no KEYS, no SCAN), and a
 the database before the invalidation is refused when it tries to land (the versions it carries
 are no longer current): no stale set survives a write.
 
-A read is one `MGET` of the entry and its tags, judged here: present, built on the current tag
-versions, inside its TTL and not drawn for an early refresh (XFetch, Vattani et al.) → HIT. That
-is all a hit costs: one billed command, no script, no write (not even a counter: lib/metrics
-counts in the instance). Anything else goes to CLAIM, one key-locked script that decides again,
-atomically:
+A read is one READ of the entry, its fill lock and its tags: a key-locked script that writes
+nothing and runs on Upstash's leader (no `no-writes` flag, so never on a replica that has not yet
+seen a bump another instance made: docs/cache-strategy.md). Present, built on the current tag
+versions, inside its TTL and not drawn for an early refresh (XFetch, Vattani et al.) → HIT. That is
+all a hit costs: one billed command, no global lock, no write (not even a counter: lib/metrics
+counts in the instance). READ also says:
 - entry past its TTL but inside its stale window, someone reloading → STALE, served meanwhile;
-- no valid entry, someone loading → WAIT: poll briefly (READ, read-only) for its value instead
-  of querying the database;
-- otherwise → LOAD (or REFRESH, early): this caller takes the fill lock, loads, and FILLs.
-A miss is three commands. Upstash failing or timing out is a BYPASS (answered from the
+- no valid entry, someone loading → WAIT: poll briefly (READ again) for its value instead of
+  querying the database;
+Anything else goes to CLAIM, one key-locked script that decides again, atomically, and may answer
+LOAD (or REFRESH, early): this caller takes the fill lock, loads, and FILLs. A miss is three commands. Upstash failing or timing out is a BYPASS (answered from the
 database; lib/edge/upstash's breaker then skips Redis a while); a full database refuses the claim or
 the fill and the value is not stored. A failed invalidation is not kept here: the database's
 outbox keeps every change until its tags are bumped (lib/cache/outbox, docs/invalidation.md).
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Replaceable in tests: the clock of the waiters' deadline, the sleep between polls, XFetch's draw,
-# the wall clock a hit compares an entry's expiry with (the entry's is Redis's: a few ms of skew
+# the wall clock an MGET-judged hit (the drills' negative control) compares an entry's expiry with (the entry's is Redis's: a few ms of skew
 # between an instance and Upstash moves an expiry by as much).
 clock = time.monotonic
 sleep = time.sleep
@@ -112,13 +113,11 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
     while True:
         try:
             with context.timed("cache"):
-                # The first look is a plain MGET of the entry and its tags: a hit ends there. A
-                # waiter polls with READ. Anything else is decided by CLAIM, which may take the lock.
-                if first:
-                    status, value, *rest = _plain_hit(keys_, odds)
-                else:
+                # The first look, and a waiter's polls, are READ on the leader: a hit ends there.
+                # Anything else is decided by CLAIM, which may take the lock.
+                if not first:
                     context.count_poll()
-                    status, value, *rest = upstash.run(READ, keys_, odds)
+                status, value, *rest = first_look(keys_, odds)
                 if status not in ("HIT", "STALE", "WAIT"):
                     token = secrets.token_hex(8)
                     fresh = [secrets.token_hex(6) for _ in tags]
@@ -154,12 +153,14 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
         sleep(min(pause, left))
 
 
-def _plain_hit(keys_: list[str], odds: list[float]) -> tuple[str, str | None]:
-    """("HIT", the JSON) if the entry is a plain hit (entries.fresh_value); ("LOAD", None) if CLAIM
-    must decide. One MGET of the entry and its tags."""
-    raw, *versions = upstash.execute(["MGET", keys_[0], *keys_[3:]])
-    value = entries.fresh_value(raw, versions, odds[0], odds[1], wall() * 1000)
-    return ("HIT", value) if value is not None else ("LOAD", None)
+def _read(keys_: list[str], odds: list[float]) -> list[Any]:
+    """READ on the leader: {status, value or false[, ms until the filler is expected]}."""
+    return upstash.run(READ, keys_, odds)
+
+
+# Replaceable in drills and tests only: how a read looks (the drills' negative control puts back a
+# hit judged from one MGET, which a replica may answer, to show the stale reads READ prevents).
+first_look: Callable[[list[str], list[float]], list[Any]] = _read
 
 
 def _answer_unstored(loader: Callable[[], T], family: str) -> T:

@@ -7,8 +7,9 @@ An entry is a Redis string, a one-line header then the JSON value:
 
 The key's Redis TTL is the TTL plus the stale window; "expires at" ends the TTL. Every script here
 passes all its keys in KEYS and carries `allow-key-locking` (lib/edge/upstash.Script): Upstash locks
-those keys only. lib/cache/aside drives them; `fresh_value` is the Python twin of `_LOOKUP` for the
-plain hit (one MGET, no script).
+those keys only. lib/cache/aside drives them; `fresh_value` is the Python twin of `_LOOKUP`'s hit, for
+a hit judged from one MGET (no script) — which a replica may answer from before the latest bump, so the
+product's hit is READ, on the leader; the drills' negative control still uses it.
 """
 
 from __future__ import annotations
@@ -92,9 +93,11 @@ local function estimate()
 end
 """
 
-# Read-only: what a waiter polls with. Returns {status, value or false[, ms until expected]}: HIT,
-# STALE (past its TTL, someone reloads), WAIT (no valid entry, someone loads), REFRESH (XFetch:
-# reload early) or LOAD (nobody loads, or the loader gave up: go).
+# Read-only, run on the leader: a read's first look, and what a waiter polls with. Returns {status,
+# value or false[, ms until expected]}: HIT, STALE (past its TTL, someone reloads), WAIT (no valid
+# entry, someone loads), REFRESH (XFetch: reload early) or LOAD (nobody loads, or the loader gave
+# up: go). Without `no-writes` (upstash.Script's `leader`): Upstash runs it on the leader, never on a
+# replica that has not yet seen a tag bump another instance made and acknowledged (docs/cache-strategy.md).
 READ = upstash.Script(_LOOKUP + _WAITING + """
 if value and remaining > 0 and not early then return {'HIT', value} end
 local lock = redis.call('GET', KEYS[2])
@@ -105,7 +108,7 @@ end
 if value and lock then return {'STALE', value} end
 if lock then return waiting(lock) end
 return {'LOAD', value}
-""", writes=False)
+""", writes=False, leader=True)
 
 # What a read that is not a plain hit decides, atomically, taking the fill lock when this caller is
 # to load. Also ARGV[3] the fill-lock token, ARGV[4] its ms, ARGV[5] the tag ttl ms, ARGV[6] the

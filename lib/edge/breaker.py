@@ -3,6 +3,10 @@
     closed ──failure──▶ open for `base` s ──interval over──▶ half-open: one caller probes
     half-open ──success──▶ closed          half-open ──failure──▶ open for twice as long (≤ `cap`)
 
+`hold(seconds, reason)` opens it for a known time instead (a used-up quota: until its window can have
+reset); its probe then decides as above. `reason` says why it is open ("outage", "daily_quota",
+"monthly_quota"), for /api/health and /api/metrics.
+
 lib/edge/upstash holds the one breaker in front of Upstash, so an outage costs one timeout per warm
 instance per interval, not one per request.
 """
@@ -28,6 +32,7 @@ class Breaker:
         self.state = "closed"
         self.interval = 0.0
         self.until = 0.0
+        self.reason: str | None = None
 
     def allow(self) -> bool:
         """True if a call may go out now: closed, or the one probe of a half-open breaker."""
@@ -45,6 +50,24 @@ class Breaker:
 
     def failure(self) -> None:
         with self._lock:
-            self.interval = self.base if self.state == "closed" else min(self.cap, self.interval * 2)
+            # After a hold (interval 0) the back-off starts afresh at `base`.
+            grown = min(self.cap, self.interval * 2)
+            self.interval = self.base if self.state == "closed" or not self.interval else grown
             self.state = "open"
             self.until = clock() + self.interval
+            self.reason = "outage"
+
+    def hold(self, seconds: float, reason: str) -> float:
+        """Open for `seconds` (a quota: until it can have reset), whatever the state; the next
+        probe comes then, and a failure after it starts the outage back-off afresh. Returns when
+        the hold ends (by `clock`)."""
+        with self._lock:
+            self.state = "open"
+            self.interval = 0.0
+            self.until = clock() + seconds
+            self.reason = reason
+            return self.until
+
+    def seconds_left(self) -> float:
+        """How long the breaker stays open (0 when closed or due for a probe)."""
+        return max(0.0, self.until - clock()) if self.state == "open" else 0.0

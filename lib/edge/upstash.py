@@ -10,11 +10,21 @@ What a caller may catch (anything else is a bug and propagates to lib/web/http's
     ├── RedisUnavailable      no usable answer: unreachable, timed out (0.5 s), 5xx, not Upstash's
     │   │                     protocol (a command sent may or may not have run)
     │   ├── RedisRejected     refused before running anything: token refused (401), rate limit (429)
+    │   │   └── RedisQuota    the plan's request quota is used up (daily or monthly): not an outage, not
+    │   │                     "up" either; the breaker holds Redis off until the quota's window can have reset
     │   └── RedisSkipped      not even tried: the circuit breaker is open after a recent failure
     └── RedisCommandError     Upstash answered `{"error"}` for a command (wrong type, Lua error...)
         └── RedisFull         a write refused at the database's size limit (eviction off): reads still work
 
-Only RedisUnavailable opens the breaker; a command error is an answer, so Redis is up.
+Only RedisUnavailable opens the breaker; a command error is an answer, so Redis is up. A quota answer
+holds the breaker open until the next midnight UTC (daily quota) or for QUOTA_PROBE_S at a time
+(monthly: one probe an hour until the plan is raised or the month turns), warning once per window.
+
+Replicated reads (docs/cache-strategy.md): every paid Upstash database answers reads round-robin from
+replicas that apply writes late. This edge keeps the highest `upstash-sync-token` Upstash returned to
+this instance and sends it with every request, so Upstash serves each request from a node that has seen
+every write this instance made (per-instance read-your-writes); what must see other instances' writes
+runs as a script without `no-writes`, on the leader (lib/cache/entries).
 
 Why our own small REST client on httpx rather than upstash-redis (docs/cache-strategy.md): the
 library sets no timeout, retries every failure (writes included), raises for the whole pipeline
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from lib import config
+from lib.edge import breaker as _breakers
 from lib.edge.breaker import Breaker
 from lib.errors import ConfigurationError
 
@@ -42,7 +54,13 @@ from lib.errors import ConfigurationError
 CACHE_TIMEOUT = 0.5
 CONNECT_TIMEOUT = 0.3
 _CAPACITY = ("DB capacity quota exceeded", "OOM ")  # Upstash's words; plain Redis/Valkey's
+# Upstash's answers when the plan's request quota is used up (troubleshooting pages).
+DAILY_QUOTA = "ERR max daily request limit exceeded"
+MONTHLY_QUOTA = "ERR max requests limit exceeded"
+QUOTA_PROBE_S = 3600.0  # monthly quota: one probe an hour (the plan raised, or the month turned)
+SYNC_TOKEN = "upstash-sync-token"
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class RedisError(Exception):
@@ -55,6 +73,15 @@ class RedisUnavailable(RedisError):
 
 class RedisRejected(RedisUnavailable):
     """Upstash refused the whole request before running it (HTTP 401, 403, 429...): nothing ran."""
+
+
+class RedisQuota(RedisRejected):
+    """Upstash refused the request: the plan's daily (`kind` "daily") or monthly ("monthly") request
+    quota is used up. Nothing ran; the breaker holds Redis off until the quota can have reset."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class RedisSkipped(RedisUnavailable):
@@ -78,13 +105,21 @@ def _command_error(message: str) -> RedisCommandError:
 class Script:
     """A Lua script flagged as Upstash needs: `allow-key-locking` (it touches only its KEYS, so
     Upstash locks those instead of the whole database) and, when it only reads, `no-writes` (sent
-    as EVALSHA_RO). The flags are the first line of the text, so they are part of its SHA."""
+    as EVALSHA_RO: Upstash may run it on a replica, which may not have seen the latest writes).
+    `leader`: a read that must see every write already acknowledged, by any instance, goes without
+    `no-writes`, as EVALSHA: Upstash runs it on the leader (with `allow-oom`: a full database still
+    answers it, as it answers GET). The flags are the first line of the
+    text, so they are part of its SHA."""
 
-    def __init__(self, body: str, *, writes: bool) -> None:
-        flags = "allow-key-locking" if writes else "no-writes,allow-key-locking"
+    def __init__(self, body: str, *, writes: bool, leader: bool = False) -> None:
+        # A read on the leader carries `allow-oom` (Valkey's: run even when the database is full), as
+        # a plain read command would run: without it a full database would refuse the hit itself.
+        flags = ("allow-key-locking" if writes else "allow-oom,allow-key-locking" if leader
+                 else "no-writes,allow-key-locking")
+        self.leader = leader and not writes
         self.text = f"#!lua flags={flags}\n{body.strip()}\n"
         self.sha = hashlib.sha1(self.text.encode("utf-8")).hexdigest()
-        self.read_only = not writes
+        self.read_only = not (writes or leader)
         _SCRIPTS[self.sha] = self
 
     def command(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
@@ -119,14 +154,58 @@ def stop_tally(token: Token) -> None:
 
 breaker = Breaker()
 _lock = threading.Lock()
+_sync: str | None = None  # the highest upstash-sync-token Upstash gave this instance
+_warned: tuple[str, float] | None = None  # the quota window last warned about (kind, its end)
 _http: Any = None  # httpx.Client, imported at first use (cold starts pay only for what they call)
 
 
 def set_client(http: Any) -> None:
-    """Use this httpx.Client for Upstash (tests), or `None` to build a bounded one at next use."""
-    global _http
+    """Use this httpx.Client for Upstash (tests), or `None` to build a bounded one at next use; either
+    way a new client: it forgets its sync token and the quota it warned about."""
+    global _http, _sync, _warned
     with _lock:
         _http = http
+        _sync = None
+        _warned = None
+
+
+def _keep_sync(token: str | None) -> None:
+    """Remember `token` if it is newer than the one kept. Ours (and, as observed, the stand-in's) are
+    replication offsets; a token that is not a number replaces the kept one, as upstash-redis does."""
+    global _sync
+    if not token:
+        return
+    with _lock:
+        if _sync is None or not (token.isdigit() and _sync.isdigit()) or int(token) > int(_sync):
+            _sync = token
+
+
+def _quota(message: str) -> str | None:
+    """"daily" or "monthly" if `message` is Upstash's answer to a used-up request quota."""
+    if message.startswith(DAILY_QUOTA):
+        return "daily"
+    if message.startswith(MONTHLY_QUOTA):
+        return "monthly"
+    return None
+
+
+def _quota_hit(kind: str, message: str) -> RedisQuota:
+    """Hold the breaker open for the quota's window; warn once per window (not once per request)."""
+    global _warned
+    if kind == "daily":
+        now = time.time()
+        seconds = 86400 - now % 86400  # Upstash's day is UTC's: the quota resets at midnight
+    else:
+        seconds = QUOTA_PROBE_S
+    with _lock:  # in-flight requests meeting the same quota: one warning among them
+        first = _warned is None or _warned[0] != kind or _warned[1] <= _breakers.clock()
+        end = breaker.hold(seconds, f"{kind}_quota")
+        if first:
+            _warned = (kind, end)
+    if first:
+        log.warning("redis: Upstash's %s request quota is used up (%s); reads go to the database, Redis is "
+                    "held off for %.0f s", kind, message[:120], seconds)
+    return RedisQuota(f"Upstash's {kind} request quota is used up: {message[:120]}", kind)
 
 
 def _client() -> Any:
@@ -166,6 +245,8 @@ def sdk_call(call: Callable[[Any], T]) -> T:
     except Exception as exc:
         kind = upstash_sdk.classify(exc)
         if kind == "answer":
+            if quota := _quota(str(exc)):
+                raise _quota_hit(quota, str(exc)) from exc
             breaker.success()
             raise _command_error(str(exc)) from exc
         if kind == "outage":
@@ -228,18 +309,24 @@ def _send(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
     settings = config.upstash()  # ConfigurationError names the missing variable: not an outage
     http = _client()
     body = json.dumps(commands[0] if single else commands, ensure_ascii=False, separators=(",", ":"))
+    headers = {"Authorization": f"Bearer {settings.token}", "Content-Type": "application/json"}
+    if _sync is not None:
+        headers[SYNC_TOKEN] = _sync
     start = time.perf_counter()
     try:
         response = http.post(settings.url if single else f"{settings.url}/pipeline",
-                             content=body.encode("utf-8"),
-                             headers={"Authorization": f"Bearer {settings.token}",
-                                      "Content-Type": "application/json"})
+                             content=body.encode("utf-8"), headers=headers)
     except httpx.TransportError as exc:  # refused, reset, timed out, DNS...
         breaker.failure()
         raise RedisUnavailable(f"Upstash did not answer: {type(exc).__name__}: {exc}") from exc
     finally:
         _record(start, len(commands))
     answers = _answers(response, len(commands), single)
+    _keep_sync(response.headers.get(SYNC_TOKEN))
+    refused = answers if isinstance(answers, RedisCommandError) else (
+        answers[0] if isinstance(answers, list) and answers and isinstance(answers[0], RedisCommandError) else None)
+    if refused is not None and (quota := _quota(str(refused))):
+        raise _quota_hit(quota, str(refused))
     if answers is None:
         breaker.failure()
         error = RedisRejected if 400 < response.status_code < 500 else RedisUnavailable

@@ -6,6 +6,8 @@ Upstash's flags and key rule, and `redis.stats` counts what Upstash would bill.
 
 from __future__ import annotations
 
+from unittest.mock import ANY
+
 import httpx
 import pytest
 
@@ -87,7 +89,7 @@ def redis_now_ms(redis) -> int:
 # -- a hit and a miss ---------------------------------------------------------------------------
 
 
-def test_a_miss_loads_once_and_the_next_read_is_a_hit_in_one_plain_read_command(redis):
+def test_a_miss_loads_once_and_the_next_read_is_a_hit_in_one_command_on_the_leader(redis):
     loader = Loader({"id": 123, "city": "Dakar"})
     entry = keys.property_detail(123)
     assert fetch(entry, loader) == ({"id": 123, "city": "Dakar"}, "MISS")
@@ -95,9 +97,11 @@ def test_a_miss_loads_once_and_the_next_read_is_a_hit_in_one_plain_read_command(
     redis.engine.reset_stats()
     assert fetch(entry, loader) == ({"id": 123, "city": "Dakar"}, "HIT")
     assert loader.calls == 1
-    assert redis.calls == [["MGET", entry.key, keys.tag_key("property:123")]], "one REST call of one command"
+    assert redis.calls == [["EVALSHA", entries.READ.sha, 4, entry.key, keys.fill_lock_key(entry.key),
+                            keys.load_estimate(entry.family), keys.tag_key("property:123"), ANY, "1.0"]], \
+        "one REST call of one command, a script without no-writes: Upstash runs it on the leader"
     stats = redis.stats
-    assert (stats.billed, stats.scripts_key_locked, stats.scripts_global_lock) == (1, 0, 0)
+    assert (stats.billed, stats.scripts_key_locked, stats.scripts_global_lock) == (1, 1, 0)
 
 
 def test_a_miss_is_three_commands_a_look_a_claim_and_a_fill(redis):
@@ -105,9 +109,9 @@ def test_a_miss_is_three_commands_a_look_a_claim_and_a_fill(redis):
     redis.calls.clear()
     billed(redis)
     assert fetch(keys.property_detail(2), Loader(2))[1] == "MISS"
-    assert [call[0] for call in redis.calls] == ["MGET", "EVALSHA", "EVALSHA"]
-    assert [call[1] for call in redis.calls[1:]] == [entries.CLAIM.sha, entries.FILL.sha]
-    assert (redis.stats.billed, redis.stats.scripts_key_locked, redis.stats.scripts_global_lock) == (3, 2, 0)
+    assert [call[0] for call in redis.calls] == ["EVALSHA", "EVALSHA", "EVALSHA"]
+    assert [call[1] for call in redis.calls] == [entries.READ.sha, entries.CLAIM.sha, entries.FILL.sha]
+    assert (redis.stats.billed, redis.stats.scripts_key_locked, redis.stats.scripts_global_lock) == (3, 3, 0)
 
 
 def test_a_hit_changes_nothing_in_redis(redis):
@@ -432,8 +436,8 @@ def test_a_read_that_waits_costs_one_command_per_poll_and_nothing_under_the_glob
     aside.sleep = the_other_request_fills(redis, clock, entry, ["theirs"])
     redis.calls.clear()
     fetch(entry, Loader(["mine"]))
-    mine = [call[0] for call in redis.calls if call[0] != "EVALSHA" or call[1] != entries.FILL.sha]
-    assert mine.count("EVALSHA_RO") == 1, "one poll"
+    looks = [call for call in redis.calls if call[0] == "EVALSHA" and call[1] == entries.READ.sha]
+    assert len(looks) == 3, "my first look, the filler's own, then my one poll"
     assert redis.stats.scripts_global_lock == 0
 
 
@@ -494,7 +498,7 @@ def test_the_scripts_are_sent_again_after_redis_lost_them(redis):
     redis.redis.script_flush()
     redis.calls.clear()
     assert fetch(keys.property_detail(4), Loader(4))[1] == "MISS"
-    assert [call[0] for call in redis.calls] == ["MGET", "EVALSHA", "EVAL", "EVALSHA", "EVAL"]
+    assert [call[0] for call in redis.calls] == ["EVALSHA", "EVAL", "EVALSHA", "EVAL", "EVALSHA", "EVAL"]
 
 
 def test_an_entry_of_an_older_format_reads_as_a_miss_and_is_replaced(redis):
@@ -504,15 +508,15 @@ def test_an_entry_of_an_older_format_reads_as_a_miss_and_is_replaced(redis):
     assert fetch(entry, Loader("unused")) == ("new", "HIT")
 
 
-def test_a_waiter_polls_with_a_read_only_script(redis, clock):
+def test_a_waiter_polls_with_the_read_script_on_the_leader(redis, clock):
     entry = keys.properties_all()
     fetch(keys.property_detail(1), Loader(1))  # loads the scripts
     redis.redis.set(keys.fill_lock_key(entry.key), "someone-else", px=6000)
     redis.calls.clear()
     billed(redis)
     fetch(entry, Loader(["mine"]))
-    polls = [call for call in redis.calls if call[0] == "EVALSHA_RO"]
-    assert polls and all(call[1] == entries.READ.sha for call in polls)
+    polls = [call for call in redis.calls if call[0] == "EVALSHA" and call[1] == entries.READ.sha]
+    assert len(polls) >= 2 and not [call for call in redis.calls if call[0] == "EVALSHA_RO"]
     assert redis.stats.scripts_global_lock == 0
 
 
