@@ -189,6 +189,16 @@ def _quota(message: str) -> str | None:
     return None
 
 
+def quota_hold() -> dict[str, str] | None:
+    """While a used-up quota holds Redis off in this instance: {"quota": "daily" | "monthly", "until":
+    when the next probe goes (UTC, ISO 8601)}; None otherwise. For /api/health and /api/metrics."""
+    reason, left = breaker.reason, breaker.seconds_left()
+    if reason not in ("daily_quota", "monthly_quota") or left <= 0:
+        return None
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + left))
+    return {"quota": reason.removesuffix("_quota"), "until": until}
+
+
 def _quota_hit(kind: str, message: str) -> RedisQuota:
     """Hold the breaker open for the quota's window; warn once per window (not once per request)."""
     global _warned
@@ -323,10 +333,8 @@ def _send(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
         _record(start, len(commands))
     answers = _answers(response, len(commands), single)
     _keep_sync(response.headers.get(SYNC_TOKEN))
-    refused = answers if isinstance(answers, RedisCommandError) else (
-        answers[0] if isinstance(answers, list) and answers and isinstance(answers[0], RedisCommandError) else None)
-    if refused is not None and (quota := _quota(str(refused))):
-        raise _quota_hit(quota, str(refused))
+    if quota := _quota(refusal := _refusal(response, answers)):
+        raise _quota_hit(quota, refusal)
     if answers is None:
         breaker.failure()
         error = RedisRejected if 400 < response.status_code < 500 else RedisUnavailable
@@ -335,6 +343,20 @@ def _send(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
     if isinstance(answers, RedisCommandError):  # the whole request refused by Upstash
         raise answers
     return answers
+
+
+def _refusal(response: Any, answers: list[Any] | RedisCommandError | None) -> str:
+    """The message of Upstash's refusal of the whole request ('' if none): a quota answer comes as
+    the request's one `{"error"}`, whatever the HTTP status."""
+    if isinstance(answers, RedisCommandError):
+        return str(answers)
+    if isinstance(answers, list):
+        return str(answers[0]) if len(answers) == 1 and isinstance(answers[0], RedisCommandError) else ""
+    try:
+        payload = response.json()
+    except ValueError:
+        return ""
+    return payload["error"] if isinstance(payload, dict) and isinstance(payload.get("error"), str) else ""
 
 
 def _gate(*, force: bool) -> None:

@@ -30,15 +30,21 @@ def _run_bounded(probes: dict[str, Callable[[], bool]], timeout: float) -> dict[
 
 def check() -> tuple[dict[str, Any], bool]:
     """The contract's health body, and whether the database is up (503 otherwise)."""
+    # A used-up request quota is not an outage, nor "up": Redis is held off until the quota can have
+    # reset (lib/edge/upstash), and a probe now would only be refused again. Said as `redis_quota`.
+    quota = upstash.quota_hold()
+    redis_probe = (lambda: False) if quota else upstash.probe
     results = _run_bounded(
-        {"redis": upstash.probe, "database": lambda: db.probe(timeout=PROBE_TIMEOUT)},
+        {"redis": redis_probe, "database": lambda: db.probe(timeout=PROBE_TIMEOUT)},
         PROBE_TIMEOUT + 0.2,
     )
     ok = all(results.values())
-    body = {
+    body: dict[str, Any] = {
         "status": "ok" if ok else "degraded",
         "redis": "up" if results["redis"] else "down",
         "database": "up" if results["database"] else "down",
         "environment": config.environment(),
     }
+    if quota:
+        body["redis_quota"] = quota
     return body, results["database"]

@@ -56,6 +56,9 @@ def report(window: str = "last_hour") -> dict[str, Any]:
     try:
         summed, info, dbsize = upstash.pipeline([SUM.command(names, []), ["INFO", "memory"], ["DBSIZE"]])
     except upstash.RedisError as exc:
+        if quota := upstash.quota_hold():  # Redis held off by a used-up request quota, not down
+            raise MetricsUnavailable("Les métriques sont indisponibles : le quota de requêtes Redis est atteint.",
+                                     details={"redis_quota": quota}) from exc
         raise MetricsUnavailable() from exc
     if isinstance(summed, upstash.RedisError):
         raise MetricsUnavailable() from summed

@@ -66,3 +66,19 @@ def test_the_interval_is_capped(clock):
         clock.now += breaker.interval
         breaker.allow()
     assert breaker.interval == 30.0
+
+
+def test_a_hold_opens_it_for_a_known_time_then_one_probe_decides(clock):
+    breaker = Breaker(base=1.0)
+    assert breaker.hold(3600.0, "monthly_quota") == clock.now + 3600
+    assert (breaker.state, breaker.reason, breaker.seconds_left()) == ("open", "monthly_quota", 3600.0)
+    clock.now += 3599
+    assert breaker.allow() is False
+    clock.now += 1
+    assert breaker.allow() is True and breaker.allow() is False  # one probe
+    breaker.failure()  # an outage now: the back-off starts afresh, at its base
+    assert (breaker.state, breaker.interval, breaker.reason) == ("open", 1.0, "outage")
+    clock.now += 1
+    assert breaker.allow()
+    breaker.success()
+    assert (breaker.state, breaker.reason, breaker.seconds_left()) == ("closed", None, 0.0)

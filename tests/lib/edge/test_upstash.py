@@ -123,7 +123,10 @@ def test_an_empty_pipeline_costs_nothing(redis):
     (httpx.Response(200, text="<html>captive portal</html>"), upstash.RedisUnavailable, True),
     (httpx.Response(200, json={"something": "else"}), upstash.RedisUnavailable, True),
     (httpx.Response(401, json={"error": "Unauthorized"}), upstash.RedisRejected, True),  # token refused
-    (httpx.Response(429, json={"error": "ERR max requests limit exceeded"}), upstash.RedisRejected, True),
+    (httpx.Response(429, json={"error": "Too many requests"}), upstash.RedisRejected, True),  # rate limited
+    (httpx.Response(400, json={"error": "ERR max requests limit exceeded"}), upstash.RedisQuota, True),
+    (httpx.Response(429, json={"error": "ERR max daily request limit exceeded. Limit: 10000, Usage: 10000."}),
+     upstash.RedisQuota, True),
     (httpx.Response(400, json={"error": "WRONGTYPE Operation against a key"}), upstash.RedisCommandError, False),
     (httpx.Response(400, json={"error": "ERR DB capacity quota exceeded. Threshold: 268435456 bytes, "
                                         "Usage: 268979370 bytes"}), upstash.RedisFull, False),
@@ -330,3 +333,102 @@ def test_durations_are_tallied_even_for_a_call_that_failed(router):
     finally:
         upstash.stop_tally(token)
     assert len(tally.calls_ms) == 1 and tally.commands == 1
+
+
+# -- replicated reads: the sync token -----------------------------------------------------------
+
+
+def test_the_last_sync_token_goes_out_with_every_request_and_never_goes_back(router):
+    tokens = iter(["120", "90", "130"])
+    route = router.post(URL).mock(side_effect=lambda request: httpx.Response(
+        200, json={"result": "OK"}, headers={"upstash-sync-token": next(tokens, "130")}))
+    for _ in range(4):
+        upstash.execute(["GET", "k"])
+    sent_tokens = [call.request.headers.get("upstash-sync-token") for call in route.calls]
+    assert sent_tokens == [None, "120", "120", "130"], "a replica's older token does not replace a newer one"
+    upstash.set_client(None)  # another instance (or a cold start): a client of its own, no token
+    upstash.execute(["GET", "k"])
+    assert route.calls.last.request.headers.get("upstash-sync-token") is None
+
+
+def test_a_sync_token_of_another_format_replaces_the_kept_one_as_upstash_redis_does(router):
+    tokens = iter(["120", "opaque-b"])
+    route = router.post(URL).mock(side_effect=lambda request: httpx.Response(
+        200, json={"result": 1}, headers={"upstash-sync-token": next(tokens, "opaque-c")}))
+    for _ in range(3):
+        upstash.execute(["GET", "k"])
+    assert [call.request.headers.get("upstash-sync-token") for call in route.calls] == [None, "120", "opaque-b"]
+
+
+# -- quotas: neither an outage nor "up" ---------------------------------------------------------
+
+
+DAILY = "ERR max daily request limit exceeded. Limit: 10000, Usage: 10000."
+
+
+def test_a_daily_quota_holds_redis_off_until_midnight_utc_and_warns_once(router, clock, monkeypatch, caplog):
+    monkeypatch.setattr(upstash.time, "time", lambda: 1_765_000_000.0 + 3600)  # 01:00 past a midnight UTC
+    route = router.post(URL).mock(return_value=httpx.Response(400, json={"error": DAILY}))
+    with caplog.at_level("WARNING", logger="lib.edge.upstash"):
+        with pytest.raises(upstash.RedisQuota) as caught:
+            upstash.execute(["GET", "k"])
+        for _ in range(5):
+            with pytest.raises(upstash.RedisSkipped):
+                upstash.execute(["GET", "k"])
+    assert caught.value.kind == "daily"
+    assert route.call_count == 1, "held off: no round trip per read"
+    assert (upstash.breaker.state, upstash.breaker.reason) == ("open", "daily_quota")
+    midnight = 86400 - (1_765_000_000 + 3600) % 86400
+    assert upstash.breaker.seconds_left() == pytest.approx(midnight)
+    assert len([r for r in caplog.records if "quota" in r.getMessage()]) == 1
+    clock.now += midnight - 1
+    with pytest.raises(upstash.RedisSkipped):
+        upstash.execute(["GET", "k"])
+    clock.now += 1  # the next day: one probe; still refused (the plan's day is not over for Upstash)
+    with caplog.at_level("WARNING", logger="lib.edge.upstash"):
+        with pytest.raises(upstash.RedisQuota):
+            upstash.execute(["GET", "k"])
+    assert route.call_count == 2
+    assert len([r for r in caplog.records if "quota" in r.getMessage()]) == 2, "one warning per window"
+
+
+def test_in_flight_requests_meeting_the_same_quota_warn_once(router, clock, caplog):
+    router.post(URL).mock(return_value=httpx.Response(400, json={"error": DAILY}))
+    with caplog.at_level("WARNING", logger="lib.edge.upstash"):
+        for _ in range(3):  # each forced past the breaker, as calls already in flight are
+            with pytest.raises(upstash.RedisQuota):
+                upstash.execute(["GET", "k"], force=True)
+    assert len([r for r in caplog.records if "quota" in r.getMessage()]) == 1
+
+
+def test_a_monthly_quota_probes_once_an_hour_and_a_success_closes_the_breaker(router, clock):
+    route = router.post(URL).mock(side_effect=[
+        httpx.Response(400, json={"error": "ERR max requests limit exceeded. Limit: 500000, Usage: 500000."}),
+        httpx.Response(200, json={"result": "v"})])
+    with pytest.raises(upstash.RedisQuota):
+        upstash.execute(["GET", "k"])
+    assert (upstash.breaker.reason, upstash.breaker.seconds_left()) == ("monthly_quota", upstash.QUOTA_PROBE_S)
+    clock.now += upstash.QUOTA_PROBE_S
+    assert upstash.execute(["GET", "k"]) == "v"  # the plan was raised: closed again
+    assert (upstash.breaker.state, upstash.breaker.reason, route.call_count) == ("closed", None, 2)
+
+
+def test_the_stand_ins_daily_quota_reads_as_a_quota_through_a_pipeline_too(redis):
+    redis.engine.daily_requests = 0
+    try:
+        with pytest.raises(upstash.RedisQuota):
+            upstash.pipeline([["GET", "a"], ["GET", "b"]])
+    finally:
+        redis.engine.daily_requests = None
+
+
+def test_a_read_during_a_quota_hold_is_answered_by_the_database(redis, clock):
+    redis.engine.daily_requests = 0
+    try:
+        context.begin()
+        assert aside.get_or_load("dousell:k", lambda: {"from": "db"}, 60) == {"from": "db"}
+        assert aside.get_or_load("dousell:k", lambda: {"from": "db"}, 60) == {"from": "db"}
+        assert context.current().cache_status == "BYPASS"
+        assert redis.stats.quota_refusals == 1, "the second read did not even ask"
+    finally:
+        redis.engine.daily_requests = None

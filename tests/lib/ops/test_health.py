@@ -46,3 +46,18 @@ def test_the_body_says_each_dependency_and_the_environment(monkeypatch: pytest.M
     assert body == {"status": status, "redis": "up" if redis_up else "down",
                     "database": "up" if database_up else "down", "environment": "vercel-preview"}
     assert up is database_up
+
+
+def test_a_used_up_quota_is_said_as_such_and_not_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    probed: list[bool] = []
+    monkeypatch.setattr(upstash, "probe", lambda: probed.append(True) or True)
+    monkeypatch.setattr(db, "probe", lambda timeout: True)
+    monkeypatch.setattr(config, "environment", lambda: "local")
+    upstash.breaker.hold(3600.0, "daily_quota")
+    try:
+        body, up = health.check()
+    finally:
+        upstash.breaker.reset()
+    assert (body["status"], body["redis"], body["redis_quota"]["quota"], up) == ("degraded", "down", "daily", True)
+    assert body["redis_quota"]["until"].endswith("Z")
+    assert probed == [], "a probe would only be refused again (and billed)"

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from lib import metrics
+from lib.edge import upstash
 from lib.errors import MetricsUnavailable
 from lib.ops import report
 from tests.fakes import fake_upstash
@@ -158,3 +159,15 @@ def test_redis_down_is_metrics_unavailable(redis, outage):
     redis.down = outage
     with pytest.raises(MetricsUnavailable):
         report.report("last_hour")
+
+
+def test_a_used_up_quota_is_said_in_the_metrics_answer(redis):
+    redis.engine.daily_requests = 0
+    try:
+        with pytest.raises(MetricsUnavailable) as caught:
+            report.report("last_hour")
+    finally:
+        redis.engine.daily_requests = None
+        upstash.breaker.reset()
+    assert caught.value.details["redis_quota"]["quota"] == "daily"
+    assert "quota" in caught.value.message
