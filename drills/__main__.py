@@ -12,11 +12,11 @@ import sys
 import time
 import traceback
 
-from drills import money, runs
+from drills import money, replicated, runs
 from drills.report import render
 from drills.stack import start
 
-DRILLS = runs.DRILLS + money.DRILLS  # 12-15: money and visits (drills/money.py)
+DRILLS = runs.DRILLS + money.DRILLS + replicated.DRILLS  # 12-15: money and visits (drills/money.py); 16: replicas
 
 
 def main(argv: list[str] | None = None) -> int:
