@@ -21,6 +21,16 @@ It speaks the protocol as upstash-redis 1.8 uses it:
 
 Where Upstash differs from the Valkey behind it, the stand-in does what Upstash does:
 
+- Replication (devstack/replicas.py, devstack/README.md): a leader and read replicas; a request
+  that only reads (every command flagged ``readonly`` by Valkey, ``EVAL_RO``/``EVALSHA_RO``, a
+  script flagged ``no-writes``) goes to the next node in turn, anything else to the leader. Every
+  answer to a command request carries ``upstash-sync-token`` (the node's replication offset); a
+  request that sends one back is served by its replica once it has caught up (else, after
+  ``SYNC_WAIT``, by the leader). A replica that lost its link to the leader is out of the rotation.
+- Quota: with ``daily_requests`` (``DEVSTACK_UPSTASH_DAILY_REQUESTS``), once that many billed
+  commands were counted in the UTC day, every request is refused with HTTP 400 ``{"error": "ERR
+  max daily request limit exceeded. Limit: N, Usage: N."}``.
+
 - Script flags (devstack/upstash_scripts.py): ``#!lua flags=allow-key-locking``
   is accepted and stripped before Valkey sees it (Valkey refuses it), the
   other flags (``no-writes``) are kept; a key-locked script that calls a key
@@ -39,12 +49,15 @@ Where Upstash differs from the Valkey behind it, the stand-in does what Upstash 
 
 ``GET /__devstack/stats`` (token-protected, like every request) answers
 ``{"result": {"requests", "commands", "billed", "scripts_global_lock",
-"scripts_key_locked", "capacity_refusals", "by_command"}}`` since the last
+"scripts_key_locked", "capacity_refusals", "quota_refusals", "sync_waits", "sync_fallbacks",
+"by_command", "by_node", "reads_by_node"}}`` since the last
 ``POST /__devstack/stats/reset``; tests and the bench read it.
 
 Drill switches (token-protected): ``POST /__devstack/delay {"ms": 800}`` adds
-that delay before every command request (0 turns it off); ``GET
-/__devstack/status`` reports Redis up/down, the backend URL and the delay.
+that delay before every command request (0 turns it off); ``POST /__devstack/replicas
+{"lag_ms": 500}`` changes the replicas' lag; ``POST /__devstack/quota {"daily": N}`` sets the
+daily quota (``null``: none); ``GET /__devstack/status`` reports Redis up/down, the backend
+URL, the replicas, their lag, the quota and the delay.
 
 Start it::
 
