@@ -170,8 +170,9 @@ def set_client(http: Any) -> None:
 
 
 def _keep_sync(token: str | None) -> None:
-    """Remember `token` if it is newer than the one kept. Ours (and, as observed, the stand-in's) are
-    replication offsets; a token that is not a number replaces the kept one, as upstash-redis does."""
+    """Remember `token` if it is newer than the one kept. Upstash documents the token as opaque, and
+    upstash-redis keeps the last one it got; when both are numbers (the stand-in's are replication
+    offsets) the higher is kept, so a lagging replica's answer does not take the instance back."""
     global _sync
     if not token:
         return

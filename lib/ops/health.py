@@ -32,12 +32,13 @@ def check() -> tuple[dict[str, Any], bool]:
     """The contract's health body, and whether the database is up (503 otherwise)."""
     # A used-up request quota is not an outage, nor "up": Redis is held off until the quota can have
     # reset (lib/edge/upstash), and a probe now would only be refused again. Said as `redis_quota`.
-    quota = upstash.quota_hold()
-    redis_probe = (lambda: False) if quota else upstash.probe
+    held = upstash.quota_hold()
+    redis_probe = (lambda: False) if held else upstash.probe
     results = _run_bounded(
         {"redis": redis_probe, "database": lambda: db.probe(timeout=PROBE_TIMEOUT)},
         PROBE_TIMEOUT + 0.2,
     )
+    quota = held or upstash.quota_hold()  # the probe itself may have met the quota
     ok = all(results.values())
     body: dict[str, Any] = {
         "status": "ok" if ok else "degraded",

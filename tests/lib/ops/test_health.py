@@ -61,3 +61,17 @@ def test_a_used_up_quota_is_said_as_such_and_not_probed(monkeypatch: pytest.Monk
     assert (body["status"], body["redis"], body["redis_quota"]["quota"], up) == ("degraded", "down", "daily", True)
     assert body["redis_quota"]["until"].endswith("Z")
     assert probed == [], "a probe would only be refused again (and billed)"
+
+
+def test_a_probe_that_meets_the_quota_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused() -> bool:
+        upstash.breaker.hold(60.0, "monthly_quota")  # what the edge does when PING meets the quota
+        return False
+
+    monkeypatch.setattr(upstash, "probe", refused)
+    monkeypatch.setattr(db, "probe", lambda timeout: True)
+    try:
+        body, _ = health.check()
+    finally:
+        upstash.breaker.reset()
+    assert (body["redis"], body["redis_quota"]["quota"]) == ("down", "monthly")
