@@ -25,7 +25,7 @@ READS = 400
 PATHS = [("/api/properties", None), ("/api/properties/123", None), ("/api/search?city=Dakar", None),
          ("/api/properties?city=Dakar", None), ("/api/profile", "moussa.diop@example.sn"),
          ("/api/notifications", "moussa.diop@example.sn")]
-WARNING = "request quota is used up"
+WARNING = "request quota is used up (ERR"  # the edge's warning, not the errors that quote it
 
 
 def quota_used_up(ctx: Any, row: Any) -> None:
