@@ -16,6 +16,7 @@ import json
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from lib import config
 
@@ -112,7 +113,7 @@ def property_detail(property_id: int) -> CacheKey:
     return CacheKey(name("properties", "detail", int(property_id)), "property_detail", (f"property:{int(property_id)}",))
 
 
-def search(filters: dict) -> CacheKey:
+def search(filters: dict[str, Any]) -> CacheKey:
     """Digest of the canonical filters: however the query string was ordered, one key."""
     canonical = json.dumps(filters, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]

@@ -173,7 +173,8 @@ class Lock:
         """One GET: does `name` hold `token`? Sent even though the breaker just opened (it must know
         whether its own SET landed). LockUnavailable if Redis cannot say."""
         try:
-            return _run(["GET", self.name], force=True) == token
+            held: object = _run(["GET", self.name], force=True)
+            return held == token
         except RedisError as exc:
             raise self._unavailable("acquire", exc) from exc
 
