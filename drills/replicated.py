@@ -11,11 +11,10 @@ one property's public detail in a loop through lib/cache/aside; the writers chan
 
 Once a write has returned, the writer raises a shared floor to its price. A reader notes the floor before each
 read; a read that started with floor F and shows a price below F is stale. The product's hit (READ on the leader)
-must show none, at any replica lag. `control=True` makes the readers' edge what it was before replicas were taken
-into account: a hit judged from one MGET (lib/cache/entries.fresh_value), which any node may answer, and no sync
-token kept or sent (with one, a reader that has read from the leader since a write also waits for its replica: the
-token alone hides part of what it does not fix). That is the negative control: the drill sees stale reads when they
-happen.
+must show none, at any replica lag. `control=True` makes the readers' edge blind to replicas: a hit judged from one
+MGET (lib/cache/entries.fresh_value), which any node may answer, and no sync token kept or sent (with one, a reader
+that has read from the leader since a write also waits for its replica: the token alone hides part of what it does
+not fix). That is the negative control: the drill sees stale reads when they happen.
 
     counts = run(env, property_id, write_api=..., write_sql=..., readers=3, writes=12, control=False)
 """
@@ -65,7 +64,7 @@ def _reader(env: Mapping[str, str], property_id: int, control: bool, floor: Any,
     from lib.cache import aside
     from lib.domain import properties
 
-    if control:  # the edge before replicas: a hit from one MGET, and no sync token kept or sent
+    if control:  # an edge blind to replicas: a hit from one MGET, and no sync token kept or sent
         from lib.edge import upstash
 
         aside.first_look = mget_look

@@ -303,11 +303,13 @@ def test_without_the_encoding_header_strings_come_back_plain(upstash_http, upsta
 
 
 def test_raw_bytes_are_base64_exact_and_plain_mode_replaces_invalid_utf8(
-    upstash_http, upstash_direct, upstash_key
+    upstash_http, upstash_direct, upstash_key, replicas
 ):
     key = upstash_key()
     raw = b"\xff\xfe\x00\x80binary\xc3"
     upstash_direct.set(key, raw)
+    # Written behind the stand-in (no sync token): read back once every replica has it (Valkey's WAIT).
+    assert upstash_direct.wait(replicas.count, 5000) == replicas.count
     encoded = upstash_http.post(
         "/", json=["GET", key], headers={"Upstash-Encoding": "base64"}
     ).json()["result"]
