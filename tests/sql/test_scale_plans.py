@@ -37,7 +37,6 @@ def large(pg_cluster: Cluster, pg_template: str) -> Iterator[str]:
     try:
         with psycopg.connect(pg_cluster.dsn(name), autocommit=True) as conn:
             catalogue.grow(conn, LISTINGS)
-            conn.execute("vacuum analyze private.published_listings")
         yield pg_cluster.dsn(name)
     finally:
         pg_cluster.drop_database(name)
