@@ -10,7 +10,8 @@ Here `net.http_post` is bootstrap.sql's (same table, same signature) and this wo
 rest: it LISTENs on `devstack_pg_net` (bootstrap's `net.wake()`, a NOTIFY PostgreSQL
 delivers at commit, so a rolled-back change sends nothing), also polls every second (as
 pg_net's worker wakes on its own), takes the queue with the same DELETE ... RETURNING, and
-POSTs each request with its headers, body and timeout, `User-Agent: pg_net/devstack`.
+POSTs each request with its headers, its body's bytes unchanged (the database signs them:
+X-Dousell-Signature) and its timeout, `User-Agent: pg_net/devstack`.
 
 Drill switch `mode`: `deliver` (default), `drop` (take and lose every request, logged as
 errors in net._http_response, what a lost webhook is), `hold` (leave them queued, as a
