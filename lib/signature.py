@@ -20,7 +20,6 @@ import re
 import time
 from collections.abc import Callable
 
-from lib import config
 from lib.errors import AuthenticationRequired, InvalidToken
 
 HEADER = "X-Dousell-Signature"
@@ -37,15 +36,15 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={_digest(secret, body, str(timestamp))}"
 
 
-def require_signature(header: str | None, body: bytes, variable: str, realm: str) -> None:
-    """401 unless `header` is a signature of `body` by `$<variable>`, made within TOLERANCE_SECONDS.
+def require_signature(header: str | None, body: bytes, secret: str, realm: str) -> None:
+    """401 unless `header` is a signature of `body` with `secret`, made within TOLERANCE_SECONDS.
 
-    An unset variable is a 500 `configuration_error` naming it (checked first: the endpoint is
-    never open). No header: 401 `authentication_required`; a malformed, wrong or stale one: 401
-    `invalid_token` (reason `malformed_signature`, `bad_signature`, `stale_signature` in the log).
-    Digests are compared in constant time, and a malformed header is compared too.
+    The caller reads `secret` first (`config.require`: unset, a 500 `configuration_error` naming
+    it, so the endpoint is never open). No header: 401 `authentication_required`; a malformed,
+    wrong or stale one: 401 `invalid_token` (reason `malformed_signature`, `bad_signature`,
+    `stale_signature` in the log). Digests are compared in constant time, and a malformed header
+    is compared too.
     """
-    secret = config.require(variable)
     challenge = {"WWW-Authenticate": f'Signature realm="{realm}", header="{HEADER}"'}
     if header is None or not header.strip():
         raise AuthenticationRequired(f"Signature requise (en-tête {HEADER}).", headers=challenge)
