@@ -128,7 +128,7 @@ def _digest(secret: str, body: bytes, t: int) -> str:
     ({"X-Dousell-Signature": f"t=-{NOW},v1={_digest(SECRET, BODY, -NOW)}"}, "invalid_token"),
     ({"X-Dousell-Signature": SECRET}, "invalid_token"),
 ])
-def test_without_a_valid_signature_it_is_401_and_the_outbox_is_not_touched(client, outbox, headers, code):
+def test_without_the_secret_it_is_401_and_the_outbox_is_not_touched(client, outbox, headers, code):
     outbox.rows = [row()]
     response = post(client, body=BODY, secret=None, **headers)
     assert (response.status_code, error(response)["code"]) == (401, code)
