@@ -134,8 +134,13 @@ class NetWorker:
                 pass
 
     def _take(self, conn: psycopg.Connection) -> int:
-        with conn.transaction():
+        with conn.transaction() as taking:
             rows = conn.execute(_TAKE, (self.batch_size,)).fetchall()
+            # `hold` set while this look was under way: the rows go back. Checked after the DELETE saw
+            # them, so a request queued after `hold` was set is never taken (the drill's contract).
+            if self._mode == "hold":
+                rows = []
+                raise psycopg.Rollback(taking)
         if not rows:
             return 0
         with self._lock:
