@@ -28,6 +28,7 @@ def configured(monkeypatch):
     monkeypatch.setenv("SUPABASE_ANON_KEY", "anon")
     monkeypatch.delenv("VERCEL", raising=False)
     monkeypatch.delenv("DOUSELL_DEPLOYMENT", raising=False)
+    monkeypatch.delenv("PAYDUNYA_MODE", raising=False)
     upstash.set_client(None)
     db.set_http_client(None)
     yield
@@ -57,7 +58,7 @@ def test_health_reports_each_dependency(api, redis_ok, db_ok, status, body):
         return_value=httpx.Response(200, json=[]) if db_ok else httpx.Response(503, json={"code": "PGRST001"}))
     response = client.get("/api/health")
     assert response.status_code == status
-    assert response.json() == {**body, "environment": "local"}
+    assert response.json() == {**body, "environment": "local", "paydunya_mode": "test"}
     assert response.headers["cache-control"] == "no-store"
 
 

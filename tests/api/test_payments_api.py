@@ -262,3 +262,16 @@ def test_a_replayed_answer_is_valid_json_of_the_contract(api):
     record = json.loads(world.redis.redis.get(name))
     assert record["state"] == "done" and record["status"] == 201
     assert set(record["body"]["payment"]) == set(payments.PAYMENT_FIELDS)
+
+
+def test_in_production_without_paydunya_mode_a_payment_is_refused_naming_it_and_nothing_is_made(api, monkeypatch):
+    # Sandbox keys on a production deploy would take the sandbox's "completed" as rent paid.
+    world, client = api
+    monkeypatch.setenv("VERCEL", "1")
+    monkeypatch.setenv("VERCEL_ENV", "production")
+    monkeypatch.delenv("PAYDUNYA_MODE", raising=False)
+    response = pay(client)
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "configuration_error"
+    assert response.json()["error"]["details"] == {"variable": "PAYDUNYA_MODE"}
+    assert world.paydunya.invoices == {} and world.db.rows(period="2026-12") == []

@@ -42,7 +42,31 @@ def test_the_body_says_each_dependency_and_the_environment(monkeypatch: pytest.M
     monkeypatch.setattr(upstash, "probe", lambda: redis_up)
     monkeypatch.setattr(db, "probe", lambda timeout: database_up)
     monkeypatch.setattr(config, "environment", lambda: "vercel-preview")
+    monkeypatch.delenv("PAYDUNYA_MODE", raising=False)
     body, up = health.check()
     assert body == {"status": status, "redis": "up" if redis_up else "down",
-                    "database": "up" if database_up else "down", "environment": "vercel-preview"}
+                    "database": "up" if database_up else "down", "environment": "vercel-preview",
+                    "paydunya_mode": "test"}
     assert up is database_up
+
+
+@pytest.mark.parametrize(("environment", "mode", "shown"), [
+    ("local", None, "test"),              # the sandbox by default, where no rent is real
+    ("vercel-production", "live", "live"),
+    ("vercel-production", "test", "test"),  # said explicitly: shown, so nobody mistakes it for live
+    ("vercel-production", None, None),    # unset where it is required: payments refuse, health says so
+    ("dakar", None, None),
+    ("local", "prod", None),              # not a mode
+])
+def test_the_body_shows_the_paydunya_mode_in_use(monkeypatch: pytest.MonkeyPatch, environment: str,
+                                                   mode: str | None, shown: str | None) -> None:
+    monkeypatch.setattr(upstash, "probe", lambda: True)
+    monkeypatch.setattr(db, "probe", lambda timeout: True)
+    monkeypatch.setattr(config, "environment", lambda: environment)
+    if mode is None:
+        monkeypatch.delenv("PAYDUNYA_MODE", raising=False)
+    else:
+        monkeypatch.setenv("PAYDUNYA_MODE", mode)
+    body, up = health.check()
+    assert body["paydunya_mode"] == shown
+    assert up and body["status"] == "ok"
