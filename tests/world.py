@@ -101,11 +101,13 @@ def serve_jwks(router: respx.Router, monkeypatch) -> None:
     router.get(JWKS_URL).mock(return_value=httpx.Response(200, json={"keys": [JWK]}))
 
 
-def bearer(uid: str) -> dict[str, str]:
-    """An `Authorization` header with a genuine Supabase-shaped access token for `uid`."""
+def bearer(uid: str, *, anonymous: bool = False) -> dict[str, str]:
+    """An `Authorization` header with a genuine Supabase-shaped access token for `uid` (an anonymous
+    sign-in's, without an address, with `anonymous=True`)."""
     now = int(datetime.now(UTC).timestamp())
     claims = {"iss": f"{SUPABASE}/auth/v1", "sub": uid, "aud": "authenticated", "role": "authenticated",
-              "exp": now + 3600, "iat": now, "email": f"{uid[:4]}@example.sn"}
+              "exp": now + 3600, "iat": now, "email": "" if anonymous else f"{uid[:4]}@example.sn",
+              "is_anonymous": anonymous}
     token = jwt.encode(claims, SIGNING_KEY, algorithm="ES256", headers={"kid": "write-path-1"})
     return {"Authorization": f"Bearer {token}"}
 

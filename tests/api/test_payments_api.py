@@ -275,3 +275,11 @@ def test_in_production_without_paydunya_mode_a_payment_is_refused_naming_it_and_
     assert response.json()["error"]["code"] == "configuration_error"
     assert response.json()["error"]["details"] == {"variable": "PAYDUNYA_MODE"}
     assert world.paydunya.invoices == {} and world.db.rows(period="2026-12") == []
+
+
+def test_an_anonymous_sign_in_cannot_pay(api):
+    world, client = api
+    response = client.post("/api/payments", json={"lease_id": 123, "period": "2026-12"},
+                           headers=bearer(MOUSSA, anonymous=True))
+    assert (response.status_code, error(response)) == (403, "anonymous_not_allowed")
+    assert world.paydunya.invoices == {} and world.db.rows(period="2026-12") == []
