@@ -12,8 +12,8 @@
 --   * expire_payment(): the cron's verdict on an invoice PayDunya still calls pending at the end
 --     of its life.
 --   * cancel_visit() notifies an owner at most once an hour per visitor and property, and at most
---     OWNER_CANCELLED_PER_HOUR (10) times an hour in all: a book/cancel loop filled an owner's
---     notifications at ~15 a minute, unbounded.
+--     10 times an hour in all: a book/cancel loop filled an owner's notifications at ~15 a
+--     minute, unbounded.
 --
 -- Codes for lib (raise exception '<code>' using errcode = 'P0001'): as before; no new one.
 
