@@ -128,8 +128,8 @@ drop index if exists public.properties_published_district_trgm_idx;
 -- makes the rest of the system carry whatever it likes. The caps:
 --   500 listings per owner, whatever their status: the demo's busiest owner has 21, a large
 --       Dakar agency a few hundred; archived ones count, or archiving would reopen the tap.
---   400 future visit slots per property: one an hour from 08:00 to 18:00 every day for six
---       weeks; past slots do not count.
+--   400 future visit slots per property: one an hour from 08:00 to 18:00 (ten a day) for forty
+--       days ahead; past slots do not count.
 -- They bind the API roles (`anon`, `authenticated`: PostgREST's SET ROLE after checking the JWT);
 -- the service role, migrations, Studio and the local stack's bulk loads are not capped. Refused
 -- with `raise exception '<code>'` (P0001), which PostgREST answers as 400 with that message.
