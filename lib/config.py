@@ -137,3 +137,9 @@ def trusted_proxies() -> tuple[str, ...]:
     """`TRUSTED_PROXIES`: the addresses or CIDRs of the reverse proxy in front of the Dakar server,
     comma-separated; `X-Forwarded-For` is believed only from them. Empty when unset."""
     return tuple(part.strip() for part in (_get("TRUSTED_PROXIES") or "").split(",") if part.strip())
+
+
+def require_cache() -> None:
+    """ConfigurationError unless a Redis is configured: VALKEY_URL outside Vercel, else Upstash's variables."""
+    if valkey_url() is None:
+        upstash()
