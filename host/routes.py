@@ -65,6 +65,8 @@ class Routes:
     def __init__(self, routes: list[Route]) -> None:
         self.routes = routes
         self._exact = {r.pattern: r for r in routes if not r.dynamic}
+        # Vercel also serves a function by its file's own name: `/api/properties/index`
+        self._exact |= {"/" + r.file.removesuffix(".py"): r for r in routes if not r.dynamic}
         self._dynamic = [(re.compile("^" + re.sub(r"\\\[\w+\\\]", "[^/]+", re.escape(r.pattern)) + "$"), r)
                          for r in routes if r.dynamic]
 
