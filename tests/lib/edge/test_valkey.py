@@ -114,3 +114,22 @@ def valkey_text(script: upstash.Script) -> str:
 
 def lib_sha(script: upstash.Script) -> str:
     return valkey.for_valkey(script.text)[1]
+
+
+def test_a_configured_valkey_is_a_configured_cache_without_upstash_variables(monkeypatch):
+    for name in ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN", "KV_REST_API_URL", "KV_REST_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigurationError):
+        config.require_cache()
+    monkeypatch.setenv("VALKEY_URL", "redis://127.0.0.1:6379/0")
+    config.require_cache()
+    monkeypatch.setenv("VERCEL", "1")  # on Vercel only Upstash counts
+    with pytest.raises(ConfigurationError):
+        config.require_cache()
+
+
+def test_trusted_proxies_are_read_as_a_comma_separated_list(monkeypatch):
+    monkeypatch.delenv("TRUSTED_PROXIES", raising=False)
+    assert config.trusted_proxies() == ()
+    monkeypatch.setenv("TRUSTED_PROXIES", " 127.0.0.1, ::1 ,,10.0.0.0/8 ")
+    assert config.trusted_proxies() == ("127.0.0.1", "::1", "10.0.0.0/8")
