@@ -21,16 +21,14 @@ library sets no timeout, retries every failure (writes included), raises for the
 when one command fails, and offers no public way to change any of it. Upstash's REST protocol is
 a JSON array in, `{"result"}` or `{"error"}` out. Libraries built on upstash-redis
 (upstash-ratelimit) get one bounded `upstash_redis.Redis` from `client()` (lib/edge/upstash_sdk).
-
-The Dakar server: outside Vercel with VALKEY_URL set, the same calls speak RESP over TCP to Valkey
-instead (lib/edge/valkey; the one switch is `_tcp()`, in `_call` and `sdk_call`), with the same
-bounds, breaker, errors and tally.
+Outside Vercel with VALKEY_URL set, each round trip goes over TCP to Valkey instead (lib/edge/valkey).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -163,10 +161,6 @@ def sdk_call(call: Callable[[Any], T]) -> T:
     Upstash's `{"error"}`. For libraries built on upstash-redis (lib/web/ratelimit)."""
     from lib.edge import upstash_sdk
 
-    if _tcp():
-        from lib.edge import valkey
-
-        return call(valkey.sdk())  # its one command goes through `execute`: gate, errors and tally there
     _gate(force=False)
     start = time.perf_counter()
     try:
@@ -215,16 +209,7 @@ def probe() -> bool:
         return False
 
 
-def _tcp() -> bool:
-    """Valkey over TCP (lib/edge/valkey) instead of Upstash REST: VALKEY_URL set, not on Vercel."""
-    return config.valkey_url() is not None
-
-
 def _call(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
-    if _tcp():
-        from lib.edge import valkey
-
-        return valkey.call(commands, force=force)
     answers = _send(commands, force=force, single=single)
     lost = [i for i, (command, answer) in enumerate(zip(commands, answers, strict=True))
             if isinstance(answer, RedisCommandError) and str(answer).startswith("NOSCRIPT")
@@ -240,6 +225,10 @@ def _call(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
 def _send(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
     """One REST call: the answers, each a value or a RedisCommandError; raises RedisUnavailable."""
     _gate(force=force)
+    if (tcp := config.valkey_url()) is not None:  # the Dakar server: RESP over TCP, this module's bookkeeping
+        from lib.edge import valkey
+
+        return valkey.send(tcp, commands, sys.modules[__name__])
     import httpx
 
     settings = config.upstash()  # ConfigurationError names the missing variable: not an outage

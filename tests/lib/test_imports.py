@@ -63,4 +63,4 @@ def test_cache_locks_writes_and_metrics_reach_redis_through_the_edge_not_through
     edges = graph()
     for module in ("cache.locks", "domain.writes", "metrics", "ops.report", "ops.health"):
         assert "cache.aside" not in edges[module], f"lib/{module} imports cache.aside"
-    assert edges["edge.upstash"] <= {"config", "edge.breaker", "errors", "edge.upstash_sdk"}
+    assert edges["edge.upstash"] <= {"config", "edge.breaker", "errors", "edge.upstash_sdk", "edge.valkey"}

@@ -42,10 +42,16 @@ def test_nothing_of_valkey_is_imported_by_the_edge_or_a_handler_until_a_call_nee
 
 
 def test_valkey_url_is_ignored_on_vercel_where_only_upstash_rest_is_spoken(monkeypatch):
-    monkeypatch.setenv("VALKEY_URL", "redis://127.0.0.1:6379/0")
-    assert config.valkey_url() == "redis://127.0.0.1:6379/0" and upstash._tcp()
+    monkeypatch.setenv("VALKEY_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "t")
+    with pytest.raises(upstash.RedisUnavailable, match="Valkey"):
+        upstash.execute(["GET", "k"])
+    upstash.breaker.reset()
     monkeypatch.setenv("VERCEL", "1")
-    assert config.valkey_url() is None and not upstash._tcp()
+    assert config.valkey_url() is None
+    with pytest.raises(upstash.RedisUnavailable, match="Upstash"):
+        upstash.execute(["GET", "k"])
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "127.0.0.1:6379", "unix:///tmp/v.sock"])
@@ -58,12 +64,14 @@ def test_a_url_that_is_not_redis_or_rediss_is_a_configuration_error_naming_the_v
     assert upstash.breaker.state == "closed", "a configuration mistake is not an outage"
 
 
-def test_nothing_is_connected_when_the_client_is_built(monkeypatch):
-    monkeypatch.setenv("VALKEY_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
-    client = valkey.client()
-    assert client is valkey.client(), "one client per process"
-    assert client.connection_pool.max_connections == valkey.MAX_CONNECTIONS
-    assert upstash.breaker.state == "closed"
+def test_nothing_is_connected_when_the_client_is_built_and_its_bounds_are_the_edges():
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    client = valkey.client(url)
+    assert client is valkey.client(url), "one client per process"
+    pool = client.connection_pool
+    assert pool.max_connections == valkey.MAX_CONNECTIONS
+    assert (pool.connection_kwargs["socket_connect_timeout"], pool.connection_kwargs["socket_timeout"]) == (
+        upstash.CONNECT_TIMEOUT, upstash.CACHE_TIMEOUT)
 
 
 @pytest.fixture
