@@ -83,15 +83,15 @@ def load(base: str, clients: int, stop: threading.Event, tally: Callable[[], Tal
 
 def valkey_stopped(stack: child.ChildStack) -> list[str]:
     base = stack.url("dakar")
-    phases = {"before": Tally(), "down": Tally(), "back": Tally()}
+    phases = {"before": Tally(), "stopping and down": Tally(), "back": Tally()}
     current = ["before"]
     stop = threading.Event()
     threads = load(base, 8, stop, lambda: phases[current[0]])
     time.sleep(3)
     progress("drill 1: stopping Valkey for 5 s under load …")
+    current[0] = "stopping and down"
     subprocess.run([sys.executable, "-m", "devstack", "redis-stop"], cwd=REPO, env=stack.env, check=True,
                    capture_output=True, timeout=60)
-    current[0] = "down"
     time.sleep(5)
     subprocess.run([sys.executable, "-m", "devstack", "redis-start"], cwd=REPO, env=stack.env, check=True,
                    capture_output=True, timeout=60)

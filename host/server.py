@@ -54,6 +54,10 @@ PUBLIC = ROOT / "public"
 # closing and answer 502.
 IDLE_TIMEOUT = 75.0
 GRACE = 25.0  # seconds the workers get to finish their requests after SIGTERM (systemd gives 30)
+# Seconds a kept-alive connection may still send one last request after SIGTERM (answered with
+# `Connection: close`) before it is closed as idle: a busy client's next request is already on its
+# way, and closing under it would leave that request unanswered.
+LAST_CALL = 1.0
 STATIC_METHODS = ["GET", "HEAD", "OPTIONS"]
 
 
@@ -75,6 +79,11 @@ class Connection(Endpoint):
     def setup(self) -> None:
         super().setup()
         self.server.opened(self)
+
+    def end_headers(self) -> None:
+        if self.server.stopping and not self.close_connection:
+            self.send_header("Connection", "close")  # stopping: the client must not send another here
+        super().end_headers()
 
     def finish(self) -> None:
         try:
@@ -99,9 +108,7 @@ class Connection(Endpoint):
                     return
                 if not self.parse_request():
                     return
-                if self.server.stopping:
-                    self.close_connection = True
-                self._route()
+                self._route()  # stopping: end_headers says `Connection: close`
             finally:
                 try:
                     self.wfile.flush()
@@ -249,11 +256,18 @@ class HostServer(ThreadingHTTPServer):
                     self._connections[conn] = False
 
     def stop(self) -> None:
-        """Graceful: accept nothing more, close idle connections, wait for the requests in flight."""
+        """Graceful: accept nothing more, let kept-alive connections send a last request (LAST_CALL),
+        close the idle ones, wait for the requests in flight."""
         self.stopping = True
         self.shutdown()  # the accept loop ends
-        with self._lock:
-            idle = [c for c, busy in self._connections.items() if not busy]
+        self.socket.close()  # this worker's copy: once every process closed it, a connect is refused
+        deadline = time.monotonic() + LAST_CALL
+        while True:
+            with self._lock:
+                idle = [c for c, busy in self._connections.items() if not busy]
+            if not idle or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
         for conn in idle:  # waiting for a next request that will not come: end the wait now
             try:
                 conn.connection.shutdown(socket.SHUT_RD)
