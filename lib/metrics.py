@@ -136,8 +136,8 @@ class Recording:
     """One request being recorded, and the Upstash calls it makes (their durations are recorded)."""
 
     tally: upstash.Tally
-    tally_token: Token = field(repr=False)
-    token: Token | None = field(default=None, repr=False)
+    tally_token: Token[upstash.Tally | None] = field(repr=False)
+    token: Token[Recording | None] | None = field(default=None, repr=False)
 
 
 _recording: ContextVar[Recording | None] = ContextVar("dousell_metrics_recording", default=None)

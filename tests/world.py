@@ -3,6 +3,9 @@
 `FakeSupabase` is an in-memory model of the tables, RLS and the RPCs of supabase/migrations;
 `FakePayDunya` answers PayDunya's checkout API; Upstash is tests.fakes.FakeUpstash (the real
 stand-in's engine over a real Valkey). Used by tests/lib/domain/test_payments.py, tests/lib/domain/test_visits.py and tests/api/.
+
+A race is not run on this model: `on_standins` and `race_while_held` (at the end) run it on the real
+stand-ins, where the database functions of supabase/migrations fence it themselves.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +25,7 @@ from urllib.parse import urlencode
 
 import httpx
 import jwt
+import psycopg
 import pytest
 import respx
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -495,3 +501,56 @@ def world(monkeypatch):
     reset_clients()
 
 
+# == races on the real database (tests/standins.py) =============================================
+
+
+@pytest.fixture
+def on_standins(monkeypatch, configured) -> Iterator[FakePayDunya]:
+    """The write path on the real stand-ins (tests/standins.py: Supabase over PostgreSQL, Upstash over
+    Valkey) with PayDunya faked at the network boundary; yields the fake PayDunya.
+
+    A request waiting on a row lock waits (a 60 s query timeout, not 5 s): the races below hold one.
+    """
+    for name, value in {"PAYDUNYA_MASTER_KEY": MASTER_KEY, "PAYDUNYA_PRIVATE_KEY": "pd-private",
+                        "PAYDUNYA_TOKEN": "pd-token", "PAYDUNYA_BASE_URL": PAYDUNYA, "PUBLIC_BASE_URL": PUBLIC,
+                        "RATE_LIMIT_WRITES_PER_MINUTE": "1000"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("PAYDUNYA_MODE", "SUPABASE_JWT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(db, "QUERY_TIMEOUT", 60.0)
+    monkeypatch.setattr(auth, "_jwks", None)
+    monkeypatch.setattr(auth, "_last_fetch_attempt", float("-inf"))
+    auth.set_http_client(None)
+    paydunya.set_http_client(None)
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
+        yield FakePayDunya(router)
+    auth.set_http_client(None)
+    paydunya.set_http_client(None)
+
+
+def race_while_held(admin: psycopg.Connection, lock_row: str, click: Callable[[int], Any], n: int = 50,
+                    deadline: float = 20.0) -> tuple[list[Any], int]:
+    """`click(0)` ... `click(n - 1)` at once while `admin` holds `lock_row` (a `select ... for update`
+    of the row the database function locks first); the row is released once n - 1 have answered, or
+    after `deadline` seconds. Returns the answers in order, and how many had come while it was held.
+
+    With the Redis lock, one request holds it and waits on the row; the others are told "busy"
+    without reaching the database, so n - 1 answer while the row is held. Without it, every request
+    reaches the function and waits on the row: none answers before the release.
+    """
+    barrier = threading.Barrier(n)
+
+    def go(i: int) -> Any:
+        barrier.wait(10)
+        return click(i)
+
+    with ThreadPoolExecutor(n) as pool:
+        with admin.transaction():
+            admin.execute(lock_row)
+            futures = [pool.submit(go, i) for i in range(n)]
+            end = time.monotonic() + deadline
+            while sum(f.done() for f in futures) < n - 1 and time.monotonic() < end:
+                time.sleep(0.05)
+            answered_while_held = sum(f.done() for f in futures)
+        return [f.result() for f in futures], answered_while_held

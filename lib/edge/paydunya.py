@@ -21,11 +21,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from lib import config, context
 from lib.errors import PaymentProviderError
+
+if TYPE_CHECKING:  # imported at first use: a read endpoint never pays for it
+    import httpx
 
 TOTAL_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 3.0
@@ -33,10 +36,10 @@ STORE_NAME = "Dousell Immo"
 STATUSES = ("pending", "completed", "cancelled", "failed")
 
 _lock = threading.Lock()
-_http: Any = None
+_http: httpx.Client | None = None
 
 
-def http_client() -> Any:
+def http_client() -> httpx.Client:
     """The shared httpx client for PayDunya (bounded in time, no proxy surprises, no redirects)."""
     global _http
     if _http is None:
@@ -51,7 +54,7 @@ def http_client() -> Any:
     return _http
 
 
-def set_http_client(client: Any) -> None:
+def set_http_client(client: httpx.Client | None) -> None:
     """Inject the httpx client (tests); `None` builds a fresh one at next use."""
     global _http
     with _lock:
@@ -149,7 +152,8 @@ def confirm(token: str, *, timeout: float = TOTAL_TIMEOUT) -> dict[str, Any]:
     status = data.get("status")
     if status not in STATUSES:
         raise _failure(f"confirm answered an unknown status {str(status)[:20]!r}")
-    invoice = data.get("invoice") if isinstance(data.get("invoice"), dict) else {}
+    answered = data.get("invoice")
+    invoice: dict[str, Any] = answered if isinstance(answered, dict) else {}
     if "total_amount" not in invoice:
         raise _failure("confirm answered no amount")
     answered_token = invoice.get("token")

@@ -34,11 +34,16 @@ import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lib import config
 from lib.edge.breaker import Breaker
 from lib.errors import ConfigurationError
+
+if TYPE_CHECKING:  # imported at first use
+    import httpx
+
+    from lib.edge import upstash_sdk
 
 # Seconds. A cache call that takes longer is worth less than going to the database.
 CACHE_TIMEOUT = 0.5
@@ -109,29 +114,29 @@ class Tally:
 _tally: ContextVar[Tally | None] = ContextVar("dousell_upstash_tally", default=None)
 
 
-def start_tally() -> tuple[Tally, Token]:
+def start_tally() -> tuple[Tally, Token[Tally | None]]:
     """Count this context's calls from now on (lib/metrics, per request); `stop_tally(token)` ends it."""
     tally = Tally()
     return tally, _tally.set(tally)
 
 
-def stop_tally(token: Token) -> None:
+def stop_tally(token: Token[Tally | None]) -> None:
     _tally.reset(token)
 
 
 breaker = Breaker()
 _lock = threading.Lock()
-_http: Any = None  # httpx.Client, imported at first use (cold starts pay only for what they call)
+_http: httpx.Client | None = None  # imported at first use (cold starts pay only for what they call)
 
 
-def set_client(http: Any) -> None:
+def set_client(http: httpx.Client | None) -> None:
     """Use this httpx.Client for Upstash (tests), or `None` to build a bounded one at next use."""
     global _http
     with _lock:
         _http = http
 
 
-def _client() -> Any:
+def _client() -> httpx.Client:
     global _http
     if _http is None:
         with _lock:
@@ -147,7 +152,7 @@ def _client() -> Any:
     return _http
 
 
-def client() -> Any:
+def client() -> upstash_sdk.Redis:
     """One `upstash_redis.Redis` on the same URL, token, connections and time bound, never retrying:
     for libraries built on upstash-redis (upstash-ratelimit). It does not go through the breaker."""
     from lib.edge import upstash_sdk
@@ -204,7 +209,8 @@ def probe() -> bool:
     """True if Upstash answers PING within the cache timeout (PING is not billed). Asked even while
     the breaker is open: /api/health reports Redis as it is, and a success closes the breaker."""
     try:
-        return execute(["PING"], force=True) == "PONG"
+        answer: object = execute(["PING"], force=True)
+        return answer == "PONG"
     except (RedisError, ConfigurationError):
         return False
 
