@@ -98,9 +98,9 @@ def client(url: str) -> Any:
         with _lock:
             built = _client
             if built is None or built[0] != url:
-                import valkey
+                import valkey  # valkey-py, untyped: its pool is built by an untyped from_url
 
-                pool = valkey.BlockingConnectionPool.from_url(
+                pool = valkey.BlockingConnectionPool.from_url(  # type: ignore[no-untyped-call]
                     url, max_connections=MAX_CONNECTIONS, timeout=CONNECT_TIMEOUT,
                     socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=ANSWER_TIMEOUT,
                     socket_keepalive=True, decode_responses=True, encoding_errors="replace",
