@@ -133,7 +133,7 @@ class Connection(Endpoint):
         body = self._take_body()
         real = self.rfile
         if body is not None:
-            self.rfile = io.BytesIO(body)  # type: ignore[assignment]
+            self.rfile = io.BytesIO(body)
         else:
             self.close_connection = True  # a body the handler refuses unread: never the next request
         self.__class__ = self.server.composed[route.pattern]
