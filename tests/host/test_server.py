@@ -231,3 +231,24 @@ def test_sigterm_lets_the_request_in_flight_finish_and_accepts_nothing_new(start
         assert events[-1]["event"] == "host-stopped" and events[-1]["killed"] == 0
     finally:
         hung.close()
+
+
+def workers_of(host: Host) -> set[int]:
+    children = Path(f"/proc/{host.proc.pid}/task/{host.proc.pid}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
+def test_a_worker_that_dies_is_replaced_and_the_service_goes_on(start):
+    host = start()
+    before = workers_of(host)
+    assert len(before) == 2
+    dead = min(before)
+    os.kill(dead, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while not (len(now := workers_of(host)) == 2 and dead not in now):
+        assert time.monotonic() < deadline, f"workers {now} after {dead} was killed"
+        time.sleep(0.05)
+    for _ in range(10):  # whichever worker takes it
+        assert httpx.get(f"{host.url}/api/nowhere").status_code == 404
+    events = [json.loads(line)["event"] for line in host.log().splitlines() if '"event"' in line]
+    assert "worker-died" in events
