@@ -335,7 +335,9 @@ def serve(host: str, port: int, workers: int) -> int:
 
     children = {fork() for _ in range(workers)}
     _event("host-started", address=f"{host}:{listener.getsockname()[1]}", workers=workers,
-           environment=config.environment(), redis="valkey-tcp" if config.valkey_url() else "upstash-rest")
+           environment=config.environment(), redis="valkey-tcp" if config.valkey_url() else "upstash-rest",
+           # Empty behind a proxy: every client is counted as the proxy's address (one rate-limit bucket).
+           trusted_proxies=[str(net) for net in trusted])
     while not stop.is_set():
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)

@@ -64,7 +64,8 @@ def stack() -> Iterator[DakarStack]:
 def test_health_is_up_on_the_dakar_host_with_valkey_over_tcp(stack):
     response = stack.api.get("/api/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "redis": "up", "database": "up", "environment": "dakar"}
+    assert response.json() == {"status": "ok", "redis": "up", "database": "up", "environment": "dakar",
+                               "paydunya_mode": "test"}
     started = [json.loads(line) for line in (stack.state / "dakar.log").read_text().splitlines()
                if '"host-started"' in line]
     assert started and started[0]["redis"] == "valkey-tcp" and started[0]["workers"] == 2
