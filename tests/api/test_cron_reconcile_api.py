@@ -74,7 +74,7 @@ def test_it_drains_the_outbox_and_answers_counts(client, outbox):  # noqa: F811
     assert [name for name, _ in outbox.calls] == ["claim_invalidations", "complete_invalidations",
                                                   "invalidation_backlog", "payments_to_reconcile"]
     assert response.json()["jobs"]["payments"] == {"due": 0, "checked": 0, "changed": 0, "needs_review": 0,
-                                                   "errors": 0, "left": 0}
+                                                   "expired": 0, "errors": 0, "left": 0}
 
 
 def test_redis_away_the_job_fails_as_a_503_and_its_rows_wait(client, outbox, monkeypatch):  # noqa: F811

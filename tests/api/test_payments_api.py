@@ -264,3 +264,24 @@ def test_a_replayed_answer_is_valid_json_of_the_contract(api):
     record = json.loads(world.redis.redis.get(name))
     assert record["state"] == "done" and record["status"] == 201
     assert set(record["body"]["payment"]) == set(payments.PAYMENT_FIELDS)
+
+
+def test_in_production_without_paydunya_mode_a_payment_is_refused_naming_it_and_nothing_is_made(api, monkeypatch):
+    # Sandbox keys on a production deploy would take the sandbox's "completed" as rent paid.
+    world, client = api
+    monkeypatch.setenv("VERCEL", "1")
+    monkeypatch.setenv("VERCEL_ENV", "production")
+    monkeypatch.delenv("PAYDUNYA_MODE", raising=False)
+    response = pay(client)
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "configuration_error"
+    assert response.json()["error"]["details"] == {"variable": "PAYDUNYA_MODE"}
+    assert world.paydunya.invoices == {} and world.db.rows(period="2026-12") == []
+
+
+def test_an_anonymous_sign_in_cannot_pay(api):
+    world, client = api
+    response = client.post("/api/payments", json={"lease_id": 123, "period": "2026-12"},
+                           headers=bearer(MOUSSA, anonymous=True))
+    assert (response.status_code, error(response)) == (403, "anonymous_not_allowed")
+    assert world.paydunya.invoices == {} and world.db.rows(period="2026-12") == []

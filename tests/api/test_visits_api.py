@@ -227,3 +227,32 @@ def test_a_fourth_booking_of_one_property_is_409_too_many_bookings(api):
     response = book(client, db, n=4)
     assert (response.status_code, code(response)) == (409, "too_many_bookings")
     assert "3 par bien" in response.json()["error"]["message"]
+
+
+def test_an_anonymous_sign_in_cannot_book_nor_cancel_but_still_reads(api, cancel_url):
+    # The attack: anonymous sign-ins are free and unlimited, so each per-account cap (3 bookings of a
+    # property, 30 writes a minute) is one click away from void.
+    db, redis, client = api
+    anonymous = bearer(FATOU, anonymous=True)
+    refused = client.post("/api/visits", json={"property_id": 789, "starts_at": db.slots[0]["starts_at"].isoformat()},
+                          headers=anonymous)
+    assert refused.status_code == 403
+    assert refused.json()["error"] == {"code": "anonymous_not_allowed", "message": refused.json()["error"]["message"]}
+    assert "compte" in refused.json()["error"]["message"]
+    assert db.visits == [] and db.count("POST", "/rpc/book_visit") == 0
+    assert redis.redis.keys("dousell:ratelimit:*") == []  # refused before anything is counted
+    visit = book(client, db).json()["visit"]
+    with httpx.Client(base_url=cancel_url, timeout=20) as other:
+        assert other.delete(f"/api/visits/{visit['id']}", headers=anonymous).status_code == 403
+    assert db.visits[0]["status"] == "booked"
+    assert client.get("/api/visits", headers=anonymous).status_code == 200  # reading is not a write
+
+
+def test_many_accounts_writing_from_one_address_are_cut_at_the_address_limit(api, monkeypatch):
+    db, _, client = api
+    monkeypatch.setenv("RATE_LIMIT_WRITES_PER_ADDRESS_PER_MINUTE", "4")
+    here, elsewhere = {"X-Forwarded-For": "197.159.1.2"}, {"X-Forwarded-For": "41.82.7.9"}
+    statuses = [book(client, db, who=who, n=n % 3, **here).status_code
+                for n, who in enumerate((FATOU, MOUSSA, AWA, FATOU, MOUSSA))]
+    assert statuses[4] == 429 and 429 not in statuses[:4]
+    assert book(client, db, who=MOUSSA, n=2, **elsewhere).status_code != 429
