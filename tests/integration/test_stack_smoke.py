@@ -14,7 +14,8 @@ from tests.integration.conftest import ROOT
 def test_health_is_up_through_vercel_dev(stack):
     response = stack.api.get("/api/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "redis": "up", "database": "up", "environment": "local"}
+    assert response.json() == {"status": "ok", "redis": "up", "database": "up", "environment": "local",
+                               "paydunya_mode": "test"}
 
 
 def test_a_demo_user_signs_in_and_lib_auth_accepts_the_token(stack, monkeypatch):
