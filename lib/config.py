@@ -119,3 +119,8 @@ def public_base_url() -> str:
     if host:
         return f"https://{host}"
     raise ConfigurationError("PUBLIC_BASE_URL", "or VERCEL_URL on Vercel")
+
+
+def alert_webhook_url() -> str | None:
+    """Where the cron POSTs alerts as `{"text": ...}` (Slack, Mattermost, Discord's /slack); None: log only."""
+    return _get("ALERT_WEBHOOK_URL")

@@ -30,11 +30,9 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from lib import config
+from lib import config, metrics
 from lib.edge.breaker import Breaker
 from lib.errors import ConfigurationError
 
@@ -94,27 +92,6 @@ class Script:
 
 _SCRIPTS: dict[str, Script] = {}  # sha → Script: what a NOSCRIPT answer is resent as
 _EVAL_FOR = {"EVALSHA": "EVAL", "EVALSHA_RO": "EVAL_RO"}
-
-
-@dataclass
-class Tally:
-    """What one request asked of Upstash: the duration of each REST call (ms) and the commands sent."""
-
-    calls_ms: list[float] = field(default_factory=list)
-    commands: int = 0
-
-
-_tally: ContextVar[Tally | None] = ContextVar("dousell_upstash_tally", default=None)
-
-
-def start_tally() -> tuple[Tally, Token]:
-    """Count this context's calls from now on (lib/metrics, per request); `stop_tally(token)` ends it."""
-    tally = Tally()
-    return tally, _tally.set(tally)
-
-
-def stop_tally(token: Token) -> None:
-    _tally.reset(token)
 
 
 breaker = Breaker()
@@ -258,10 +235,7 @@ def _gate(*, force: bool) -> None:
 
 def _record(start: float, commands: int) -> None:
     """One REST call begun at `start` (perf_counter) and its commands, in the request's tally (lib/metrics)."""
-    tally = _tally.get()
-    if tally is not None:
-        tally.calls_ms.append((time.perf_counter() - start) * 1000)
-        tally.commands += commands
+    metrics.record_call(start, commands)
 
 
 def _answers(response: Any, expected: int, single: bool) -> list[Any] | RedisCommandError | None:

@@ -63,4 +63,12 @@ def test_cache_locks_writes_and_metrics_reach_redis_through_the_edge_not_through
     edges = graph()
     for module in ("cache.locks", "domain.writes", "metrics", "ops.report", "ops.health"):
         assert "cache.aside" not in edges[module], f"lib/{module} imports cache.aside"
-    assert edges["edge.upstash"] <= {"config", "edge.breaker", "errors", "edge.upstash_sdk"}
+    assert edges["edge.upstash"] <= {"config", "edge.breaker", "errors", "edge.upstash_sdk", "metrics"}
+
+
+def test_the_shared_ground_imports_nothing_above_it():
+    """lib's root (errors, config, keys, metrics...) is imported by every layer; it imports none."""
+    layers = ("web.", "ops.", "domain.", "cache.", "edge.")
+    for module, targets in graph().items():
+        if "." not in module:
+            assert not [t for t in targets if t.startswith(layers)], f"lib/{module}.py imports {targets}"
