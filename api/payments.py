@@ -4,8 +4,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lib.domain import payments, writes
+from lib.domain import payments
 from lib.errors import PaymentInProgress
+from lib.web import idempotency
 from lib.web.http import Endpoint, Reply
 from lib.web.models import Id
 from lib.web.request import Request
@@ -27,7 +28,7 @@ class handler(Endpoint):
     def post(self, req: Request) -> Reply:
         user = req.user()
         body = req.body_as(PaymentRequest)
-        return writes.idempotent(
+        return idempotency.idempotent(
             req.header("Idempotency-Key"), user.id, "POST /api/payments", body.model_dump(), PaymentInProgress,
             lambda: answer(payments.start(user, body.lease_id, body.period)),
         )

@@ -21,11 +21,11 @@ from bench.stack import LocalStack
 from bench.strategies import NaiveCacheAside, SeedCard, Strategy, installed, timed_request
 from lib import auth, db, keys, metrics
 from lib.cache import aside, invalidation
-from lib.domain import payments, properties, settle, visits, writes
+from lib.domain import payments, properties, settle, visits
 from lib.edge import upstash
 from lib.errors import InvalidSignature, PaymentInProgress, RateLimited
 from lib.ops import recorder, report
-from lib.web import ratelimit
+from lib.web import idempotency, ratelimit
 
 RUNS = 3
 PRICE_PER_COMMAND = 0.20 / 100_000  # Upstash pay-as-you-go, regional: $0.20 per 100,000 commands
@@ -99,7 +99,7 @@ def per_kind(stack: LocalStack, rows: list[dict[str, Any]]) -> dict[str, dict[st
     out["payment (POST /api/payments, a new month)"] = {ours: measure(
         stack, _limited(tenant, lambda i: payments.start(tenant, LEASE, _period(1 + i))))}
     out["payment with an Idempotency-Key"] = {ours: measure(
-        stack, _limited(tenant, lambda i: writes.idempotent(
+        stack, _limited(tenant, lambda i: idempotency.idempotent(
             f"bench-{i}", tenant.id, "POST /api/payments", {"lease_id": LEASE, "period": _period(5 + i)},
             PaymentInProgress, lambda: _answer(payments.start(tenant, LEASE, _period(5 + i))))))}
     slots: list[datetime] = []  # the slot each booking takes, chosen before it (the client saw the list)
@@ -129,7 +129,7 @@ def per_kind(stack: LocalStack, rows: list[dict[str, Any]]) -> dict[str, dict[st
 
 
 def _answer(started: payments.Started) -> Any:
-    """The handler's Reply for a started payment (api/payments.py), as `writes.idempotent` stores it."""
+    """The handler's Reply for a started payment (api/payments.py), as `idempotency.idempotent` stores it."""
     import importlib
 
     return importlib.import_module("api.payments").answer(started)

@@ -346,6 +346,6 @@ def test_a_doc_names_only_lib_modules_and_attributes_that_exist(doc: str) -> Non
 def test_the_reference_reader_finds_the_shapes_docs_use() -> None:
     text = ("`lib/cache/locks.py` `lib/cache/locks.py::release_if_held` `lib/cache/invalidation.change_tags` "
             "`lib.domain.properties.update` "
-            "`writes.under_lock` `request.headers` `locks.on_event` `cache`")
+            "`locking.under_lock` `request.headers` `locks.on_event` `cache`")
     assert list(references(text)) == [("locks", None), ("locks", "release_if_held"), ("invalidation", "change_tags"),
-                                      ("properties", "update"), ("writes", "under_lock"), ("locks", "on_event")]
+                                      ("properties", "update"), ("locking", "under_lock"), ("locks", "on_event")]

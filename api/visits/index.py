@@ -8,8 +8,9 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
 from pydantic_core import PydanticCustomError
 
-from lib.domain import visits, writes
+from lib.domain import visits
 from lib.errors import BookingInProgress
+from lib.web import idempotency
 from lib.web.http import Endpoint, Reply
 from lib.web.models import Id
 from lib.web.request import Request
@@ -47,7 +48,7 @@ class handler(Endpoint):
         user = req.user()
         body = req.body_as(VisitRequest)
         request = {"property_id": body.property_id, "starts_at": body.starts_at.isoformat()}
-        return writes.idempotent(
+        return idempotency.idempotent(
             req.header("Idempotency-Key"), user.id, "POST /api/visits", request, BookingInProgress,
             lambda: Reply({"visit": visits.book(user, body.property_id, body.starts_at)}, 201),
         )

@@ -8,7 +8,7 @@ unique constraints and RPCs are the fence (DESIGN.md, Principle 1); the lock spa
 invoice and answers a double click with "Paiement en cours", not a conflict.
 
 This module is the mechanism; the policy every write follows (what a busy lock answers, what
-"Redis down" means, what an expired lock means) is written once, in lib/domain/writes.under_lock.
+"Redis down" means, what an expired lock means) is written once, in lib/domain/locking.under_lock.
 
     LockError            base; carries the lock's `name`
     ├── LockBusy         still held by someone else after the retry policy
@@ -78,7 +78,7 @@ def _run(command: list[Any], *, force: bool = False) -> Any:
 
 class Lock:
     """A lock on the Redis key `name` for `ttl` seconds, like redis-py's (the writes' ttl is
-    lib/domain/writes.LOCK_TTL: the policy, not the mechanism, says how long a write may take).
+    lib/domain/locking.LOCK_TTL: the policy, not the mechanism, says how long a write may take).
 
     `acquire()` tries `1 + retries` times, `retry_delay + jitter * U(0, 1)` seconds apart (the
     jitter keeps fifty double clicks from retrying in lockstep); the defaults are the seed's

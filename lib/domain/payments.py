@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from lib import config, db, keys
 from lib.cache import aside, invalidation, outbox
 from lib.domain import settle
-from lib.domain.writes import LOCK_TTL, under_lock
+from lib.domain.locking import LOCK_TTL, under_lock
 from lib.edge import paydunya
 from lib.errors import (
     AlreadyPaid,

@@ -110,7 +110,7 @@ def _owner_of(property_id: int) -> str | None:
 
 def book(user: User, property_id: int, starts_at: datetime) -> dict[str, Any]:
     """POST /api/visits: book the slot starting at `starts_at` for the user; the visit row."""
-    from lib.domain.writes import under_lock  # not on the slots read path
+    from lib.domain.locking import under_lock  # not on the slots read path
 
     if not is_free(property_id, starts_at):
         raise SlotTaken()

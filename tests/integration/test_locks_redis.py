@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from lib.cache.locks import Lock, LockBusy, LockNotOwned
-from lib.domain import writes
+from lib.domain import locking
 from lib.edge import upstash
 from lib.errors import PaymentInProgress
 from tests.support import UPSTASH_TOKEN, wait_for
@@ -113,7 +113,7 @@ def test_the_write_policy_releases_on_the_real_server_even_when_the_work_raises(
         raise RuntimeError("PayDunya timed out")
 
     with pytest.raises(RuntimeError):
-        writes.under_lock(name, PaymentInProgress, work)
+        locking.under_lock(name, PaymentInProgress, work)
     assert direct.exists(name) == 0
 
 

@@ -61,7 +61,7 @@ def test_only_the_edge_and_its_adapter_talk_to_upstash_redis_or_httpx_for_redis(
 
 def test_cache_locks_writes_and_metrics_reach_redis_through_the_edge_not_through_each_other():
     edges = graph()
-    for module in ("cache.locks", "domain.writes", "metrics", "ops.report", "ops.health"):
+    for module in ("cache.locks", "domain.locking", "web.idempotency", "metrics", "ops.report", "ops.health"):
         assert "cache.aside" not in edges[module], f"lib/{module} imports cache.aside"
     assert edges["edge.upstash"] <= {"config", "edge.breaker", "errors", "edge.upstash_sdk", "metrics"}
 

@@ -11,7 +11,7 @@ import pytest
 
 from lib import context, db, keys, metrics
 from lib.cache import aside
-from lib.domain import writes
+from lib.domain import locking
 from lib.edge import upstash
 from lib.errors import NotFound, PaymentInProgress
 from lib.ops import recorder, report
@@ -51,7 +51,7 @@ class App(Endpoint):
                 upstash.execute(["SET", keys.payment_lock(lease), "next-holder"])
             return {"ok": True}
 
-        return writes.under_lock(keys.payment_lock(lease), PaymentInProgress, work)
+        return locking.under_lock(keys.payment_lock(lease), PaymentInProgress, work)
 
 
 class Clocks:

@@ -1,4 +1,4 @@
-"""lib/domain/writes.under_lock: the one lock policy every write follows (Idempotency-Key: tests/lib/domain/test_payments.py).
+"""lib/domain/locking.under_lock: the one lock policy every write follows (Idempotency-Key: tests/lib/web/test_idempotency.py).
 
 Upstash is the real stand-in's engine over a real Valkey (tests/fakes.py), reached through respx.
 """
@@ -10,7 +10,7 @@ import pytest
 
 from lib import metrics
 from lib.cache import locks
-from lib.domain import writes
+from lib.domain import locking
 from lib.edge import upstash
 from lib.errors import PaymentInProgress
 from tests.fakes import fake_upstash
@@ -47,7 +47,7 @@ class Work:
 
 def test_the_work_runs_holding_the_lock_and_the_lock_is_released_after(redis, events):
     work = Work(redis)
-    assert writes.under_lock(NAME, PaymentInProgress, work) == "done"
+    assert locking.under_lock(NAME, PaymentInProgress, work) == "done"
     assert work.held_by is not None and redis.redis.exists(NAME) == 0
     assert events == ["acquired"]
 
@@ -56,7 +56,7 @@ def test_a_busy_lock_is_the_callers_busy_error_and_the_work_never_runs(redis, ev
     redis.redis.set(NAME, "first-click", px=30_000)
     work = Work(redis)
     with pytest.raises(PaymentInProgress):
-        writes.under_lock(NAME, PaymentInProgress, work)
+        locking.under_lock(NAME, PaymentInProgress, work)
     assert work.held_by is None and redis.redis.get(NAME) == b"first-click"
     assert events == ["blocked"]
 
@@ -64,14 +64,14 @@ def test_a_busy_lock_is_the_callers_busy_error_and_the_work_never_runs(redis, ev
 def test_redis_down_the_work_runs_without_the_lock(redis, events, caplog):
     redis.down = httpx.ConnectError("refused")
     work = Work(redis)
-    assert writes.under_lock(NAME, PaymentInProgress, work) == "done"
+    assert locking.under_lock(NAME, PaymentInProgress, work) == "done"
     assert "relying on the database fence" in caplog.text
     assert events == ["unavailable"]
 
 
 def test_while_the_breaker_is_open_the_work_runs_without_a_single_redis_call(redis):
     upstash.breaker.failure()
-    assert writes.under_lock(NAME, PaymentInProgress, Work(redis)) == "done"
+    assert locking.under_lock(NAME, PaymentInProgress, Work(redis)) == "done"
     assert redis.calls == []
 
 
@@ -79,7 +79,7 @@ def test_a_lock_that_expired_while_the_work_ran_is_logged_not_an_error(redis, ev
     def expires_and_is_taken():
         redis.redis.set(NAME, "next-holder", px=30_000)
 
-    assert writes.under_lock(NAME, PaymentInProgress, Work(redis, expires_and_is_taken)) == "done"
+    assert locking.under_lock(NAME, PaymentInProgress, Work(redis, expires_and_is_taken)) == "done"
     assert redis.redis.get(NAME) == b"next-holder", "the next holder's lock is never deleted"
     assert "no longer owned" in caplog.text and events == ["acquired", "expired"]
 
@@ -89,11 +89,11 @@ def test_the_works_own_error_wins_and_the_lock_is_still_released(redis):
         raise RuntimeError("PayDunya exploded")
 
     with pytest.raises(RuntimeError, match="PayDunya exploded"):
-        writes.under_lock(NAME, PaymentInProgress, Work(redis, fails))
+        locking.under_lock(NAME, PaymentInProgress, Work(redis, fails))
     assert redis.redis.exists(NAME) == 0
 
 
 def test_the_lock_lives_the_policys_ttl(redis):
     seen = {}
-    writes.under_lock(NAME, PaymentInProgress, lambda: seen.update(pttl=redis.redis.pttl(NAME)))
-    assert writes.LOCK_TTL * 1000 - 1000 < seen["pttl"] <= writes.LOCK_TTL * 1000
+    locking.under_lock(NAME, PaymentInProgress, lambda: seen.update(pttl=redis.redis.pttl(NAME)))
+    assert locking.LOCK_TTL * 1000 - 1000 < seen["pttl"] <= locking.LOCK_TTL * 1000

@@ -1,7 +1,7 @@
-"""What every write endpoint shares: the one lock policy, and the `Idempotency-Key` replay.
+"""The `Idempotency-Key` header of the write endpoints: a retried request gets the first answer.
 
-The lock policy: the database is the fence, the Redis lock a courtesy (`under_lock`). The
-`Idempotency-Key` header: a retried request gets the first answer (`idempotent`).
+`idempotent(header, user_id, scope, request, busy, run)` wraps a handler's write; the record
+lives in Redis for 24 h under keys.idempotency (the user's id and a hash of the key).
 """
 
 from __future__ import annotations
@@ -21,39 +21,6 @@ from lib.errors import DousellError, IdempotencyKeyReused, ValidationFailed
 from lib.web.http import Reply
 
 log = logging.getLogger(__name__)
-
-LOCK_TTL = 30.0  # seconds; PayDunya's 10 s and the database's 5 s per call fit well inside
-
-
-def under_lock(name: str, busy: type[DousellError], work: Callable[[], Any], ttl: float = LOCK_TTL) -> Any:
-    """Run `work()` holding the Redis lock `name`; `busy()` is raised if someone else holds it.
-
-    The policy of every write (a third write flow simply calls this):
-    - busy after the lock's retry → `busy()` (409 "Paiement en cours", "Réservation en cours");
-    - Redis down, slow, or skipped by the circuit breaker → `work()` runs without the lock and
-      the database's constraints and RPCs decide alone;
-    - the lock expired before we released it → logged (counted as `expired`), never an error:
-      `work()` is done, and the database already fenced whatever ran meanwhile.
-    """
-    lock: locks.Lock | None = locks.Lock(name, ttl)
-    try:
-        lock.acquire()
-    except locks.LockBusy as exc:
-        raise busy() from exc
-    except locks.LockUnavailable as exc:
-        log.warning("%s: relying on the database fence", exc)
-        lock = None
-    try:
-        return work()
-    finally:
-        if lock is not None:
-            try:
-                lock.release()
-            except locks.LockNotOwned as exc:
-                log.warning("%s; the database fenced any overlap", exc)
-            except locks.LockUnavailable as exc:
-                log.warning("%s; it expires by itself", exc)
-
 
 IDEMPOTENCY_TTL = 24 * 3600  # seconds a first answer is kept for retries
 IDEMPOTENCY_RUNNING_MS = 60_000  # a request in flight holds its key at most this long
