@@ -191,7 +191,10 @@ def run(post: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, 
     now = metrics.clock()
     minute = int(now) // 60
     signals, state = _gather(minute)
-    state = state if state is not None else json.loads(json.dumps(_state))
+    if state is None or _state.get("_minute", -1) > state.get("_minute", -1):
+        # Redis unreadable, or back after minutes this instance evaluated without saving: its memory
+        # is the newer state (an alert fired during the outage is not fired, nor POSTed, twice).
+        state = json.loads(json.dumps(_state))
     events = step(state, {name: rule(signals) for name, rule in RULES.items()}, minute)
     for event in events:
         log.error("alert %s %s: %s", event.name, event.kind, event.message)

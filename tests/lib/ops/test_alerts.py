@@ -193,6 +193,22 @@ def test_redis_unreachable_fires_from_the_instances_memory_and_is_posted(redis, 
     assert [body["text"].split(" :")[0] for body in receiver] == ["[Dousell Immo] Alerte redis"]
 
 
+def test_redis_back_the_alert_fired_meanwhile_is_neither_fired_nor_posted_again(redis, receiver, clock):
+    redis.down = httpx.ConnectError("refused")
+    for i in range(3):
+        clock["t"] = NOW + 60 * i
+        upstash.breaker.reset()
+        alerts.run()
+    redis.down = None
+    upstash.breaker.reset()
+    for i in range(3, 6):  # back, with requests served meanwhile while the breaker was open
+        names, args = recorder.write_arguments({(MINUTE + i, "breaker:open"): 2})
+        upstash.run(recorder.WRITE, names, args)
+        clock["t"] = NOW + 60 * i
+        assert alerts.run()["firing"] == ["redis"]
+    assert len(receiver) == 1 and [a["name"] for a in report.report("1h")["alerts"]] == ["redis"]
+
+
 def test_a_webhook_down_fails_nothing_and_is_tried_again_next_minute(redis, clock, monkeypatch):
     sent = []
 
