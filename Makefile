@@ -38,8 +38,10 @@ test: venv tools ## every test, on real PostgreSQL, Valkey and the Vercel CLI
 test-fast: venv ## the tests that need no PostgreSQL, stack or Vercel CLI (about a minute)
 	$(PY) -m pytest -m "not postgres and not stack and not vercel_cli" $(PYTEST_ARGS)
 
-lint: venv ## ruff on everything
+lint: venv ## ruff on everything, mypy strict on lib/ and api/, the layer contract (.importlinter)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: venv tools ## benchmarks against the local stack; prints a table
 	$(PY) -m bench

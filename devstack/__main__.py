@@ -7,7 +7,7 @@
     python -m devstack redis-start   # and start it again
     python -m devstack env           # print the variables handed to the functions
 
-Ports and the state folder come from DEVSTACK_* variables (defaults: API.md's), so the
+Ports and the state folder come from DEVSTACK_* variables (defaults: docs/api.md's), so the
 test suite can run a second stack beside a developer's.
 """
 
@@ -77,7 +77,7 @@ def state_dir() -> Path:
 
 
 def function_env(ports: Ports) -> dict[str, str]:
-    """What the functions see: every variable of API.md, pointed at the stand-ins."""
+    """What the functions see: every variable of docs/api.md, pointed at the stand-ins."""
     return {
         "UPSTASH_REDIS_REST_URL": f"http://127.0.0.1:{ports.upstash}",
         "UPSTASH_REDIS_REST_TOKEN": UPSTASH_TOKEN,

@@ -97,6 +97,16 @@ Drill switches (``/__devstack/...``; allowed from loopback, or with the master k
                                            (0-600) and then answers normally; the wait ends
                                            early when the mode changes or the server stops.
                                            Checkout pages and admin calls are never affected.
+``POST /__devstack/invoices/<token>``       ``{"expire_date": "2026-12-14 10:00:00"|null, "status": "<any>"}``:
+                                           ``expire_date``: confirm then carries
+                                           ``invoice.expire_date`` (PayDunya's own field in the
+                                           integrations that show it; it documents none), and the
+                                           checkout refuses to pay it once past (409, as an
+                                           expired invoice); ``null`` removes it. ``status``:
+                                           confirm answers that word, known or not (PayDunya's
+                                           SDK documents pending, completed, cancelled; an
+                                           integration meeting another word must cope), and
+                                           the checkout can still pay it. Answers the invoice.
 ``POST /__devstack/ipn/<token>/resend``     re-sends the last IPN byte for byte (a duplicate);
                                            optional ``{"delay_ms"}``; 409 while still pending
 ``GET  /__devstack/invoices``               ``{"invoices": [...]}`` with their ``ipn_deliveries``
@@ -162,6 +172,11 @@ __all__ = [
 def master_key_hash(master_key: str) -> str:
     """What PayDunya puts in ``hash`` / ``data[hash]``: SHA-512 hex of the master key."""
     return hashlib.sha512(master_key.encode("utf-8")).hexdigest()
+
+
+def _expire_now() -> str:
+    """Now in expire_date's shape, so the two compare as strings."""
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _now() -> str:
@@ -346,6 +361,8 @@ class PaydunyaStandIn:
             "customer": None,
             "fail_reason": "",
             "fees": 0,  # paid by the customer on top of the invoice (set when paid with ``fees``)
+            "expire_date": None,  # "YYYY-MM-DD HH:MM:SS" (UTC) once set by the drill switch
+            "status_override": None,  # the word confirm answers instead of ``status`` (drill switch)
             "created_at": _now(),
             "updated_at": None,
             "last_ipn": None,  # the exact form body of the last IPN built, for resends
@@ -376,9 +393,11 @@ class PaydunyaStandIn:
             "custom_data": inv["custom_data"],
             "actions": inv["actions"],
             "mode": inv["mode"],
-            "status": inv["status"],
+            "status": inv["status_override"] or inv["status"],
             "fail_reason": inv["fail_reason"],
         }
+        if inv["expire_date"] is not None:
+            out["invoice"]["expire_date"] = inv["expire_date"]
         if inv["status"] == "completed":
             out["customer"] = dict(inv["customer"] or {})
             out["receipt_url"] = self._receipt_url(inv["token"])
@@ -440,7 +459,10 @@ class PaydunyaStandIn:
                 return "not_found", None
             if inv["status"] != "pending":
                 return "conflict", self._public(inv)
+            if inv["expire_date"] is not None and inv["expire_date"] <= _expire_now():
+                return "expired", self._public(inv)
             inv["status"] = status
+            inv["status_override"] = None
             inv["updated_at"] = _now()
             if status == "completed":
                 inv["fees"] = fees
@@ -450,6 +472,30 @@ class PaydunyaStandIn:
             if status == "failed":
                 inv["fail_reason"] = fail_reason or DEFAULT_FAIL_REASON
             inv["last_ipn"] = urlencode(self._ipn_fields(inv))
+            return "ok", self._public(inv)
+
+    def shape(self, token: str, params: dict) -> tuple[str, dict | None]:
+        """The drill switch: set an invoice's ``expire_date`` and/or the status confirm answers.
+        Returns (outcome, invoice): "ok", "not_found" or "bad_request" (with a message)."""
+        with self.lock:
+            inv = self.invoices.get(token)
+            if inv is None:
+                return "not_found", None
+            if "expire_date" in params:
+                raw = params["expire_date"]
+                if raw is not None:
+                    try:
+                        when = datetime.fromisoformat(str(raw))
+                    except ValueError:
+                        return "bad_request", {"message": "expire_date must be a date and time"}
+                    when = when.astimezone(UTC) if when.tzinfo else when
+                    raw = when.strftime("%Y-%m-%d %H:%M:%S")
+                inv["expire_date"] = raw
+            if "status" in params:
+                word = params["status"]
+                if not isinstance(word, str) or not 0 < len(word) <= 40:
+                    return "bad_request", {"message": "status must be a word of 1 to 40 characters"}
+                inv["status_override"] = None if word == inv["status"] else word
             return "ok", self._public(inv)
 
     def can_resend(self, token: str) -> str:
@@ -657,6 +703,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(404, {"error": "not_found", "message": "Invoice not found"})
             return self._html(404, _page("Facture introuvable",
                                          "<p>Cette facture n'existe pas.</p>"))
+        if outcome == "expired":
+            if wants_json:
+                return self._json(409, {"error": "expired", "status": inv["status"],
+                                        "message": f"Invoice expired at {inv['expire_date']}"})
+            return self._html(409, _page("Facture expirée", "<p>Cette facture a expiré.</p>"))
         if outcome == "conflict":
             if wants_json:
                 return self._json(409, {"error": "conflict", "status": inv["status"],
@@ -721,6 +772,13 @@ class _Handler(BaseHTTPRequestHandler):
             inv = state.get(parts[1])
             if inv is None:
                 return self._json(404, {"error": "not_found"})
+            return self._json(200, inv)
+        if len(parts) == 2 and parts[0] == "invoices" and method == "POST":
+            outcome, inv = state.shape(parts[1], params)
+            if outcome == "not_found":
+                return self._json(404, {"error": "not_found"})
+            if outcome == "bad_request":
+                return self._json(400, {"error": "bad_request", **(inv or {})})
             return self._json(200, inv)
         if len(parts) == 3 and parts[0] == "ipn" and parts[2] == "resend" and method == "POST":
             token = parts[1]

@@ -57,7 +57,7 @@ def _methods(path: Path) -> tuple[str, ...]:
     spec = importlib.util.spec_from_file_location(f"_warmup_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # lib imports nothing with side effects (DESIGN.md, Principle 4)
+    spec.loader.exec_module(module)  # lib imports nothing with side effects
     return tuple(module.handler.allowed_methods())
 
 

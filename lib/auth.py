@@ -49,6 +49,9 @@ class User:
     email: str | None
     role: str
     token: str = field(repr=False)  # a bearer credential: never in logs or tracebacks
+    # Supabase's anonymous sign-in (`is_anonymous` claim): a session anyone gets without an address.
+    # Signed in for reads; refused on every write (lib/web/request.Request.user).
+    is_anonymous: bool = False
 
 
 def authenticate(authorization: str | None) -> User:
@@ -74,6 +77,10 @@ def authenticate(authorization: str | None) -> User:
         secret = config.supabase_jwt_secret()
         if secret is None:
             raise _rejected("hs256_not_configured")
+        if not config.supabase_jwt_keep_legacy_hs256() and _jwks_has_signing_keys():
+            # The project moved to asymmetric keys: its legacy secret is being (or was) revoked in
+            # Supabase, and a copy of it must not keep minting users here. SECURITY.md, "Retiring HS256".
+            raise _rejected("hs256_retired")
         key, algorithms = secret, ["HS256"]
     elif isinstance(alg, str) and alg in JWKS_ALGORITHMS:
         kid = header.get("kid")
@@ -145,8 +152,10 @@ def _user(claims: Mapping[str, Any], token: str) -> User:
     if role != USER_ROLE:
         raise _rejected("wrong_role")
     email = claims.get("email")
-    # Phone sign-ups carry `"email": ""`: no address, not an empty one.
-    return User(id=sub, email=email if isinstance(email, str) and email else None, role=role, token=token)
+    # Phone sign-ups carry `"email": ""`: no address, not an empty one. `is_anonymous` must be
+    # exactly false to count as an account: any other value (a string, a number) is taken as anonymous.
+    return User(id=sub, email=email if isinstance(email, str) and email else None, role=role, token=token,
+                is_anonymous=claims.get("is_anonymous", False) is not False)
 
 
 def _rejected(reason: str) -> InvalidToken:
@@ -173,6 +182,13 @@ _lock = threading.Lock()  # one fetch at a time; waiters re-read what the winner
 _client: httpx.Client | None = None
 _jwks: _KeySet | None = None
 _last_fetch_attempt = float("-inf")  # failed attempts count too, or an outage would be hammered
+
+
+def _jwks_has_signing_keys() -> bool:
+    """Whether the project's JWKS serves a key we verify with (ES256/RS256): then it has moved off
+    the legacy HS256 secret. A legacy project's JWKS is empty. Unreachable with no copy in hand:
+    ServiceUnavailable, never a guess that would let a revoked secret through."""
+    return bool(_fresh_keyset(f"{config.supabase_url()}/auth/v1/.well-known/jwks.json").keys)
 
 
 def _signing_key(url: str, kid: str) -> Any:

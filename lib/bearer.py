@@ -15,8 +15,8 @@ from lib.errors import AuthenticationRequired, InvalidToken
 
 
 def token(authorization: str | None) -> str:
-    """The token of exactly `Bearer <token>`: one space, one token, as Supabase's own auth server reads
-    it (GoTrue: `^(?:B|b)earer (\\S+$)`); the scheme's case is free (RFC 7235 §2.1), and spaces around
+    r"""The token of exactly `Bearer <token>`: one space, one token, as Supabase's own auth server reads
+    it (GoTrue: `^(?:B|b)earer (\S+$)`); the scheme's case is free (RFC 7235 §2.1), and spaces around
     the whole value are ignored.
 
     `AuthenticationRequired` without a header or with a blank one; `InvalidToken` (reason

@@ -87,6 +87,19 @@ def supabase_jwt_secret() -> str | None:
     return _get("SUPABASE_JWT_SECRET")
 
 
+_YES = frozenset({"1", "true", "yes", "on"})
+_NO = frozenset({"0", "false", "no", "off"})
+
+
+def supabase_jwt_keep_legacy_hs256() -> bool:
+    """SUPABASE_JWT_KEEP_LEGACY_HS256: accept HS256 tokens even though the project's JWKS serves
+    signing keys (the weeks of a migration while old sessions expire). Unset: no."""
+    raw = (_get("SUPABASE_JWT_KEEP_LEGACY_HS256") or "").lower()
+    if raw and raw not in _YES | _NO:
+        raise ConfigurationError("SUPABASE_JWT_KEEP_LEGACY_HS256", "'true' or 'false'")
+    return raw in _YES
+
+
 @dataclass(frozen=True)
 class PayDunya:
     master_key: str
@@ -96,10 +109,27 @@ class PayDunya:
     base_url: str
 
 
-def paydunya() -> PayDunya:
-    mode = (_get("PAYDUNYA_MODE") or "test").lower()
+# Where a sandbox "completed" would be taken as rent paid: PAYDUNYA_MODE must be said there.
+PAYDUNYA_MODE_REQUIRED_IN = frozenset({"vercel-production", "dakar"})
+
+
+def paydunya_mode() -> str:
+    """`test` or `live`. Unset means `test` only where no real rent is paid (local, previews); in
+    `vercel-production` and `dakar` an unset value is a ConfigurationError naming PAYDUNYA_MODE,
+    so sandbox keys can never settle real rent by default."""
+    raw = _get("PAYDUNYA_MODE")
+    if raw is None:
+        if environment() in PAYDUNYA_MODE_REQUIRED_IN:
+            raise ConfigurationError("PAYDUNYA_MODE", f"'test' or 'live', required in {environment()}")
+        return "test"
+    mode = raw.lower()
     if mode not in PAYDUNYA_ROOTS:
         raise ConfigurationError("PAYDUNYA_MODE", "must be 'test' or 'live'")
+    return mode
+
+
+def paydunya() -> PayDunya:
+    mode = paydunya_mode()
     return PayDunya(
         master_key=require("PAYDUNYA_MASTER_KEY"),
         private_key=require("PAYDUNYA_PRIVATE_KEY"),

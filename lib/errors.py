@@ -10,7 +10,8 @@ exception to the contract's shape `{"error": {"code", "message", "details"?}}` i
     ├── InvalidToken                    401 invalid_token
     ├── Forbidden                       403 forbidden
     │   ├── NotYourLease                403 not_lease_party
-    │   └── InvalidSignature            403 invalid_signature
+    │   ├── InvalidSignature            403 invalid_signature
+    │   └── AnonymousNotAllowed         403 anonymous_not_allowed
     ├── NotFound                        404 not_found
     ├── MethodNotAllowed                405 method_not_allowed
     ├── Conflict                        409 conflict
@@ -118,6 +119,14 @@ class InvalidSignature(Forbidden):
 
     code = "invalid_signature"
     message = "Signature de la notification invalide."
+
+
+class AnonymousNotAllowed(Forbidden):
+    """A write with an anonymous sign-in's token (`is_anonymous`): anyone gets one without an address."""
+
+    code = "anonymous_not_allowed"
+    message = ("Créez un compte (adresse e-mail ou numéro de téléphone) ou connectez-vous "
+               "pour effectuer cette action.")
 
 
 class NotFound(DousellError):

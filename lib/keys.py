@@ -1,6 +1,6 @@
 """Every Redis key name, namespaced and escaped, with its family's TTL and tags, and the one map of what a change invalidates.
 
-The names are the contract (API.md): an operator finds `dousell:properties:detail:123`.
+The names are the contract (docs/api.md): an operator finds `dousell:properties:detail:123`.
 User input reaches a key only through `escape()`, which keeps letters, digits and `-_.`
 and percent-encodes the rest (`:`, `*`, spaces, braces...), so no input can name another
 key, widen a pattern or change the key's shape.
@@ -16,6 +16,7 @@ import json
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from lib import config
 
@@ -112,7 +113,7 @@ def property_detail(property_id: int) -> CacheKey:
     return CacheKey(name("properties", "detail", int(property_id)), "property_detail", (f"property:{int(property_id)}",))
 
 
-def search(filters: dict) -> CacheKey:
+def search(filters: dict[str, Any]) -> CacheKey:
     """Digest of the canonical filters: however the query string was ordered, one key."""
     canonical = json.dumps(filters, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
@@ -145,7 +146,7 @@ def payments(lease_id: int) -> CacheKey:
 
 
 def user_visits(user_id: str) -> CacheKey:
-    """GET /api/visits (API.md): the user's bookings, as visitor and as owner."""
+    """GET /api/visits (docs/api.md): the user's bookings, as visitor and as owner."""
     user = escape(user_id)
     return CacheKey(name("visits", "user", user), "visits", (f"visits:user:{user}",))
 

@@ -15,8 +15,9 @@ fields, buckets and reading are described there and in lib/ops/report.
     redis:refused_writes                    writes Redis refused because the database is full
     metrics:lost_writes                     writes of these counters that never reached Redis
 
-This module is the shared ground (lib's root): it imports nothing above it, so the edge can record
-the durations of its calls into the request's tally (`record_call`) without a cycle.
+This module is the shared ground (lib's root): it imports nothing above it. The durations of a
+request's Upstash calls are tallied by lib/context (the edge records into it) and observed here by
+lib/ops/recorder at the request's end.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 from lib import keys
@@ -88,50 +88,18 @@ class Pending:
 pending = Pending()
 
 
-# -- what one request asked of Upstash (recorded by lib/edge/upstash) -----------------------------
-
-
-@dataclass
-class Tally:
-    """What one request asked of Upstash: the duration of each REST call (ms) and the commands sent."""
-
-    calls_ms: list[float] = field(default_factory=list)
-    commands: int = 0
-
-
-_tally: ContextVar[Tally | None] = ContextVar("dousell_upstash_tally", default=None)
-
-
-def start_tally() -> tuple[Tally, Token]:
-    """Count this context's Upstash calls from now on; `stop_tally(token)` ends it."""
-    tally = Tally()
-    return tally, _tally.set(tally)
-
-
-def stop_tally(token: Token) -> None:
-    _tally.reset(token)
-
-
-def record_call(start: float, commands: int) -> None:
-    """One REST call begun at `start` (perf_counter) and its commands, in the context's tally, if any."""
-    tally = _tally.get()
-    if tally is not None:
-        tally.calls_ms.append((time.perf_counter() - start) * 1000)
-        tally.commands += commands
-
-
 # -- recording: on inside a request served by lib.web.http.Endpoint (lib/ops/recorder) ------------
 
 _recording: ContextVar[bool] = ContextVar("dousell_metrics_recording", default=False)
 _loading: ContextVar[str | None] = ContextVar("dousell_metrics_loading", default=None)
 
 
-def start_recording() -> Token:
+def start_recording() -> Token[bool]:
     """Record this context's counts from now on; `stop_recording(token)` ends it."""
     return _recording.set(True)
 
 
-def stop_recording(token: Token) -> None:
+def stop_recording(token: Token[bool]) -> None:
     _recording.reset(token)
 
 

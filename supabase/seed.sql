@@ -1,4 +1,4 @@
--- Demo data of API.md ("Demo data"), for `supabase db reset`, the local stack and tests.
+-- Demo data of docs/api.md ("The local stack"), for `supabase db reset`, the local stack and tests.
 --
 -- Ids are fixed: code, tests and the contract name them (users, properties 123 and 789,
 -- lease 123). Everything dated is relative to now() so the demo never goes stale: visit

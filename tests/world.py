@@ -3,6 +3,9 @@
 `FakeSupabase` is an in-memory model of the tables, RLS and the RPCs of supabase/migrations;
 `FakePayDunya` answers PayDunya's checkout API; Upstash is tests.fakes.FakeUpstash (the real
 stand-in's engine over a real Valkey). Used by tests/lib/domain/test_payments.py, tests/lib/domain/test_visits.py and tests/api/.
+
+A race is not run on this model: `on_standins` and `race_while_held` (at the end) run it on the real
+stand-ins, where the database functions of supabase/migrations fence it themselves.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +25,7 @@ from urllib.parse import urlencode
 
 import httpx
 import jwt
+import psycopg
 import pytest
 import respx
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -101,11 +107,13 @@ def serve_jwks(router: respx.Router, monkeypatch) -> None:
     router.get(JWKS_URL).mock(return_value=httpx.Response(200, json={"keys": [JWK]}))
 
 
-def bearer(uid: str) -> dict[str, str]:
-    """An `Authorization` header with a genuine Supabase-shaped access token for `uid`."""
+def bearer(uid: str, *, anonymous: bool = False) -> dict[str, str]:
+    """An `Authorization` header with a genuine Supabase-shaped access token for `uid` (an anonymous
+    sign-in's, without an address, with `anonymous=True`)."""
     now = int(datetime.now(UTC).timestamp())
     claims = {"iss": f"{SUPABASE}/auth/v1", "sub": uid, "aud": "authenticated", "role": "authenticated",
-              "exp": now + 3600, "iat": now, "email": f"{uid[:4]}@example.sn"}
+              "exp": now + 3600, "iat": now, "email": "" if anonymous else f"{uid[:4]}@example.sn",
+              "is_anonymous": anonymous}
     token = jwt.encode(claims, SIGNING_KEY, algorithm="ES256", headers={"kid": "write-path-1"})
     return {"Authorization": f"Bearer {token}"}
 
@@ -299,20 +307,18 @@ class FakeSupabase:
             return {"payment": dict(pending[0]), "created": False, "owner_id": owner}
         return {"payment": dict(self.add_payment(p_lease_id, p_period)), "created": True, "owner_id": owner}
 
-    def confirm_payment(self, p_token: str, p_status: str, p_amount: int) -> dict:
+    def confirm_payment(self, p_token: str, p_status: str, p_amount: int | None) -> dict:
         if p_status not in ("pending", "completed", "failed", "cancelled"):
             raise RpcError("invalid_status")
-        found = [p for p in self.payments.values() if p["provider_token"] == p_token]
-        if not found:
-            raise RpcError("payment_not_found")
-        payment = found[0]
-        if p_amount != payment["amount"]:
-            raise RpcError("amount_mismatch")
+        payment = self._by_token(p_token)
         lease = self.leases[payment["lease_id"]]
         owner = self.properties[lease["property_id"]]["owner_id"]
         changed, reason = False, None
         data = {"payment_id": payment["id"], "lease_id": lease["id"], "period": payment["period"]}
-        if p_status == "completed" and payment["status"] in ("failed", "cancelled"):
+        if (p_status == "completed" and payment["status"] not in ("completed", "needs_review")
+                and p_amount != payment["amount"]):
+            reason = "amount_mismatch"
+        elif p_status == "completed" and payment["status"] in ("failed", "cancelled", "expired"):
             reason = f"paid_after_{payment['status']}"
         elif payment["status"] == "pending" and p_status != "pending":
             if p_status == "completed" and self.rows(payment["lease_id"], payment["period"], "completed"):
@@ -320,30 +326,59 @@ class FakeSupabase:
             else:
                 payment["status"] = p_status
                 payment["paid_at"] = self.clock().isoformat() if p_status == "completed" else None
+                payment["updated_at"] = self.clock().isoformat()
                 changed = True
                 if p_status == "completed":
                     self.notifications += [{"user_id": lease["tenant_id"], "kind": "payment_completed", "data": data},
                                            {"user_id": owner, "kind": "rent_received", "data": data}]
         if reason:
-            payment.update(status="needs_review", review_reason=reason, paid_at=self.clock().isoformat())
+            payment.update(status="needs_review", review_reason=reason, paid_at=self.clock().isoformat(),
+                           updated_at=self.clock().isoformat())
             changed = True
             self.notifications += [{"user_id": who, "kind": "payment_needs_review", "data": data}
                                    for who in (lease["tenant_id"], owner)]
         return {"payment": dict(payment), "changed": changed, "review": reason is not None,
                 "tenant_id": lease["tenant_id"], "owner_id": owner, "lease_id": lease["id"]}
 
+    def _by_token(self, token: str) -> dict:
+        found = [p for p in self.payments.values() if p["provider_token"] == token]
+        if not found:
+            raise RpcError("payment_not_found")
+        return found[0]
+
+    def expire_payment(self, p_token: str, p_expire_date: str | None = None) -> dict:
+        payment = self._by_token(p_token)
+        lease = self.leases[payment["lease_id"]]
+        created = datetime.fromisoformat(payment["created_at"])
+        deadline = datetime.fromisoformat(p_expire_date) if p_expire_date else created + timedelta(days=7)
+        changed = payment["status"] == "pending" and self.clock() >= min(deadline, created + timedelta(days=30))
+        if changed:
+            payment.update(status="expired", updated_at=self.clock().isoformat())
+        return {"payment": dict(payment), "changed": changed, "review": False, "tenant_id": lease["tenant_id"],
+                "owner_id": self.properties[lease["property_id"]]["owner_id"], "lease_id": lease["id"]}
+
     def payments_to_reconcile(self, p_limit: int, p_min_age: str = "600 seconds") -> dict:
         seconds = int(p_min_age.split()[0])
-        limit = self.clock() - timedelta(seconds=seconds)
-        due = [p for p in self.payments.values() if p["status"] == "pending" and p["provider_token"]
-               and datetime.fromisoformat(p["created_at"]) < limit
-               and self.checked.get(p["id"], limit - timedelta(minutes=2)) < self.clock() - timedelta(minutes=1)]
-        due.sort(key=lambda p: (self.checked.get(p["id"]) or datetime.fromisoformat(p["created_at"]), p["id"]))
+        now = self.clock()
+        never = now - timedelta(days=365)
+
+        def is_due(p: dict) -> bool:
+            checked = self.checked.get(p["id"], never)
+            if p["status"] == "pending":
+                return datetime.fromisoformat(p["created_at"]) < now - timedelta(seconds=seconds) \
+                    and checked < now - timedelta(minutes=1)
+            return p["status"] in ("failed", "cancelled") \
+                and datetime.fromisoformat(p["updated_at"]) > now - timedelta(days=7) \
+                and checked < now - timedelta(minutes=30)
+
+        due = [p for p in self.payments.values() if p["provider_token"] and is_due(p)]
+        due.sort(key=lambda p: (p["status"] != "pending",
+                                self.checked.get(p["id"]) or datetime.fromisoformat(p["created_at"]), p["id"]))
         batch = due[:p_limit]
         for p in batch:
-            self.checked[p["id"]] = self.clock()
-        return {"batch": [{k: p[k] for k in ("id", "lease_id", "provider_token", "created_at")} for p in batch],
-                "due": len(due)}
+            self.checked[p["id"]] = now
+        return {"batch": [{k: p[k] for k in ("id", "lease_id", "provider_token", "created_at", "status")}
+                          for p in batch], "due": len(due)}
 
     def available_slots(self, pid: int) -> list[dict]:
         prop = self.properties.get(pid)
@@ -455,7 +490,7 @@ class FakePayDunya:
         return httpx.Response(200, json={
             "response_code": "00", "response_text": "Transaction Found", "hash": IPN_HASH,
             "invoice": {"token": token, "total_amount": inv["total_amount"], "description": inv["description"],
-                        **{k: inv[k] for k in ("total_amount_without_fees", "pal_is_on") if k in inv}},
+                        **{k: inv[k] for k in ("total_amount_without_fees", "pal_is_on", "expire_date") if k in inv}},
             "custom_data": inv["custom_data"], "status": inv["status"], "mode": "test"})
 
     def ipn(self, token: str, *, hash: str = IPN_HASH, amount: Any = None, status: str | None = None) -> bytes:
@@ -495,3 +530,56 @@ def world(monkeypatch):
     reset_clients()
 
 
+# == races on the real database (tests/standins.py) =============================================
+
+
+@pytest.fixture
+def on_standins(monkeypatch, configured) -> Iterator[FakePayDunya]:
+    """The write path on the real stand-ins (tests/standins.py: Supabase over PostgreSQL, Upstash over
+    Valkey) with PayDunya faked at the network boundary; yields the fake PayDunya.
+
+    A request waiting on a row lock waits (a 60 s query timeout, not 5 s): the races below hold one.
+    """
+    for name, value in {"PAYDUNYA_MASTER_KEY": MASTER_KEY, "PAYDUNYA_PRIVATE_KEY": "pd-private",
+                        "PAYDUNYA_TOKEN": "pd-token", "PAYDUNYA_BASE_URL": PAYDUNYA, "PUBLIC_BASE_URL": PUBLIC,
+                        "RATE_LIMIT_WRITES_PER_MINUTE": "1000"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("PAYDUNYA_MODE", "SUPABASE_JWT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(db, "QUERY_TIMEOUT", 60.0)
+    monkeypatch.setattr(auth, "_jwks", None)
+    monkeypatch.setattr(auth, "_last_fetch_attempt", float("-inf"))
+    auth.set_http_client(None)
+    paydunya.set_http_client(None)
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
+        yield FakePayDunya(router)
+    auth.set_http_client(None)
+    paydunya.set_http_client(None)
+
+
+def race_while_held(admin: psycopg.Connection, lock_row: str, click: Callable[[int], Any], n: int = 50,
+                    deadline: float = 20.0) -> tuple[list[Any], int]:
+    """`click(0)` ... `click(n - 1)` at once while `admin` holds `lock_row` (a `select ... for update`
+    of the row the database function locks first); the row is released once n - 1 have answered, or
+    after `deadline` seconds. Returns the answers in order, and how many had come while it was held.
+
+    With the Redis lock, one request holds it and waits on the row; the others are told "busy"
+    without reaching the database, so n - 1 answer while the row is held. Without it, every request
+    reaches the function and waits on the row: none answers before the release.
+    """
+    barrier = threading.Barrier(n)
+
+    def go(i: int) -> Any:
+        barrier.wait(10)
+        return click(i)
+
+    with ThreadPoolExecutor(n) as pool:
+        with admin.transaction():
+            admin.execute(lock_row)
+            futures = [pool.submit(go, i) for i in range(n)]
+            end = time.monotonic() + deadline
+            while sum(f.done() for f in futures) < n - 1 and time.monotonic() < end:
+                time.sleep(0.05)
+            answered_while_held = sum(f.done() for f in futures)
+        return [f.result() for f in futures], answered_while_held

@@ -27,7 +27,7 @@ class DatabaseChange(BaseModel):
     @field_validator("record", "old_record")
     @classmethod
     def present_for_its_type(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
-        needs = {"record": ("INSERT", "UPDATE"), "old_record": ("UPDATE", "DELETE")}[info.field_name]
+        needs = {"record": ("INSERT", "UPDATE"), "old_record": ("UPDATE", "DELETE")}[str(info.field_name)]
         if value is None and info.data.get("type") in needs:
             raise PydanticCustomError("missing", f"{info.field_name} is required for {info.data['type']}")
         return value

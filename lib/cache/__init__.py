@@ -1,0 +1,1 @@
+"""The cache-aside layer over Redis: entries and their scripts, invalidation, refills, the outbox, locks."""

@@ -33,7 +33,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from lib import context, keys, metrics
 from lib.cache import entries, locks, refill
@@ -70,7 +70,7 @@ def wake_after(expected_in_ms: int | None, overdue_polls: int) -> float:
     MAX_POLL. `overdue_polls`: the polls that already found it overdue."""
     if expected_in_ms is not None and expected_in_ms > 0:
         return expected_in_ms / 1000 + POLL_MARGIN
-    return min(OVERDUE_POLL * 2 ** overdue_polls, MAX_POLL)
+    return min(OVERDUE_POLL * 2.0 ** overdue_polls, MAX_POLL)
 
 
 # Run by the read that probes Redis after an outage, before it reads an entry (lib/cache/outbox
@@ -109,6 +109,7 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
     deadline = clock() + WAIT_DEADLINE
     overdue = 0
     first = True
+    value: Any  # the scripts' replies are untyped JSON: HIT and STALE carry the entry's text
     while True:
         try:
             with context.timed("cache"):
@@ -136,7 +137,7 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
         metrics.count_cache(family, status)
         if status in ("HIT", "STALE"):
             context.set_cache_status(status)
-            return json.loads(value)
+            return cast(T, json.loads(value))  # a hit is the loader's value after a JSON round trip
         if status != "WAIT":
             context.set_cache_status("MISS")
             lock, *versions = rest
@@ -186,7 +187,7 @@ def _load_and_fill(keys_: list[str], versions: list[str], lock: str, loader: Cal
     except RedisError:
         pass  # not stored; a failure already opened the breaker, and the fill lock expires by itself
     # JSON round trip, so a miss answers exactly what a hit will (dates as strings, etc.).
-    return json.loads(payload)
+    return cast(T, json.loads(payload))
 
 
 def _release(fill_key: str, lock: str) -> None:

@@ -111,10 +111,10 @@ def change_tags(table: str, old: Row | None, new: Row | None, owners: Iterable[s
     if table not in _BY_TABLE:
         return sorted(UNKNOWN_TABLE)
     rows = [row for row in (old, new) if row]
-    owners = [o for o in owners if o]
+    named = [o for o in owners if o]
     tags: set[str] = set()
     for row in rows:
-        tags |= _BY_TABLE[table](row, owners)
+        tags |= _BY_TABLE[table](row, named)
     if table == "properties":
         if rows and _never_public(rows):
             tags = {t for t in tags if t not in ("properties:public", "search") and not t.startswith("properties:city:")}

@@ -4,7 +4,7 @@ A random token is set with `SET NX PX`; a Lua compare-and-delete releases the lo
 still holds that token. Why the lock is only a courtesy: a lock can expire while its holder still
 works (a slow PayDunya call, a paused function), and then a second holder enters (Kleppmann, "How
 to do distributed locking", 2016). Only the storage can reject the late write, so the database's
-unique constraints and RPCs are the fence (DESIGN.md, Principle 1); the lock spares users a second
+unique constraints and RPCs are the fence (docs/write-path.md, "The rule"); the lock spares users a second
 invoice and answers a double click with "Paiement en cours", not a conflict.
 
 This module is the mechanism; the policy every write follows (what a busy lock answers, what
@@ -173,7 +173,8 @@ class Lock:
         """One GET: does `name` hold `token`? Sent even though the breaker just opened (it must know
         whether its own SET landed). LockUnavailable if Redis cannot say."""
         try:
-            return _run(["GET", self.name], force=True) == token
+            held: object = _run(["GET", self.name], force=True)
+            return held == token
         except RedisError as exc:
             raise self._unavailable("acquire", exc) from exc
 

@@ -140,7 +140,8 @@ def drain(*, batches: int = 5, batch: int = BATCH, seconds: float = 20.0, force:
 
 def backlog() -> dict[str, Any]:
     """`{"pending", "oldest_seconds"}`: what waits in the outbox."""
-    return _rpc("invalidation_backlog", {})
+    waiting: dict[str, Any] = _rpc("invalidation_backlog", {})
+    return waiting
 
 
 def on_database_change(change: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +176,7 @@ def reconcile() -> dict[str, Any]:
 
 def row_tags(row: dict[str, Any]) -> set[str]:
     """The tags of one outbox row (or one webhook body: same `table`, `record`, `old_record`)."""
-    table = row.get("table_name") or row.get("table")
+    table = str(row.get("table_name") or row.get("table") or "")
     if table not in invalidation.TABLES:
         log.warning("outbox row for unknown table %r: every public list and search invalidated", table)
     return set(invalidation.change_tags(table, row.get("old_record"), row.get("record"), row.get("owner_ids") or ()))

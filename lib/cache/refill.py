@@ -114,14 +114,14 @@ def fill(refills: Sequence[Refill], olds: Sequence[str | None], before: dict[str
     for one, raw in zip(refills, olds, strict=True):
         tags = list(one.entry.tags)
         old = entries.parse(raw)
-        valid = old is not None and old.built == [before[t] for t in tags] and old.expires > now
-        value = one.value(_decoded(old.payload) if valid else MISSING)
+        valid = old if old is not None and old.built == [before[t] for t in tags] and old.expires > now else None
+        value = one.value(_decoded(valid.payload) if valid else MISSING)
         if value is SKIP:
             continue
         if one.fresh:
             expires = now + entries.jittered_ttl_ms(one.entry.ttl)
-        elif valid and old.expires - now >= MIN_TTL_MS:
-            expires = old.expires
+        elif valid and valid.expires - now >= MIN_TTL_MS:
+            expires = valid.expires
         else:
             continue  # a patch of nothing, or of an entry about to expire: a reader reloads it
         command_keys += [one.entry.key, *map(keys.tag_key, tags)]

@@ -1,0 +1,1 @@
+"""What the endpoints do: properties, visits, payments and their settlement, the account; the lock policy."""

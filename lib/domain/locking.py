@@ -31,18 +31,19 @@ def under_lock(name: str, busy: type[DousellError], work: Callable[[], T], ttl: 
     - the lock expired before we released it → logged (counted as `expired`), never an error:
       `work()` is done, and the database already fenced whatever ran meanwhile.
     """
-    lock: locks.Lock | None = locks.Lock(name, ttl)
+    lock = locks.Lock(name, ttl)
+    held = True
     try:
         lock.acquire()
     except locks.LockBusy as exc:
         raise busy() from exc
     except locks.LockUnavailable as exc:
         log.warning("%s: relying on the database fence", exc)
-        lock = None
+        held = False
     try:
         return work()
     finally:
-        if lock is not None:
+        if held:
             try:
                 lock.release()
             except locks.LockNotOwned as exc:

@@ -1,6 +1,6 @@
 """Rent payments: start one (lock, reserve in the database, PayDunya invoice), list them (the IPN: lib/domain/settle).
 
-Starting a payment, the seed's seven steps made safe (DESIGN.md, Principle 1):
+Starting a payment, each step made safe (the database is the fence: docs/write-path.md):
 
     read the lease as the user (RLS)      404 not visible, 403 not the tenant, 422 not active
     lock dousell:lock:payment:lease{id}   409 payment_in_progress when busy; Redis down: no lock

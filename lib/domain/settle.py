@@ -2,15 +2,22 @@
 
     settle.receive_ipn(raw, type)    POST /api/paydunya/ipn: check the hash, ask PayDunya, apply
     settle.apply(token, verdict)     confirm_payment with the rent amount; invalidates; logs a review
-    settle.reconcile()               cron job: re-confirm pending invoices older than 10 minutes
+    settle.reconcile()               cron job: re-confirm pending invoices older than 10 minutes, and
+                                     failed/cancelled ones for a week after they died
     settle.recheck(rows)             GET /api/payments: re-confirm one such row, once a minute at most
 
 Why: the IPN is PayDunya's only push, and it can be lost (we answered 503 during a database
 blip, or PayDunya gave up). A pending invoice older than `RECONCILE_AFTER` is asked about again,
-so a tenant who paid never stays "pending". A `completed` verdict for a row already failed or
-cancelled (or for a month already paid) becomes `needs_review` in the database (see
-supabase/migrations/20261202000040_money_and_visits.sql): money received is never dropped; both
-parties are notified there, and it is logged here as an error for the operators.
+so a tenant who paid never stays "pending"; a failed or cancelled one can still be paid at
+PayDunya, so it is asked about too, every 30 minutes for a week (the database's choice:
+payments_to_reconcile). Money that does not fit (a row already failed, cancelled or expired, a
+month already paid, an amount that is not the rent) becomes `needs_review` in the database
+(supabase/migrations/20261207000020_money.sql): never dropped, never left pending; both parties
+are notified there, and it is logged here as an error for the operators.
+
+An invoice PayDunya keeps calling pending (or answering a status we do not know: not settled,
+lib/edge/paydunya) is asked about only for its life: PayDunya's `expire_date` when it sends one,
+else `INVOICE_LIFE`; then the row becomes `expired` (expire_payment) and the checks stop.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
-from lib import db, keys
+from lib import config, db, keys
 from lib.cache import invalidation, outbox
 from lib.edge import paydunya, upstash
 from lib.errors import (
@@ -42,6 +49,10 @@ BATCH = 20  # invoices re-confirmed per cron run, least recently checked first (
 CRON_BUDGET = 20.0  # seconds of PayDunya calls per run; the rest waits for the next run (1 min)
 RECHECK_EVERY = 60  # seconds: a tenant's reads re-confirm one payment at most this often
 RECHECK_TIMEOUT = 3.0  # seconds: the most a re-check adds to GET /api/payments
+# How long an invoice lives when PayDunya sends no expire_date, and the most it may live whatever
+# it sends (private.invoice_deadline in the database decides; these only spare a needless call).
+INVOICE_LIFE = timedelta(days=7)
+INVOICE_LIFE_MAX = timedelta(days=30)
 
 # Replaceable in tests: the wall clock (UTC, aware) and the monotonic clock of the cron's budget.
 now: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
@@ -62,14 +73,39 @@ def apply(token: str, verdict: dict[str, Any]) -> dict[str, Any]:
     """
     amount = verdict.get("rent_amount")
     if amount is None:
+        # Still applied: a completed verdict becomes needs_review (amount_mismatch) in the database.
         log.warning("invoice %s: PayDunya's amount is not a whole number of XOF", token[:12])
-        raise AmountMismatch()
-    writes = outbox.Writes()
     params = {"p_token": token, "p_status": verdict["status"], "p_amount": amount}
-    result = writes.rpc(db.service(), "confirm_payment", params, _CONFIRM_ERRORS)
+    return _write("confirm_payment", params, token)
+
+
+def expire(token: str, expire_date: datetime | None) -> dict[str, Any]:
+    """expire_payment: the row of `token` becomes `expired` if its invoice's life is over (the
+    database's clock decides). Same answer as `apply`."""
+    params = {"p_token": token, "p_expire_date": expire_date.isoformat() if expire_date else None}
+    result = _write("expire_payment", params, token)
+    if result.get("changed"):
+        log.info("payment %s: invoice %s never settled within its life; expired, checks stop",
+                 result["payment"].get("id"), token[:12])
+    return result
+
+
+def expired(created_at: Any, verdict: dict[str, Any]) -> bool:
+    """Whether the invoice's life is over on our clock: PayDunya's expire_date, else INVOICE_LIFE
+    after `created_at`, never past INVOICE_LIFE_MAX (as private.invoice_deadline)."""
+    created = _created({"created_at": created_at})
+    if created is None:
+        return False
+    deadline = verdict.get("expire_date") or created + INVOICE_LIFE
+    return now() >= min(deadline, created + INVOICE_LIFE_MAX)
+
+
+def _write(function: str, params: dict[str, Any], token: str) -> dict[str, Any]:
+    writes = outbox.Writes()
+    result = writes.rpc(db.service(), function, params, _CONFIRM_ERRORS)
     payment = result["payment"]
     if result.get("review"):
-        log.error("payment %s (invoice %s): PayDunya says paid, the row was not payable any more (%s): "
+        log.error("payment %s (invoice %s): PayDunya says paid, but the money does not fit (%s): "
                   "needs_review, tenant and owner notified; refund or validate it",
                   payment.get("id"), token[:12], payment.get("review_reason"))
     if result.get("changed"):
@@ -119,7 +155,7 @@ def receive_ipn(raw: bytes, content_type: str | None) -> dict[str, Any]:
     verdict = paydunya.confirm(token)
     amount = verdict["total_amount"]
     claimed = form.get("data[invoice][total_amount]")
-    if amount is None or (claimed is not None and paydunya.whole_amount(claimed) != amount):
+    if claimed is not None and paydunya.whole_amount(claimed) != amount:
         log.warning("IPN for %s: amount %r does not match PayDunya's %r", token[:12], claimed, amount)
         raise AmountMismatch()
     if form.get("data[status]") not in (None, verdict["status"]):
@@ -133,19 +169,24 @@ def receive_ipn(raw: bytes, content_type: str | None) -> dict[str, Any]:
 
 
 def reconcile() -> dict[str, Any]:
-    """GET /api/cron/reconcile's job: re-confirm up to BATCH pending invoices older than 10 minutes.
+    """GET /api/cron/reconcile's job: re-confirm up to BATCH invoices the database says are due.
 
-    The database hands out the least recently checked first and stamps them, so an invoice
-    PayDunya keeps calling pending goes to the back and cannot starve the others; what is not
-    reached this run (`left`) comes next run. PayDunya failing on every call is a failure of
-    the job (503 in the cron's log); some failures among successes are counted in `errors`.
+    Due: pending invoices older than 10 minutes (each at most once a minute), and failed or
+    cancelled ones for a week after they died (every 30 minutes: money can still arrive on them).
+    The database hands out pending ones first, least recently checked first, and stamps them, so
+    an invoice PayDunya keeps calling pending goes to the back and cannot starve the others; what
+    is not reached this run (`left`) comes next run. A pending one past its life is `expired`.
+    PayDunya failing on every call is a failure of the job (503 in the cron's log); some failures
+    among successes are counted in `errors`. PAYDUNYA_MODE missing where it is required stops the
+    job before any invoice is stamped (configuration_error, not a PayDunya failure).
     """
+    config.paydunya_mode()
     client = db.service()
     due = db.run(lambda: client.rpc("payments_to_reconcile", {
         "p_limit": BATCH, "p_min_age": f"{int(RECONCILE_AFTER.total_seconds())} seconds"}).execute()).data
     batch = due.get("batch") or []
-    counts = {"due": int(due.get("due", 0)), "checked": 0, "changed": 0, "needs_review": 0, "errors": 0,
-              "left": max(0, int(due.get("due", 0)) - len(batch))}
+    counts = {"due": int(due.get("due", 0)), "checked": 0, "changed": 0, "needs_review": 0, "expired": 0,
+              "errors": 0, "left": max(0, int(due.get("due", 0)) - len(batch))}
     deadline = monotonic() + CRON_BUDGET
     for i, row in enumerate(batch):
         remaining = deadline - monotonic()
@@ -155,22 +196,40 @@ def reconcile() -> dict[str, Any]:
         try:
             verdict = paydunya.confirm(row["provider_token"], timeout=min(paydunya.TOTAL_TIMEOUT, remaining))
             counts["checked"] += 1
-            if verdict["status"] == "pending":
-                continue
-            result = apply(row["provider_token"], verdict)
+            result = settle_row(row, verdict)
         except DousellError as exc:
             counts["errors"] += 1
             log.warning("reconcile: payment %s not settled (%s %s)", row.get("id"), exc.code,
                         exc.reason or "")
             continue
-        if result.get("changed"):
-            counts["changed"] += 1
-            log.info("reconcile: payment %s is now %s (its IPN never came)", row.get("id"),
-                     result["payment"].get("status"))
+        if result is None or not result.get("changed"):
+            continue
+        counts["changed"] += 1
+        status = result["payment"].get("status")
+        counts["expired"] += status == "expired"
         counts["needs_review"] += bool(result.get("review"))
+        if status != "expired":
+            log.info("reconcile: payment %s is now %s (its IPN never came)", row.get("id"), status)
     if counts["errors"] and not counts["checked"]:
         raise PaymentProviderError()
     return counts
+
+
+def settle_row(row: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any] | None:
+    """What PayDunya's `verdict` does to a due `row` (`{"status", "provider_token", "created_at"}`);
+    None when nothing is to be written.
+
+    pending + pending (or unknown) within the invoice's life → nothing; past it → expire
+    pending + anything else                                    → apply (completed, failed, cancelled, review)
+    failed/cancelled + completed                               → apply (needs_review: money arrived late)
+    failed/cancelled + anything else                           → nothing (the row says it already)
+    """
+    token = row["provider_token"]
+    if row.get("status", "pending") == "pending":
+        if verdict["status"] != "pending":
+            return apply(token, verdict)
+        return expire(token, verdict.get("expire_date")) if expired(row.get("created_at"), verdict) else None
+    return apply(token, verdict) if verdict["status"] == "completed" else None
 
 
 # -- a tenant's read -----------------------------------------------------------------------------
@@ -214,15 +273,13 @@ def recheck(rows: list[dict[str, Any]]) -> bool:
 def _recheck_one(row: dict[str, Any]) -> bool:
     client = db.service()
     try:
-        found = db.run(lambda: client.from_("rental_payments").select("provider_token").eq("id", row["id"])
-                       .eq("status", "pending").limit(1).execute()).data
+        found = db.run(lambda: client.from_("rental_payments").select("provider_token,status,created_at")
+                       .eq("id", row["id"]).eq("status", "pending").limit(1).execute()).data
         if not found or not found[0].get("provider_token"):
             return False
-        token = found[0]["provider_token"]
-        verdict = paydunya.confirm(token, timeout=RECHECK_TIMEOUT)
-        if verdict["status"] == "pending":
-            return False
-        return bool(apply(token, verdict).get("changed"))
+        verdict = paydunya.confirm(found[0]["provider_token"], timeout=RECHECK_TIMEOUT)
+        result = settle_row(found[0], verdict)
+        return bool(result and result.get("changed"))
     except DousellError as exc:
         log.warning("re-check of payment %s failed (%s %s); the cron will retry", row.get("id"),
                     exc.code, exc.reason or "")

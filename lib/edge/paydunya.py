@@ -1,7 +1,7 @@
 """PayDunya's checkout API over httpx: create an invoice, confirm one, check an IPN's hash.
 
     token, checkout_url = paydunya.create_invoice(50_000, "Loyer de novembre 2026", custom_data, actions)
-    verdict = paydunya.confirm(token)        # {"status", "total_amount", "rent_amount", "token", ...}
+    verdict = paydunya.confirm(token)        # {"status", "total_amount", "rent_amount", "expire_date", ...}
     paydunya.check_ipn_hash(form_hash)       # constant time, against SHA-512 of the master key
 
 PayDunya reports business errors in the body with HTTP 200 (`response_code` other than "00");
@@ -20,23 +20,34 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import threading
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from lib import config, context
 from lib.errors import PaymentProviderError
 
+if TYPE_CHECKING:  # imported at first use: a read endpoint never pays for it
+    import httpx
+
 TOTAL_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 3.0
 STORE_NAME = "Dousell Immo"
 STATUSES = ("pending", "completed", "cancelled", "failed")
+# Unknown statuses already logged by this instance: each is logged once, not on every cron run.
+# Bounded, so a PayDunya answering a new word on every call cannot grow it without end.
+_UNKNOWN_LOGGED: set[str] = set()
+_UNKNOWN_LOGGED_MAX = 100
+
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_http: Any = None
+_http: httpx.Client | None = None
 
 
-def http_client() -> Any:
+def http_client() -> httpx.Client:
     """The shared httpx client for PayDunya (bounded in time, no proxy surprises, no redirects)."""
     global _http
     if _http is None:
@@ -51,7 +62,7 @@ def http_client() -> Any:
     return _http
 
 
-def set_http_client(client: Any) -> None:
+def set_http_client(client: httpx.Client | None) -> None:
     """Inject the httpx client (tests); `None` builds a fresh one at next use."""
     global _http
     with _lock:
@@ -139,17 +150,17 @@ def create_invoice(amount: int, description: str, custom_data: dict[str, Any],
 
 def confirm(token: str, *, timeout: float = TOTAL_TIMEOUT) -> dict[str, Any]:
     """PayDunya's verdict on an invoice, checked: `{"status", "total_amount" (int or None when
-    not a whole number), "rent_amount", "token", "custom_data", "raw"}`.
+    not a whole number), "rent_amount", "expire_date" (datetime or None), "token", "custom_data", "raw"}`.
+    An unknown status is `pending` (not settled; see `_status`).
 
     `rent_amount` is what the rent must equal: `total_amount_without_fees` when PayDunya sends it
     (with the fees on the customer, `total_amount` includes them), else `total_amount`. None
     when the one it comes from is not a whole number. `timeout` bounds the call (seconds).
     """
     data = _call("GET", f"checkout-invoice/confirm/{quote(token, safe='')}", timeout=timeout)
-    status = data.get("status")
-    if status not in STATUSES:
-        raise _failure(f"confirm answered an unknown status {str(status)[:20]!r}")
-    invoice = data.get("invoice") if isinstance(data.get("invoice"), dict) else {}
+    status = _status(data.get("status"))
+    answered = data.get("invoice")
+    invoice: dict[str, Any] = answered if isinstance(answered, dict) else {}
     if "total_amount" not in invoice:
         raise _failure("confirm answered no amount")
     answered_token = invoice.get("token")
@@ -162,10 +173,40 @@ def confirm(token: str, *, timeout: float = TOTAL_TIMEOUT) -> dict[str, Any]:
         "status": status,
         "total_amount": total,
         "rent_amount": total if without_fees in (None, "") else whole_amount(without_fees),
+        "expire_date": expire_date(invoice.get("expire_date", data.get("expire_date"))),
         "token": token,
         "custom_data": custom if isinstance(custom, dict) else {},
         "raw": data,
     }
+
+
+def _status(raw: Any) -> str:
+    """PayDunya's status, or `pending` for one we do not know: PayDunya documents pending, completed
+    and cancelled (failed shows up in integrations); anything else has not settled anything, and
+    must neither pay rent nor fail every cron run with a 502. Logged once per word and instance."""
+    if raw in STATUSES:
+        return str(raw)
+    word = str(raw)[:20]
+    with _lock:
+        first = word not in _UNKNOWN_LOGGED and len(_UNKNOWN_LOGGED) < _UNKNOWN_LOGGED_MAX
+        if first:
+            _UNKNOWN_LOGGED.add(word)
+    if first:
+        log.warning("PayDunya answered an unknown invoice status %r: taken as not settled (pending)", word)
+    return "pending"
+
+
+def expire_date(raw: Any) -> datetime | None:
+    """PayDunya's `expire_date` (`2026-12-14 10:00:00`, ISO 8601 too) as an aware datetime; a time
+    without zone is UTC (Dakar's offset all year). None when absent or unreadable: the invoice then
+    lives the default 7 days (lib/domain/settle)."""
+    if not isinstance(raw, str) or not raw.strip() or len(raw) > 40:
+        return None
+    try:
+        when = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def expected_hash() -> str:

@@ -30,11 +30,16 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from lib import config, metrics
+from lib import config, context
 from lib.edge.breaker import Breaker
 from lib.errors import ConfigurationError
+
+if TYPE_CHECKING:  # imported at first use
+    import httpx
+
+    from lib.edge import upstash_sdk
 
 # Seconds. A cache call that takes longer is worth less than going to the database.
 CACHE_TIMEOUT = 0.5
@@ -96,17 +101,17 @@ _EVAL_FOR = {"EVALSHA": "EVAL", "EVALSHA_RO": "EVAL_RO"}
 
 breaker = Breaker()
 _lock = threading.Lock()
-_http: Any = None  # httpx.Client, imported at first use (cold starts pay only for what they call)
+_http: httpx.Client | None = None  # imported at first use (cold starts pay only for what they call)
 
 
-def set_client(http: Any) -> None:
+def set_client(http: httpx.Client | None) -> None:
     """Use this httpx.Client for Upstash (tests), or `None` to build a bounded one at next use."""
     global _http
     with _lock:
         _http = http
 
 
-def _client() -> Any:
+def _client() -> httpx.Client:
     global _http
     if _http is None:
         with _lock:
@@ -122,7 +127,7 @@ def _client() -> Any:
     return _http
 
 
-def client() -> Any:
+def client() -> upstash_sdk.Redis:
     """One `upstash_redis.Redis` on the same URL, token, connections and time bound, never retrying:
     for libraries built on upstash-redis (upstash-ratelimit). It does not go through the breaker."""
     from lib.edge import upstash_sdk
@@ -179,7 +184,8 @@ def probe() -> bool:
     """True if Upstash answers PING within the cache timeout (PING is not billed). Asked even while
     the breaker is open: /api/health reports Redis as it is, and a success closes the breaker."""
     try:
-        return execute(["PING"], force=True) == "PONG"
+        answer: object = execute(["PING"], force=True)
+        return answer == "PONG"
     except (RedisError, ConfigurationError):
         return False
 
@@ -234,8 +240,8 @@ def _gate(*, force: bool) -> None:
 
 
 def _record(start: float, commands: int) -> None:
-    """One REST call begun at `start` (perf_counter) and its commands, in the request's tally (lib/metrics)."""
-    metrics.record_call(start, commands)
+    """One REST call begun at `start` (perf_counter) and its commands, in the request's tally (lib/context)."""
+    context.record_call(start, commands)
 
 
 def _answers(response: Any, expected: int, single: bool) -> list[Any] | RedisCommandError | None:

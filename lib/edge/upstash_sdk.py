@@ -13,9 +13,13 @@ Never call `close()` on the shared client: it would close lib/edge/upstash's con
 from __future__ import annotations
 
 import threading
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from lib import config
+
+if TYPE_CHECKING:  # imported at first use: only the rate-limited writes pay for them
+    import httpx
+    from upstash_redis import Redis as Redis  # re-exported: lib/edge/upstash names the type
 
 
 class IncompatibleUpstashRedis(RuntimeError):
@@ -23,10 +27,10 @@ class IncompatibleUpstashRedis(RuntimeError):
 
 
 _lock = threading.Lock()
-_shared: tuple[tuple[str, str, int], Any] | None = None
+_shared: tuple[tuple[str, str, int], Redis] | None = None
 
 
-def adapt(sdk: Any, http: Any) -> Any:
+def adapt(sdk: Redis, http: httpx.Client) -> Redis:
     """Make `sdk` (an `upstash_redis.Redis`) send through `http` (a bounded httpx.Client)."""
     import httpx
     from upstash_redis.http import SyncHttpClient
@@ -44,7 +48,7 @@ def adapt(sdk: Any, http: Any) -> Any:
     return sdk
 
 
-def shared(settings: config.Upstash, http: Any) -> Any:
+def shared(settings: config.Upstash, http: httpx.Client) -> Redis:
     """The one `upstash_redis.Redis` for `settings`, over `http`; built at first use."""
     global _shared
     identity = (settings.url, settings.token, id(http))

@@ -1,0 +1,1 @@
+"""Operations: the health check, the metrics report, the cron runner."""

@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from lib import config, db, keys, metrics
 from lib.cache import outbox as outbox_module
 from lib.edge import upstash
@@ -271,13 +273,11 @@ def _post(post: Callable[[str, dict[str, Any]], None] | None, event: Event) -> b
     body = {"text": f"[Dousell Immo] Alerte {event.name} : {event.message}"}
     try:
         (post or _http_post)(url, body)
-    except Exception as exc:  # a webhook down must not fail the cron; logged, tried again next minute
+    except httpx.HTTPError as exc:  # a webhook down must not fail the cron; logged, tried again next minute
         log.warning("alerts: the webhook POST for %s failed (%s)", event.name, type(exc).__name__)
         return False
     return True
 
 
 def _http_post(url: str, body: dict[str, Any]) -> None:
-    import httpx
-
     httpx.post(url, json=body, timeout=5.0).raise_for_status()

@@ -8,6 +8,7 @@ from typing import Any
 
 from lib import config, db
 from lib.edge import upstash
+from lib.errors import ConfigurationError
 
 # Seconds: a dead Redis or database costs the health check at most about this long.
 PROBE_TIMEOUT = 1.0
@@ -40,5 +41,15 @@ def check() -> tuple[dict[str, Any], bool]:
         "redis": "up" if results["redis"] else "down",
         "database": "up" if results["database"] else "down",
         "environment": config.environment(),
+        "paydunya_mode": _paydunya_mode(),
     }
     return body, results["database"]
+
+
+def _paydunya_mode() -> str | None:
+    """`test` or `live`; None when PAYDUNYA_MODE is missing where it is required, or invalid (payments
+    then answer configuration_error naming it): the operator sees it here before a tenant does."""
+    try:
+        return config.paydunya_mode()
+    except ConfigurationError:
+        return None

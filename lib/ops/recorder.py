@@ -33,7 +33,7 @@ from contextvars import Token
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib import keys, metrics
+from lib import context, keys, metrics
 from lib.edge import upstash
 from lib.errors import ConfigurationError
 
@@ -138,12 +138,12 @@ def route(path: str, path_param: str | None = None) -> str:
 class Recording:
     """One request being recorded, and the Upstash calls it makes (their durations are recorded)."""
 
-    tally: metrics.Tally
-    tally_token: Token = field(repr=False)
-    token: Token = field(repr=False)
+    tally: context.Tally
+    tally_token: Token[context.Tally | None] = field(repr=False)
+    token: Token[bool] = field(repr=False)
 
     def stop(self) -> None:
-        metrics.stop_tally(self.tally_token)
+        context.stop_tally(self.tally_token)
         metrics.stop_recording(self.token)
 
 
@@ -151,7 +151,7 @@ def begin_request(path: str) -> Recording | None:
     """Start recording a request (None for the operational endpoints, which are not traffic)."""
     if route(path) in UNRECORDED:
         return None
-    tally, tally_token = metrics.start_tally()
+    tally, tally_token = context.start_tally()
     return Recording(tally, tally_token, metrics.start_recording())
 
 

@@ -140,7 +140,8 @@ class Endpoint(BaseHTTPRequestHandler):
             reason = exc.reason  # e.g. why a token was refused; never the token
             if exc.status >= 500:
                 self._log_exception(exc, path)
-        except Exception as exc:  # the last net: a bug answers 500 in the contract's shape, logged
+        except Exception as exc:  # noqa: BLE001 - the last net: a bug answers 500 in the contract's shape, logged
+            err: DousellError
             if is_validation_error(exc):
                 err = ValidationFailed(details=field_errors(exc))
             else:

@@ -59,7 +59,7 @@ def idempotent(header: str | None, user_id: str, scope: str, request: Any, busy:
     key = keys.idempotency(user_id, header)
     marker = json.dumps({"state": "running", "fp": fingerprint, "id": secrets.token_hex(8)})
     claimed = _idem_claim(key, marker)
-    if claimed is not None and claimed is not True:
+    if isinstance(claimed, str):
         try:
             record = json.loads(claimed)
         except ValueError:

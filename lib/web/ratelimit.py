@@ -1,6 +1,7 @@
-"""Rate limits over upstash-ratelimit: per user on every write, per client address on IPNs that fail the hash check.
+"""Rate limits over upstash-ratelimit: per user and per address on every write, per address on IPNs that fail the hash check.
 
     ratelimit.hit("write", user.id)         POST/PATCH/PUT/DELETE, after the token is checked (lib/web/request)
+    ratelimit.hit("write_address", ip)      the same writes, per client address (client_ip)
     ratelimit.hit("ipn", client_ip(headers)) a PayDunya callback whose hash is wrong (api/paydunya/ipn.py)
 
 Over the limit: 429 `rate_limited` with `Retry-After` (seconds until the window lets one more
@@ -53,10 +54,15 @@ LIMITS = {
     # A person does a handful of writes a minute (pay, book, cancel, edit a listing); 30 leaves
     # room for a busy owner and stops a script: one account booked every free slot in a loop.
     "write": Limit(30, 60, "RATE_LIMIT_WRITES_PER_MINUTE"),
+    # The same writes per client address: accounts are free, so one person with many of them is
+    # stopped here. Generous, because Senegal's mobile carriers put many customers behind one
+    # public address (carrier-grade NAT): 120 is four users at their own full limit at once.
+    "write_address": Limit(120, 60, "RATE_LIMIT_WRITES_PER_ADDRESS_PER_MINUTE"),
     # Only refused callbacks count (a valid IPN is never throttled): someone guessing the hash.
     "ipn": Limit(10, 60, "RATE_LIMIT_BAD_IPN_PER_MINUTE"),
 }
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+UNKNOWN_ADDRESS = "unknown"  # what client_ip answers when no header names the caller
 
 # (limit, requests, window) → the client a limiter was built on, and the limiter
 _limiters: dict[tuple[str, int, int], tuple[Any, Any]] = {}
@@ -88,14 +94,19 @@ def hit(name: str, identifier: str) -> None:
         raise RateLimited(math.ceil(max(1.0, answer.reset - time.time())))
 
 
-def for_writes(method: str, user_id: str) -> None:
-    """The per-user limit, for a write method; reads are never limited here (the cache carries them)."""
+def for_writes(method: str, user_id: str, address: str | None = None) -> None:
+    """The per-user limit, then the per-address one when `address` is given, for a write method;
+    reads are never limited here (the cache carries them)."""
     if method in WRITE_METHODS:
         hit("write", user_id)
+        # No address known (no proxy header: a laptop, or a server whose proxy is not trusted) would
+        # put every user in one bucket: a global limit, not a per-address one. Not counted then.
+        if address is not None and address != UNKNOWN_ADDRESS:
+            hit("write_address", address)
 
 
 def client_ip(headers: Any) -> str:
     """The caller's address as Vercel gives it: the first `X-Forwarded-For` entry (Vercel overwrites the
     header with the client's public address, so a caller cannot choose it), else `X-Real-IP`."""
     forwarded = (headers.get("X-Forwarded-For") or "").split(",")[0].strip()
-    return (forwarded or (headers.get("X-Real-IP") or "").strip() or "unknown")[:64]
+    return (forwarded or (headers.get("X-Real-IP") or "").strip() or UNKNOWN_ADDRESS)[:64]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
-from lib.errors import MalformedJSON, NotFound, ValidationFailed
+from lib.errors import AnonymousNotAllowed, MalformedJSON, NotFound, ValidationFailed
 
 if TYPE_CHECKING:  # pydantic is imported by the endpoints that take a body, never on the hot path
     from pydantic import BaseModel
@@ -158,13 +158,17 @@ class Request:
             raise
 
     def user(self) -> User:
-        """The signed-in user (401 without a valid Supabase token); on a write, counted against the
-        user's rate limit (429 past it, lib/web/ratelimit) once the token is known to be theirs."""
+        """The signed-in user (401 without a valid Supabase token). On a write: 403
+        `anonymous_not_allowed` for an anonymous sign-in (free, unlimited accounts would void every
+        per-account limit), then counted against the user's and the address's rate limits (429
+        past either, lib/web/ratelimit) once the token is known to be theirs."""
         from lib.auth import authenticate  # only signed-in endpoints pay for JWT imports
         from lib.web import ratelimit
 
         user = authenticate(self.header("Authorization"))
-        ratelimit.for_writes(self.method, user.id)
+        if self.method in ratelimit.WRITE_METHODS and user.is_anonymous:
+            raise AnonymousNotAllowed()
+        ratelimit.for_writes(self.method, user.id, ratelimit.client_ip(self.headers))
         return user
 
 

@@ -76,7 +76,7 @@ def test_it_drains_the_outbox_and_answers_counts(client, outbox):  # noqa: F811
                                                   "invalidation_backlog"]  # the alerts job's look at it
     assert response.json()["jobs"]["alerts"] == {"firing": [], "fired": 0, "cleared": 0, "posted": 0}
     assert response.json()["jobs"]["payments"] == {"due": 0, "checked": 0, "changed": 0, "needs_review": 0,
-                                                   "errors": 0, "left": 0}
+                                                   "expired": 0, "errors": 0, "left": 0}
 
 
 def test_redis_away_the_job_fails_as_a_503_and_its_rows_wait(client, outbox, monkeypatch):  # noqa: F811

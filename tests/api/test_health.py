@@ -28,6 +28,7 @@ def configured(monkeypatch):
     monkeypatch.setenv("SUPABASE_ANON_KEY", "anon")
     monkeypatch.delenv("VERCEL", raising=False)
     monkeypatch.delenv("DOUSELL_DEPLOYMENT", raising=False)
+    monkeypatch.delenv("PAYDUNYA_MODE", raising=False)
     upstash.set_client(None)
     db.set_http_client(None)
     yield
@@ -57,7 +58,7 @@ def test_health_reports_each_dependency(api, redis_ok, db_ok, status, body):
         return_value=httpx.Response(200, json=[]) if db_ok else httpx.Response(503, json={"code": "PGRST001"}))
     response = client.get("/api/health")
     assert response.status_code == status
-    assert response.json() == {**body, "environment": "local"}
+    assert response.json() == {**body, "environment": "local", "paydunya_mode": "test"}
     assert response.headers["cache-control"] == "no-store"
 
 
@@ -68,6 +69,25 @@ def test_health_reports_the_vercel_environment(api, monkeypatch):
     mock.post(UPSTASH).mock(return_value=httpx.Response(200, json={"result": "PONG"}))
     mock.get(f"{SUPABASE}/rest/v1/properties").mock(return_value=httpx.Response(200, json=[]))
     assert client.get("/api/health").json()["environment"] == "vercel-preview"
+
+
+@pytest.mark.parametrize("env, shown", [
+    ({}, "test"),                                                         # the sandbox by default, where no rent is real
+    ({"VERCEL": "1", "VERCEL_ENV": "production", "PAYDUNYA_MODE": "live"}, "live"),
+    ({"VERCEL": "1", "VERCEL_ENV": "production", "PAYDUNYA_MODE": "test"}, "test"),  # said explicitly: shown
+    ({"VERCEL": "1", "VERCEL_ENV": "production"}, None),                  # unset where required: payments refuse
+    ({"DOUSELL_DEPLOYMENT": "dakar"}, None),
+    ({"PAYDUNYA_MODE": "prod"}, None),                                    # not a mode
+])
+def test_health_shows_the_paydunya_mode_in_use(api, monkeypatch, env, shown):
+    mock, client = api
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    mock.post(UPSTASH).mock(return_value=httpx.Response(200, json={"result": "PONG"}))
+    mock.get(f"{SUPABASE}/rest/v1/properties").mock(return_value=httpx.Response(200, json=[]))
+    response = client.get("/api/health")
+    assert (response.status_code, response.json()["status"]) == (200, "ok")  # reported, not a failure of health
+    assert response.json()["paydunya_mode"] == shown
 
 
 def test_health_without_any_configuration_answers_down_not_500(monkeypatch):

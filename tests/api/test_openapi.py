@@ -25,7 +25,7 @@ SPEC = json.loads(SPEC_FILE.read_text(encoding="utf-8"))
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 # Error classes no code path raises: their code need not be documented (checked below: nothing calls them).
 NEVER_RAISED = {"Conflict"}
-# API.md's cached GETs (an `X-Cache` on every 200).
+# docs/api.md's cached GETs (an `X-Cache` on every 200).
 CACHED = {"/api/properties", "/api/properties/{id}", "/api/search", "/api/visits/slots", "/api/dashboard",
           "/api/profile", "/api/notifications", "/api/payments"}
 

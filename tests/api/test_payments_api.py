@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -26,6 +24,7 @@ from tests.world import (
     World,
     bearer,
     env,
+    race_while_held,
     reset_clients,
     serve_jwks,
 )
@@ -171,26 +170,29 @@ def test_a_key_longer_than_200_characters_is_422(api):
     assert world.db.count("POST", "/rpc/reserve_payment") == 0
 
 
-def test_fifty_simultaneous_clicks_make_one_invoice(api, monkeypatch):
-    monkeypatch.setenv("RATE_LIMIT_WRITES_PER_MINUTE", "100")  # the lock and the database fence, not the limiter
-    world, client = api
-    barrier = threading.Barrier(50)
+def test_fifty_simultaneous_clicks_make_one_invoice_and_the_lock_turns_49_away_before_the_database(
+        on_standins, standin, admin):
+    """On the real database: the lock holder waits on the lease's row (held here); the 49 others are
+    409 payment_in_progress from the lock meanwhile, and reserve_payment runs once."""
+    paydunya_fake = on_standins
+    period = admin.execute("select to_char(now() at time zone 'Africa/Dakar', 'YYYY-MM')").fetchone()[0]
+    token = standin.mint_token(MOUSSA, "moussa.diop@example.sn")
+    standin.reset_stats()
+    with serve(payments_api.handler) as base, httpx.Client(base_url=base, timeout=90) as client:
+        def click(_: int) -> httpx.Response:
+            return client.post("/api/payments", json={"lease_id": 123, "period": period},
+                               headers={"Authorization": f"Bearer {token}"})
 
-    def click(_):
-        barrier.wait(10)
-        response = pay(client)
-        return response.status_code, response.json()
-
-    with ThreadPoolExecutor(50) as pool:
-        answers = list(pool.map(click, range(50)))
-    statuses = [s for s, _ in answers]
-    assert statuses.count(201) == 1
-    assert set(statuses) <= {201, 200, 409}
-    paid = [b["payment"] for s, b in answers if s in (200, 201)]
-    assert len({p["id"] for p in paid}) == 1
-    assert all(b["error"]["code"] == "payment_in_progress" for s, b in answers if s == 409)
-    assert len(world.paydunya.invoices) == 1
-    assert len(world.db.rows(period="2026-12", status="pending")) == 1
+        answers, while_held = race_while_held(admin, "select 1 from public.leases where id = 123 for update", click)
+    statuses = [r.status_code for r in answers]
+    assert sorted(statuses) == [201] + [409] * 49, statuses
+    assert {r.json()["error"]["code"] for r in answers if r.status_code == 409} == {"payment_in_progress"}
+    assert while_held == 49, "the 49 are turned away by the lock while its holder waits on the database"
+    assert standin.stats()["rpc"].get("reserve_payment") == 1, "only the lock's holder reached the database"
+    assert len(paydunya_fake.invoices) == 1
+    rows = admin.execute("select status, checkout_url is not null from public.rental_payments"
+                         " where lease_id = 123 and period = %s", (period,)).fetchall()
+    assert rows == [("pending", True)]
 
 
 def test_fifty_quick_clicks_past_the_rate_limit_are_429_and_nothing_is_doubled(api):
@@ -262,3 +264,24 @@ def test_a_replayed_answer_is_valid_json_of_the_contract(api):
     record = json.loads(world.redis.redis.get(name))
     assert record["state"] == "done" and record["status"] == 201
     assert set(record["body"]["payment"]) == set(payments.PAYMENT_FIELDS)
+
+
+def test_in_production_without_paydunya_mode_a_payment_is_refused_naming_it_and_nothing_is_made(api, monkeypatch):
+    # Sandbox keys on a production deploy would take the sandbox's "completed" as rent paid.
+    world, client = api
+    monkeypatch.setenv("VERCEL", "1")
+    monkeypatch.setenv("VERCEL_ENV", "production")
+    monkeypatch.delenv("PAYDUNYA_MODE", raising=False)
+    response = pay(client)
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "configuration_error"
+    assert response.json()["error"]["details"] == {"variable": "PAYDUNYA_MODE"}
+    assert world.paydunya.invoices == {} and world.db.rows(period="2026-12") == []
+
+
+def test_an_anonymous_sign_in_cannot_pay(api):
+    world, client = api
+    response = client.post("/api/payments", json={"lease_id": 123, "period": "2026-12"},
+                           headers=bearer(MOUSSA, anonymous=True))
+    assert (response.status_code, error(response)) == (403, "anonymous_not_allowed")
+    assert world.paydunya.invoices == {} and world.db.rows(period="2026-12") == []

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import httpx
@@ -24,6 +22,7 @@ from tests.world import (
     WallClock,
     bearer,
     env,
+    race_while_held,
     reset_clients,
     serve_jwks,
 )
@@ -129,20 +128,29 @@ def test_a_retry_with_the_same_idempotency_key_gets_the_booking_not_slot_taken(a
     assert (other.status_code, code(other)) == (422, "idempotency_key_reused")
 
 
-def test_fifty_simultaneous_bookings_of_one_slot_make_one_visit(api):
-    db, _, client = api
-    barrier = threading.Barrier(50)
+def test_fifty_simultaneous_bookings_of_one_slot_make_one_visit_and_the_lock_turns_49_away_before_the_database(
+        on_standins, standin, admin):
+    """On the real database: the slot lock's holder waits on the property's row (held here); the 49
+    others are 409 booking_in_progress from the lock meanwhile, and book_visit runs once."""
+    starts_at = admin.execute("select starts_at from public.visit_slots where property_id = 789 and starts_at > now()"
+                              " order by starts_at limit 1").fetchone()[0]
+    tokens = [standin.mint_token(who, email) for who, email in
+              ((FATOU, "fatou.sarr@example.sn"), (MOUSSA, "moussa.diop@example.sn"))]
+    standin.reset_stats()
+    with serve(visits_api.handler) as base, httpx.Client(base_url=base, timeout=90) as client:
+        def click(i: int) -> httpx.Response:
+            return client.post("/api/visits", json={"property_id": 789, "starts_at": starts_at.isoformat()},
+                               headers={"Authorization": f"Bearer {tokens[i % 2]}"})
 
-    def click(i):
-        barrier.wait(10)
-        return book(client, db, who=(FATOU, MOUSSA)[i % 2])
-
-    with ThreadPoolExecutor(50) as pool:
-        answers = list(pool.map(click, range(50)))
+        answers, while_held = race_while_held(admin, "select 1 from public.properties where id = 789 for update", click)
     statuses = [r.status_code for r in answers]
-    assert statuses.count(201) == 1, statuses
-    assert {code(r) for r in answers if r.status_code != 201} <= {"slot_taken", "booking_in_progress"}
-    assert len(db.visits) == 1
+    assert sorted(statuses) == [201] + [409] * 49, statuses
+    assert {code(r) for r in answers if r.status_code == 409} == {"booking_in_progress"}
+    assert while_held == 49, "the 49 are turned away by the lock while its holder waits on the database"
+    assert standin.stats()["rpc"].get("book_visit") == 1, "only the lock's holder reached the database"
+    booked = admin.execute("select count(*) from public.visits where property_id = 789 and starts_at = %s"
+                           " and status = 'booked'", (starts_at,)).fetchone()[0]
+    assert booked == 1
 
 
 # -- GET /api/visits and DELETE /api/visits/{id} ------------------------------------------------
@@ -219,3 +227,32 @@ def test_a_fourth_booking_of_one_property_is_409_too_many_bookings(api):
     response = book(client, db, n=4)
     assert (response.status_code, code(response)) == (409, "too_many_bookings")
     assert "3 par bien" in response.json()["error"]["message"]
+
+
+def test_an_anonymous_sign_in_cannot_book_nor_cancel_but_still_reads(api, cancel_url):
+    # The attack: anonymous sign-ins are free and unlimited, so each per-account cap (3 bookings of a
+    # property, 30 writes a minute) is one click away from void.
+    db, redis, client = api
+    anonymous = bearer(FATOU, anonymous=True)
+    refused = client.post("/api/visits", json={"property_id": 789, "starts_at": db.slots[0]["starts_at"].isoformat()},
+                          headers=anonymous)
+    assert refused.status_code == 403
+    assert refused.json()["error"] == {"code": "anonymous_not_allowed", "message": refused.json()["error"]["message"]}
+    assert "compte" in refused.json()["error"]["message"]
+    assert db.visits == [] and db.count("POST", "/rpc/book_visit") == 0
+    assert redis.redis.keys("dousell:ratelimit:*") == []  # refused before anything is counted
+    visit = book(client, db).json()["visit"]
+    with httpx.Client(base_url=cancel_url, timeout=20) as other:
+        assert other.delete(f"/api/visits/{visit['id']}", headers=anonymous).status_code == 403
+    assert db.visits[0]["status"] == "booked"
+    assert client.get("/api/visits", headers=anonymous).status_code == 200  # reading is not a write
+
+
+def test_many_accounts_writing_from_one_address_are_cut_at_the_address_limit(api, monkeypatch):
+    db, _, client = api
+    monkeypatch.setenv("RATE_LIMIT_WRITES_PER_ADDRESS_PER_MINUTE", "4")
+    here, elsewhere = {"X-Forwarded-For": "197.159.1.2"}, {"X-Forwarded-For": "41.82.7.9"}
+    statuses = [book(client, db, who=who, n=n % 3, **here).status_code
+                for n, who in enumerate((FATOU, MOUSSA, AWA, FATOU, MOUSSA))]
+    assert statuses[4] == 429 and 429 not in statuses[:4]
+    assert book(client, db, who=MOUSSA, n=2, **elsewhere).status_code != 429

@@ -572,3 +572,38 @@ def test_bad_fees_are_refused_and_the_invoice_stays_pending(client, receiver, fe
     token = _create(client, receiver)
     assert client.post(f"/checkout/{token}/complete", headers=JSON, json={"fees": fees}).status_code == 400
     assert _confirm(client, token)["status"] == "pending"
+
+
+# -- the invoice's life and statuses PayDunya does not document (drill switch) ---------------------
+def test_an_invoice_can_be_given_an_expire_date_that_confirm_then_carries(client, receiver):
+    token = _create(client, receiver)
+    assert "expire_date" not in _confirm(client, token)["invoice"]  # PayDunya documents none
+    r = client.post(f"/__devstack/invoices/{token}", json={"expire_date": "2030-01-01T11:00:00+01:00"})
+    assert r.status_code == 200 and r.json()["expire_date"] == "2030-01-01 10:00:00"
+    assert _confirm(client, token)["invoice"]["expire_date"] == "2030-01-01 10:00:00"
+    client.post(f"/__devstack/invoices/{token}", json={"expire_date": None})
+    assert "expire_date" not in _confirm(client, token)["invoice"]
+
+
+def test_an_invoice_past_its_expire_date_cannot_be_paid(client, receiver):
+    token = _create(client, receiver)
+    client.post(f"/__devstack/invoices/{token}", json={"expire_date": "2020-01-01 00:00:00"})
+    r = client.post(f"/checkout/{token}/complete", headers=JSON)
+    assert r.status_code == 409 and r.json()["error"] == "expired"
+    assert _confirm(client, token)["status"] == "pending"
+    assert receiver.requests == []
+
+
+def test_confirm_can_answer_a_status_paydunya_does_not_document_and_the_invoice_can_still_be_paid(client, receiver):
+    token = _create(client, receiver)
+    client.post(f"/__devstack/invoices/{token}", json={"status": "refunded"})
+    assert _confirm(client, token)["status"] == "refunded"
+    assert client.post(f"/checkout/{token}/complete", headers=JSON).json()["status"] == "completed"
+    assert _confirm(client, token)["status"] == "completed"
+
+
+@pytest.mark.parametrize("body", [{"expire_date": "demain"}, {"status": ""}, {"status": "x" * 41}, {"status": 7}])
+def test_a_bad_shape_request_is_refused(client, receiver, body):
+    token = _create(client, receiver)
+    assert client.post(f"/__devstack/invoices/{token}", json=body).status_code == 400
+    assert client.post("/__devstack/invoices/nope", json={"status": "refunded"}).status_code == 404

@@ -149,6 +149,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
     monkeypatch.setenv("SUPABASE_URL", SUPABASE_URL)
     monkeypatch.delenv("SUPABASE_JWT_SECRET", raising=False)
     monkeypatch.delenv("SUPABASE_JWT_ISSUER", raising=False)
+    monkeypatch.delenv("SUPABASE_JWT_KEEP_LEGACY_HS256", raising=False)
     fake = FakeClock(now=10_000.0)
     monkeypatch.setattr(auth, "_now", fake)
     monkeypatch.setattr(auth, "_jwks", None)
@@ -191,6 +192,7 @@ def test_a_valid_user_token_gives_the_user(
 ) -> None:
     if secret:
         monkeypatch.setenv("SUPABASE_JWT_SECRET", secret)
+        jwks.keys = []  # a legacy project's JWKS serves no signing key
     token = make_token()
 
     user = auth.authenticate(f"Bearer {token}")
@@ -203,12 +205,72 @@ def test_the_scheme_is_case_insensitive(jwks: FakeJwks) -> None:
     assert auth.authenticate(f"BEARER {mint()}").id == USER_ID
 
 
-def test_a_legacy_hs256_token_needs_no_jwks(jwks: FakeJwks, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_with_legacy_hs256_kept_explicitly_an_hs256_token_needs_no_jwks(jwks: FakeJwks, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUPABASE_JWT_SECRET", LEGACY_SECRET)
+    monkeypatch.setenv("SUPABASE_JWT_KEEP_LEGACY_HS256", "true")
     jwks.failure = httpx.Response(500)
 
     assert auth.authenticate(f"Bearer {mint(key=LEGACY_SECRET, alg='HS256', kid=None)}").id == USER_ID
     assert jwks.calls == 0
+
+
+# --- retiring HS256 (issue 24, finding 7) -------------------------------------------------
+
+
+def test_once_the_jwks_serves_signing_keys_a_valid_hs256_token_is_refused(jwks: FakeJwks, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The attack: the project moved to asymmetric keys and revoked its legacy secret in Supabase,
+    # but a copy of the secret (here, still in SUPABASE_JWT_SECRET) keeps minting any user.
+    monkeypatch.setenv("SUPABASE_JWT_SECRET", LEGACY_SECRET)
+    forged = mint(key=LEGACY_SECRET, alg="HS256", kid=None, sub="00000000-0000-4000-8000-000000000000")
+
+    with pytest.raises(InvalidToken) as caught:
+        auth.authenticate(f"Bearer {forged}")
+
+    assert caught.value.reason == "hs256_retired"
+    assert auth.authenticate(f"Bearer {mint()}").id == USER_ID  # the project's real tokens still pass
+
+
+def test_a_legacy_project_whose_jwks_starts_serving_keys_stops_taking_hs256_within_ten_minutes(
+        jwks: FakeJwks, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPABASE_JWT_SECRET", LEGACY_SECRET)
+    jwks.keys = []
+    token = mint(key=LEGACY_SECRET, alg="HS256", kid=None)
+    assert auth.authenticate(f"Bearer {token}").id == USER_ID
+    jwks.keys = [EC_JWK]  # the operator rotated to an asymmetric key in the dashboard
+    clock.advance(auth.JWKS_MAX_AGE)
+    with pytest.raises(InvalidToken) as caught:
+        auth.authenticate(f"Bearer {token}")
+    assert caught.value.reason == "hs256_retired"
+
+
+def test_without_a_jwks_to_ask_an_hs256_token_is_503_not_let_through(jwks: FakeJwks, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPABASE_JWT_SECRET", LEGACY_SECRET)
+    jwks.failure = httpx.Response(500)
+    with pytest.raises(ServiceUnavailable):
+        auth.authenticate(f"Bearer {mint(key=LEGACY_SECRET, alg='HS256', kid=None)}")
+
+
+def test_a_keep_legacy_hs256_that_is_neither_yes_nor_no_is_a_configuration_error(
+        jwks: FakeJwks, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPABASE_JWT_SECRET", LEGACY_SECRET)
+    monkeypatch.setenv("SUPABASE_JWT_KEEP_LEGACY_HS256", "peut-être")
+    with pytest.raises(ConfigurationError):
+        auth.authenticate(f"Bearer {mint(key=LEGACY_SECRET, alg='HS256', kid=None)}")
+
+
+# --- anonymous sign-ins (issue 24, finding 6) ----------------------------------------------
+
+
+@pytest.mark.parametrize(("claim", "anonymous"), [
+    (_DROP, False),   # tokens from before anonymous sign-ins carry no claim
+    (False, False),
+    (True, True),
+    ("false", True),  # not exactly false: taken as anonymous, never as an account
+    (0, True),
+])
+def test_an_anonymous_sign_in_is_marked_as_such(jwks: FakeJwks, claim: Any, anonymous: bool) -> None:
+    user = auth.authenticate(f"Bearer {mint(is_anonymous=claim)}")
+    assert user.is_anonymous is anonymous
 
 
 # --- refused ---------------------------------------------------------------------------
@@ -310,6 +372,8 @@ def test_anything_but_a_valid_user_token_is_refused(
 ) -> None:
     if secret:
         monkeypatch.setenv("SUPABASE_JWT_SECRET", secret)
+        # With the JWKS serving keys too: the forgeries below must fail on their own, not on HS256's retirement.
+        monkeypatch.setenv("SUPABASE_JWT_KEEP_LEGACY_HS256", "true")
     header = make_header()
 
     with pytest.raises(InvalidToken) as caught:

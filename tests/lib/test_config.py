@@ -20,7 +20,7 @@ ALL_VARIABLES = [
     "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN", "KV_REST_API_URL", "KV_REST_API_TOKEN",
     "SUPABASE_URL", "SUPABASE_ANON_KEY", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_JWT_SECRET", "SUPABASE_JWT_ISSUER",
     "PAYDUNYA_MASTER_KEY", "PAYDUNYA_PRIVATE_KEY", "PAYDUNYA_TOKEN", "PAYDUNYA_MODE", "PAYDUNYA_BASE_URL",
-    "PUBLIC_BASE_URL", "CACHE_NAMESPACE", "METRICS_TOKEN",
+    "PUBLIC_BASE_URL", "CACHE_NAMESPACE", "METRICS_TOKEN", "SUPABASE_JWT_KEEP_LEGACY_HS256",
 ]
 
 
@@ -97,6 +97,56 @@ def test_paydunya_mode_picks_the_root_and_an_override_wins(monkeypatch):
     monkeypatch.setenv("PAYDUNYA_MODE", "prod")
     with pytest.raises(ConfigurationError, match="PAYDUNYA_MODE"):
         config.paydunya()
+
+
+@pytest.mark.parametrize("env", [
+    {"VERCEL": "1", "VERCEL_ENV": "production"},
+    {"DOUSELL_DEPLOYMENT": "dakar"},
+])
+def test_where_real_rent_is_paid_an_unset_paydunya_mode_is_a_configuration_error_naming_it(monkeypatch, env):
+    # The attack: a production deploy with sandbox keys and no PAYDUNYA_MODE would take the sandbox's
+    # "completed" as rent paid. It must not even reach PayDunya.
+    for name, value in {**env, "PAYDUNYA_MASTER_KEY": "m", "PAYDUNYA_PRIVATE_KEY": "p", "PAYDUNYA_TOKEN": "t"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as raised:
+        config.paydunya()
+    assert raised.value.variable == "PAYDUNYA_MODE"
+    assert raised.value.to_body()["error"]["details"] == {"variable": "PAYDUNYA_MODE"}
+    monkeypatch.setenv("PAYDUNYA_MODE", "live")
+    assert config.paydunya().base_url == "https://app.paydunya.com/api/v1"
+    monkeypatch.setenv("PAYDUNYA_MODE", "test")  # said explicitly: an operator's choice (a dry run)
+    assert config.paydunya().mode == "test"
+
+
+@pytest.mark.parametrize("env", [
+    {},                                            # a laptop
+    {"VERCEL": "1", "VERCEL_ENV": "preview"},      # a preview deploy: sandbox by default
+    {"VERCEL": "1", "VERCEL_ENV": "development"},  # vercel dev
+])
+def test_elsewhere_an_unset_paydunya_mode_is_the_sandbox(monkeypatch, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert config.paydunya_mode() == "test"
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (None, False),     # unset: HS256 goes once the JWKS serves keys
+    ("true", True),
+    ("TRUE", True),    # typed by hand
+    ("1", True),
+    ("false", False),
+    ("0", False),
+])
+def test_keeping_legacy_hs256_is_an_explicit_yes(monkeypatch, raw, expected):
+    if raw is not None:
+        monkeypatch.setenv("SUPABASE_JWT_KEEP_LEGACY_HS256", raw)
+    assert config.supabase_jwt_keep_legacy_hs256() is expected
+
+
+def test_a_keep_legacy_hs256_that_is_neither_yes_nor_no_names_the_variable(monkeypatch):
+    monkeypatch.setenv("SUPABASE_JWT_KEEP_LEGACY_HS256", "maybe")
+    with pytest.raises(ConfigurationError, match="SUPABASE_JWT_KEEP_LEGACY_HS256"):
+        config.supabase_jwt_keep_legacy_hs256()
 
 
 @pytest.mark.parametrize("env, expected", [

@@ -29,14 +29,17 @@ def test_the_contract_names_are_what_an_operator_finds():
     assert keys.visit_lock(789, slot) == "dousell:lock:visit:prop789:20261127T140000Z"
 
 
-@pytest.mark.parametrize("entry, name", [
-    (keys.properties_all(1, 20), "dousell:properties:all_public"),  # the first page at the default size: the seed's key
-    (keys.properties_all(2, 20), "dousell:properties:all_public:page:2:20"),
-    (keys.properties_all(1, 100), "dousell:properties:all_public:page:1:100"),  # another size is another entry
-    (keys.properties_city("Dakar", 1, 20), "dousell:properties:city:Dakar"),
-    (keys.properties_city("Dakar", 3, 5), "dousell:properties:city:Dakar:page:3:5"),
+# Keys are built inside the test (a lambda each), never at collection: the namespace is read when a key
+# is made, and only the test's fixture has set it to the default by then.
+@pytest.mark.parametrize("make, name", [
+    (lambda: keys.properties_all(1, 20), "dousell:properties:all_public"),  # the first page at the default size: the seed's key
+    (lambda: keys.properties_all(2, 20), "dousell:properties:all_public:page:2:20"),
+    (lambda: keys.properties_all(1, 100), "dousell:properties:all_public:page:1:100"),  # another size is another entry
+    (lambda: keys.properties_city("Dakar", 1, 20), "dousell:properties:city:Dakar"),
+    (lambda: keys.properties_city("Dakar", 3, 5), "dousell:properties:city:Dakar:page:3:5"),
 ])
-def test_each_page_of_a_list_is_its_own_key_under_the_lists_tag(entry, name):
+def test_each_page_of_a_list_is_its_own_key_under_the_lists_tag(make, name):
+    entry = make()
     assert entry.key == name
     first = keys.properties_city("Dakar") if ":city:" in name else keys.properties_all()
     assert (entry.tags, entry.family, entry.ttl) == (first.tags, "properties_list", 300)
@@ -118,12 +121,12 @@ def test_rate_limit_counters_live_under_their_own_prefix(monkeypatch):
     assert keys.ratelimit_prefix("ipn") == "staging:ratelimit:ipn"
 
 
-@pytest.mark.parametrize("key, kind", [
-    (keys.payment_lock(123), "payment"),
-    (keys.visit_lock(789, datetime(2026, 12, 1, 10, tzinfo=UTC)), "visit"),
-    (keys.name("lock", "other", "x"), "other"),
-    ("dousell:lock", "other"),
-    ("elsewhere:lock:payment:lease1", "other"),
-])
-def test_a_locks_kind_is_read_from_its_key(key, kind):
-    assert keys.lock_kind(key) == kind
+@pytest.mark.parametrize("make, kind", [
+    (lambda: keys.payment_lock(123), "payment"),
+    (lambda: keys.visit_lock(789, datetime(2026, 12, 1, 10, tzinfo=UTC)), "visit"),
+    (lambda: keys.name("lock", "other", "x"), "other"),
+    (lambda: "dousell:lock", "other"),
+    (lambda: "elsewhere:lock:payment:lease1", "other"),
+], ids=["payment", "visit", "other-kind", "no-kind", "another-namespace"])
+def test_a_locks_kind_is_read_from_its_key(make, kind):
+    assert keys.lock_kind(make()) == kind

@@ -183,11 +183,31 @@ def test_a_repeated_confirmation_changes_nothing_and_notifies_once(api, act_as, 
     assert len(notifications(admin)) == 2
 
 
-@pytest.mark.parametrize("amount", [RENT_123 - 1, RENT_123 * 2, 0, None])
-def test_a_wrong_amount_is_refused_and_changes_nothing(api, act_as, admin, pending, amount):
-    before = admin.execute("select status, paid_at, updated_at from rental_payments where id = %s", (pending["id"],)).fetchone()
-    assert rpc_error(lambda: confirm(api, act_as, "tok-1", "completed", amount)) == "amount_mismatch"
-    assert admin.execute("select status, paid_at, updated_at from rental_payments where id = %s", (pending["id"],)).fetchone() == before
+@pytest.mark.parametrize("amount", [
+    RENT_123 - 1,    # short by one franc
+    RENT_123 * 2,    # twice the rent
+    0,
+    None,            # PayDunya's amount was not a whole number of XOF (lib passes null)
+])
+def test_money_that_is_not_the_rent_is_put_under_review_never_left_pending(api, act_as, admin, pending, amount):
+    # The attack on the old function: it refused the verdict, so the row stayed pending forever
+    # while the money sat at PayDunya, and the cron asked again every run.
+    result = confirm(api, act_as, "tok-1", "completed", amount)
+    assert (result["changed"], result["review"]) == (True, True)
+    row = admin.execute("select status, review_reason, paid_at from rental_payments where id = %s",
+                        (pending["id"],)).fetchone()
+    assert row[:2] == ("needs_review", "amount_mismatch") and row[2] is not None
+    sent = notifications(admin)
+    assert [(user, kind) for user, kind, *_ in sent] == [(AWA, "payment_needs_review"), (MOUSSA, "payment_needs_review")]
+    assert "pas du montant attendu (50 000 FCFA)" in sent[1][3]
+    assert sent[0][4]["received"] == amount and sent[0][4]["review_reason"] == "amount_mismatch"
+    assert rpc_error(lambda: reserve(api, act_as)) == "already_paid"  # no second invoice for money under review
+
+
+@pytest.mark.parametrize("status", ["failed", "cancelled"])
+def test_a_verdict_without_money_applies_whatever_amount_comes_with_it(api, act_as, admin, pending, status):
+    result = confirm(api, act_as, "tok-1", status, RENT_123 + 1)
+    assert (result["changed"], result["payment"]["status"]) == (True, status)
     assert notifications(admin) == []
 
 
@@ -234,10 +254,13 @@ def test_a_final_state_is_final(api, act_as, admin, pending, first, late):
     assert len(notifications(admin)) == (2 if first == "completed" else 0)
 
 
-@pytest.mark.parametrize("first", ["failed", "cancelled"])
+@pytest.mark.parametrize("first", ["failed", "cancelled", "expired"])
 def test_money_received_for_a_failed_or_cancelled_row_is_put_under_review_and_both_parties_are_told(
         api, act_as, admin, pending, first):
-    confirm(api, act_as, "tok-1", first)
+    if first == "expired":
+        expire(api, act_as, admin, "tok-1", days_old=8)
+    else:
+        confirm(api, act_as, "tok-1", first)
     result = confirm(api, act_as, "tok-1", "completed")
     assert (result["changed"], result["review"]) == (True, True)
     payment = result["payment"]
@@ -247,6 +270,14 @@ def test_money_received_for_a_failed_or_cancelled_row_is_put_under_review_and_bo
     assert [(user, kind) for user, kind, *_ in sent] == [(AWA, "payment_needs_review"), (MOUSSA, "payment_needs_review")]
     assert "50 000 FCFA" in sent[1][3] and "janvier 2030" in sent[1][3]
     assert sent[0][4]["review_reason"] == f"paid_after_{first}"
+
+
+def expire(conn, act_as, admin, token, days_old=None, expire_date=None):
+    if days_old is not None:
+        admin.execute("update rental_payments set created_at = now() - make_interval(days => %s) where provider_token = %s",
+                      (days_old, token))
+    with act_as(conn, "service_role"):
+        return conn.execute("select expire_payment(%s, %s)", (token, expire_date)).fetchone()[0]
 
 
 def test_a_review_is_opened_once_however_often_paydunya_says_completed(api, act_as, admin, pending):
@@ -386,3 +417,96 @@ def test_only_the_server_may_list_the_invoices_to_reconcile(api, act_as, role):
 @pytest.mark.parametrize("limit", [0, -1, 1001, None])
 def test_a_batch_size_out_of_range_is_refused(api, act_as, limit):
     assert rpc_error(lambda: due(api, act_as, limit)) == "invalid_limit"
+
+
+# -- expire_payment and the rows re-confirmed after they died (issue 24, finding 4) -----------
+
+
+@pytest.mark.parametrize("days_old, expire_date, expired", [
+    (6, None, False),                              # within the 7 days an invoice lives by default
+    (8, None, True),                               # past them: checks stop
+    (2, "now() - interval '1 hour'", True),        # PayDunya's own expire_date, earlier, wins
+    (8, "now() + interval '2 days'", False),       # ...and later too: PayDunya still takes it
+    (31, "now() + interval '10 years'", True),     # but never past 30 days, whatever it says
+])
+def test_an_invoice_paydunya_keeps_calling_pending_expires_at_the_end_of_its_life(
+        api, act_as, admin, pending, days_old, expire_date, expired):
+    when = admin.execute(f"select {expire_date}").fetchone()[0] if expire_date else None
+    result = expire(api, act_as, admin, "tok-1", days_old=days_old, expire_date=when)
+    assert result["changed"] is expired
+    assert result["payment"]["status"] == ("expired" if expired else "pending")
+    assert (result["tenant_id"], result["owner_id"], result["lease_id"]) == (MOUSSA, AWA, LEASE_123)
+    assert [p["id"] for p in due(api, act_as)["batch"]] == ([] if expired else [pending["id"]])
+
+
+def test_an_expired_month_can_be_paid_with_a_new_invoice(api, act_as, admin, pending):
+    expire(api, act_as, admin, "tok-1", days_old=8)
+    again = reserve(api, act_as)
+    assert again["created"] is True and again["payment"]["id"] != pending["id"]
+
+
+@pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
+def test_only_a_pending_row_expires(api, act_as, admin, pending, status):
+    confirm(api, act_as, "tok-1", status)
+    result = expire(api, act_as, admin, "tok-1", days_old=40)
+    assert (result["changed"], result["payment"]["status"]) == (False, status)
+
+
+def test_an_expired_invoice_paid_after_all_is_put_under_review(api, act_as, admin, pending):
+    expire(api, act_as, admin, "tok-1", days_old=8)
+    result = confirm(api, act_as, "tok-1", "completed")
+    assert (result["payment"]["status"], result["payment"]["review_reason"]) == ("needs_review", "paid_after_expired")
+
+
+def test_only_the_server_may_expire_a_payment(api, act_as, pending):
+    for role in ("anon", "authenticated"):
+        with pytest.raises(errors.InsufficientPrivilege), act_as(api, role, sub=FATOU):
+            api.execute("select expire_payment('tok-1')")
+
+
+def dead_invoice(admin, period, status, token, *, died_hours_ago=1):
+    pid = pending_invoice(admin, period, 120 + 60 * died_hours_ago, token)
+    admin.execute("update rental_payments set status = %s where id = %s", (status, pid))
+    died(admin, pid, f"{died_hours_ago} hours")
+    return pid
+
+
+def died(admin, pid, ago):
+    """Set the row's updated_at `ago` back (the updated_at trigger would overwrite it: off for this one statement)."""
+    admin.execute("set session_replication_role = replica")
+    try:
+        admin.execute("update rental_payments set updated_at = now() - %s::interval where id = %s", (ago, pid))
+    finally:
+        admin.execute("set session_replication_role = default")
+
+
+@pytest.mark.parametrize("status", ["failed", "cancelled"])
+def test_a_failed_or_cancelled_invoice_is_re_confirmed_every_half_hour_for_a_week(api, act_as, admin, status):
+    # Its IPN can be lost like any other: without this, money paid on it would never be seen.
+    pid = dead_invoice(admin, "2030-01", status, "tok-dead")
+    assert [(p["id"], p["status"]) for p in due(api, act_as)["batch"]] == [(pid, status)]
+    assert due(api, act_as)["due"] == 0  # checked just now
+    admin.execute("update private.payment_checks set checked_at = now() - interval '20 minutes' where payment_id = %s", (pid,))
+    assert due(api, act_as)["due"] == 0  # not every minute, as a pending one
+    admin.execute("update private.payment_checks set checked_at = now() - interval '31 minutes' where payment_id = %s", (pid,))
+    assert [p["id"] for p in due(api, act_as)["batch"]] == [pid]
+    admin.execute("update private.payment_checks set checked_at = now() - interval '31 minutes' where payment_id = %s", (pid,))
+    died(admin, pid, "6 days 23 hours")
+    assert [p["id"] for p in due(api, act_as)["batch"]] == [pid]  # still within the week
+    admin.execute("update private.payment_checks set checked_at = now() - interval '31 minutes' where payment_id = %s", (pid,))
+    died(admin, pid, "7 days 1 hour")
+    assert due(api, act_as)["due"] == 0  # a week after it died: no more
+
+
+def test_dead_rows_without_an_invoice_or_expired_are_never_due(api, act_as, admin):
+    admin.execute("insert into rental_payments (lease_id, period, amount, status, created_at) "
+                  "values (%s, '2030-01', %s, 'failed', now() - interval '1 hour')", (LEASE_123, RENT_123))
+    dead_invoice(admin, "2030-02", "expired", "tok-expired")
+    assert due(api, act_as) == {"batch": [], "due": 0}
+
+
+def test_pending_invoices_go_before_dead_ones(api, act_as, admin):
+    dead = dead_invoice(admin, "2030-01", "failed", "tok-dead", died_hours_ago=48)  # made long before
+    live = pending_invoice(admin, "2030-02", 30, "tok-live")
+    assert [p["id"] for p in due(api, act_as, 1)["batch"]] == [live]
+    assert [p["id"] for p in due(api, act_as, 1)["batch"]] == [dead]

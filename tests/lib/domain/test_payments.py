@@ -442,12 +442,15 @@ def test_an_ipn_whose_amount_differs_from_the_confirmation_changes_nothing(world
     assert world.db.payments[pid]["status"] == "pending"
 
 
-def test_a_confirmed_amount_that_is_not_the_rent_changes_nothing(world):
+def test_a_confirmed_amount_that_is_not_the_rent_is_put_under_review_never_left_pending(world, caplog):
+    # Money was received, just not the rent: refusing it left the row pending for ever.
     token, pid = pending_invoice(world)
     world.paydunya.invoices[token].update(status="completed", total_amount=100)
-    with pytest.raises(AmountMismatch):
-        ipn(world, world.paydunya.ipn(token))
-    assert world.db.payments[pid]["status"] == "pending" and world.db.notifications == []
+    assert ipn(world, world.paydunya.ipn(token))["status"] == "needs_review"
+    row = world.db.payments[pid]
+    assert (row["status"], row["review_reason"]) == ("needs_review", "amount_mismatch")
+    assert [n["kind"] for n in world.db.notifications] == ["payment_needs_review"] * 2
+    assert any(r.levelname == "ERROR" and "amount_mismatch" in r.getMessage() for r in caplog.records)
 
 
 def test_a_cancelled_checkout_is_recorded_without_notifications(world):
@@ -515,12 +518,11 @@ def test_with_fees_on_the_customer_the_rent_is_compared_without_them(world):
     assert world.db.payments[pid]["status"] == "completed"
 
 
-def test_without_fees_that_are_not_the_rent_nothing_changes(world):
+def test_without_fees_that_are_not_the_rent_the_payment_is_under_review(world):
     token, pid = pending_invoice(world)
     world.paydunya.invoices[token].update(status="completed", total_amount="50000", total_amount_without_fees="48500")
-    with pytest.raises(AmountMismatch):
-        ipn(world, world.paydunya.ipn(token))
-    assert world.db.payments[pid]["status"] == "pending"
+    assert ipn(world, world.paydunya.ipn(token))["status"] == "needs_review"
+    assert world.db.payments[pid]["review_reason"] == "amount_mismatch"
 
 
 @pytest.mark.parametrize("body, content_type", [

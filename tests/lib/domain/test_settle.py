@@ -14,7 +14,7 @@ import pytest
 
 from lib import context, keys
 from lib.domain import payments, settle
-from lib.errors import PaymentProviderError
+from lib.errors import ConfigurationError, PaymentProviderError
 from tests.world import AWA, MOUSSA, user
 
 MOUSSA_U = user(MOUSSA)
@@ -47,7 +47,7 @@ def test_a_payment_whose_ipn_was_lost_is_completed_by_the_next_cron_run(world):
     _, pid = invoice(world)
     versions = {t: world.tag_version(t) for t in ("payments:lease:123", f"dashboard:{AWA}", f"notifications:{MOUSSA}")}
     counts = settle.reconcile()
-    assert counts == {"due": 1, "checked": 1, "changed": 1, "needs_review": 0, "errors": 0, "left": 0}
+    assert counts == {"due": 1, "checked": 1, "changed": 1, "needs_review": 0, "expired": 0, "errors": 0, "left": 0}
     assert world.db.payments[pid]["status"] == "completed"
     assert [n["kind"] for n in world.db.notifications] == ["payment_completed", "rent_received"]
     for tag, version in versions.items():
@@ -62,7 +62,7 @@ def test_a_payment_younger_than_ten_minutes_waits_for_its_ipn(world):
 
 def test_an_invoice_still_unpaid_stays_pending_and_is_asked_again_a_minute_later(world):
     _, pid = invoice(world, paid=False)
-    assert settle.reconcile() == {"due": 1, "checked": 1, "changed": 0, "needs_review": 0, "errors": 0, "left": 0}
+    assert settle.reconcile() == {"due": 1, "checked": 1, "changed": 0, "needs_review": 0, "expired": 0, "errors": 0, "left": 0}
     assert settle.reconcile()["due"] == 0  # checked just now
     world.clock.now += timedelta(seconds=61)
     assert settle.reconcile()["checked"] == 1
@@ -75,7 +75,7 @@ def test_a_run_checks_a_bounded_batch_and_counts_the_rest(world, monkeypatch):
     for month in range(1, 6):
         invoice(world, period=f"2027-{month:02d}", paid=False)
     assert settle.reconcile() | {"checked": None} == {"due": 5, "checked": None, "changed": 0, "needs_review": 0,
-                                                      "errors": 0, "left": 2}
+                                                      "expired": 0, "errors": 0, "left": 2}
     assert settle.reconcile()["checked"] == 2  # the two left over, the next run
 
 
@@ -99,20 +99,98 @@ def test_paydunya_down_fails_the_job_and_changes_nothing(world):
 def test_one_failure_among_successes_is_counted_not_fatal(world):
     token, _ = invoice(world, period="2027-01")
     invoice(world, period="2027-02")
-    world.paydunya.invoices[token]["total_amount"] = 1  # PayDunya's amount is not the rent
+    del world.paydunya.invoices[token]  # PayDunya answers "Invoice not found" for this one
     counts = settle.reconcile()
-    assert (counts["checked"], counts["changed"], counts["errors"]) == (2, 1, 1)
+    assert (counts["checked"], counts["changed"], counts["errors"]) == (1, 1, 1)
 
 
 @pytest.mark.parametrize("dead", ["failed", "cancelled"])
 def test_a_paid_invoice_of_a_dead_row_is_put_under_review_and_logged_as_an_error(world, caplog, dead):
     token, pid = invoice(world)
     world.db.payments[pid]["status"] = dead
-    # The cron asks only about pending rows; a dead row's verdict comes by the IPN, through the same apply.
     verdict = {"status": "completed", "total_amount": 50_000, "rent_amount": 50_000}
     result = settle.apply(token, verdict)
     assert (result["changed"], result["review"], result["payment"]["status"]) == (True, True, "needs_review")
     assert any(r.levelname == "ERROR" for r in caplog.records)
+
+
+@pytest.mark.parametrize("dead", ["failed", "cancelled"])
+def test_money_paid_on_a_dead_row_whose_ipn_was_lost_is_found_by_the_cron(world, dead):
+    # The attack on the old cron: it asked only about pending rows, so this money was never seen.
+    token, pid = invoice(world, paid=False)
+    world.paydunya.invoices[token]["status"] = dead
+    assert settle.reconcile()["changed"] == 1
+    assert world.db.payments[pid]["status"] == dead
+    world.paydunya.invoices[token]["status"] = "completed"  # paid after all; the IPN is lost
+    world.clock.now += timedelta(minutes=31)
+    counts = settle.reconcile()
+    assert (counts["changed"], counts["needs_review"]) == (1, 1)
+    row = world.db.payments[pid]
+    assert (row["status"], row["review_reason"]) == ("needs_review", f"paid_after_{dead}")
+
+
+def test_a_dead_row_is_asked_about_every_half_hour_for_a_week_only(world):
+    token, pid = invoice(world, paid=False)
+    world.paydunya.invoices[token]["status"] = "cancelled"
+    settle.reconcile()
+    calls = world.paydunya.confirm_calls
+    world.clock.now += timedelta(minutes=20)
+    assert settle.reconcile()["due"] == 0
+    world.clock.now += timedelta(days=7)
+    assert settle.reconcile()["due"] == 0
+    assert world.paydunya.confirm_calls == calls
+
+
+def test_an_invoice_paydunya_keeps_calling_pending_expires_after_seven_days_and_checks_stop(world):
+    token, pid = invoice(world, paid=False)
+    assert settle.reconcile()["expired"] == 0
+    world.clock.now += timedelta(days=7)
+    counts = settle.reconcile()
+    assert (counts["checked"], counts["changed"], counts["expired"], counts["needs_review"]) == (1, 1, 1, 0)
+    assert world.db.payments[pid]["status"] == "expired"
+    calls = world.paydunya.confirm_calls
+    for _ in range(3):
+        world.clock.now += timedelta(hours=1)
+        assert settle.reconcile()["due"] == 0
+    assert world.paydunya.confirm_calls == calls
+
+
+def test_paydunyas_own_expire_date_ends_the_invoices_life(world):
+    token, pid = invoice(world, paid=False)
+    world.paydunya.invoices[token]["expire_date"] = (world.clock.now + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
+    settle.reconcile()
+    assert world.db.payments[pid]["status"] == "pending"
+    world.clock.now += timedelta(hours=2)
+    assert settle.reconcile()["expired"] == 1
+    assert world.db.payments[pid]["status"] == "expired"
+
+
+def test_an_expired_invoice_paid_after_all_is_put_under_review(world):
+    token, pid = invoice(world, paid=False)
+    world.clock.now += timedelta(days=8)
+    settle.reconcile()
+    world.paydunya.invoices[token]["status"] = "completed"
+    result = settle.apply(token, settle.paydunya.confirm(token))
+    assert (result["payment"]["status"], result["payment"]["review_reason"]) == ("needs_review", "paid_after_expired")
+
+
+def test_an_unknown_paydunya_status_is_not_settled_and_never_fails_the_run(world):
+    token, pid = invoice(world, paid=False)
+    world.paydunya.invoices[token]["status"] = "refunded"
+    counts = settle.reconcile()  # the old code raised PaymentProviderError (502) on every run
+    assert (counts["checked"], counts["changed"], counts["errors"]) == (1, 0, 0)
+    assert world.db.payments[pid]["status"] == "pending"
+
+
+def test_the_cron_in_production_without_paydunya_mode_stops_before_stamping_anything(world, monkeypatch):
+    invoice(world, paid=True)
+    monkeypatch.setenv("VERCEL", "1")
+    monkeypatch.setenv("VERCEL_ENV", "production")
+    monkeypatch.delenv("PAYDUNYA_MODE", raising=False)
+    calls = world.paydunya.confirm_calls
+    with pytest.raises(ConfigurationError, match="PAYDUNYA_MODE"):
+        settle.reconcile()
+    assert world.db.checked == {} and world.paydunya.confirm_calls == calls
 
 
 # -- the tenant's read ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -148,7 +149,6 @@ def test_confirm_escapes_the_token_in_the_path(api):
 @pytest.mark.parametrize("answer, reason", [
     (httpx.Response(200, json={"response_code": "1002", "response_text": "Invoice not found"}),
      "response_code 1002: Invoice not found"),
-    (confirmed(status="refunded"), "confirm answered an unknown status 'refunded'"),
     (httpx.Response(200, json={"response_code": "00", "status": "completed", "invoice": {}}), "confirm answered no amount"),
     (confirmed(token="someone-else"), "confirm answered another invoice"),
 ])
@@ -157,6 +157,44 @@ def test_an_unusable_confirmation_is_a_provider_error(api, answer, reason):
     with pytest.raises(PaymentProviderError) as info:
         paydunya.confirm("tok_1")
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("status", ["refunded", "expired", "", None, 7])
+def test_an_unknown_status_is_not_settled_and_logged_once_not_a_provider_error(api, caplog, monkeypatch, status):
+    # The old answer, a 502, made every cron run fail on that invoice for ever.
+    monkeypatch.setattr(paydunya, "_UNKNOWN_LOGGED", set())
+    api.get(f"{ROOT}/checkout-invoice/confirm/tok_1").mock(return_value=confirmed(status=status))
+    with caplog.at_level("WARNING", logger="lib.edge.paydunya"):
+        verdicts = [paydunya.confirm("tok_1") for _ in range(3)]
+    assert [v["status"] for v in verdicts] == ["pending"] * 3
+    assert len([r for r in caplog.records if "unknown invoice status" in r.getMessage()]) == 1
+
+
+def test_unknown_statuses_remembered_are_bounded(api, monkeypatch):
+    monkeypatch.setattr(paydunya, "_UNKNOWN_LOGGED", set())
+    for n in range(paydunya._UNKNOWN_LOGGED_MAX + 50):
+        assert paydunya._status(f"word{n}") == "pending"
+    assert len(paydunya._UNKNOWN_LOGGED) == paydunya._UNKNOWN_LOGGED_MAX
+
+
+@pytest.mark.parametrize("where, raw, expected", [
+    ("invoice", "2026-12-14 10:00:00", datetime(2026, 12, 14, 10, tzinfo=UTC)),      # PayDunya's shape: no zone, UTC
+    ("top", "2026-12-14T10:00:00+00:00", datetime(2026, 12, 14, 10, tzinfo=UTC)),    # at the top level, ISO 8601
+    ("invoice", "2026-12-14T11:00:00+01:00", datetime(2026, 12, 14, 10, tzinfo=UTC)),
+    ("invoice", "demain", None),   # unreadable: the invoice lives the default 7 days
+    ("invoice", "", None),
+    ("invoice", 1765706400, None),  # not a string
+    (None, None, None),             # not sent
+])
+def test_confirm_reads_paydunyas_expire_date_when_it_sends_one(api, where, raw, expected):
+    answer = confirmed()
+    body = json.loads(answer.content)
+    if where == "invoice":
+        body["invoice"]["expire_date"] = raw
+    elif where == "top":
+        body["expire_date"] = raw
+    api.get(f"{ROOT}/checkout-invoice/confirm/tok_1").mock(return_value=httpx.Response(200, json=body))
+    assert paydunya.confirm("tok_1")["expire_date"] == expected
 
 
 def test_the_ipn_hash_is_sha512_of_the_master_key_compared_in_constant_time(monkeypatch):

@@ -21,7 +21,8 @@ from tests.world import AWA, FATOU, UPSTASH, env, reset_clients
 @pytest.fixture
 def redis(monkeypatch):
     env(monkeypatch)
-    for name in ("RATE_LIMIT_WRITES_PER_MINUTE", "RATE_LIMIT_BAD_IPN_PER_MINUTE"):
+    for name in ("RATE_LIMIT_WRITES_PER_MINUTE", "RATE_LIMIT_BAD_IPN_PER_MINUTE",
+                 "RATE_LIMIT_WRITES_PER_ADDRESS_PER_MINUTE"):
         monkeypatch.delenv(name, raising=False)
     ratelimit._limiters.clear()
     with respx.mock(assert_all_called=False) as router:
@@ -126,3 +127,36 @@ def test_refused_ipns_are_limited_per_address(redis):
 ])
 def test_the_client_address_is_the_first_forwarded_for_entry(headers, address):
     assert ratelimit.client_ip(headers) == address
+
+
+def writes_from(address: str, users: list[str], each: int) -> list[RateLimited | None]:
+    out: list[RateLimited | None] = []
+    for who in users:
+        for _ in range(each):
+            try:
+                ratelimit.for_writes("POST", who, address)
+                out.append(None)
+            except RateLimited as exc:
+                out.append(exc)
+    return out
+
+
+def test_many_accounts_from_one_address_are_cut_at_the_address_limit(redis):
+    # The attack: accounts are free, so one person opens five and writes 30 a minute with each.
+    users = [f"account-{n}" for n in range(5)]
+    answers = writes_from("197.159.1.2", users, 30)
+    assert answers[:120] == [None] * 120
+    assert all(isinstance(a, RateLimited) for a in answers[120:]) and len(answers) == 150
+    assert writes_from("41.82.7.9", ["account-9"], 1) == [None]  # another address is not limited by it
+
+
+def test_the_address_limit_is_set_by_its_own_variable(redis, monkeypatch):
+    monkeypatch.setenv("RATE_LIMIT_WRITES_PER_ADDRESS_PER_MINUTE", "3")
+    answers = writes_from("197.159.1.2", ["a", "b"], 2)
+    assert answers[:3] == [None] * 3 and isinstance(answers[3], RateLimited)
+
+
+def test_an_unknown_address_is_not_one_bucket_for_everybody(redis, monkeypatch):
+    monkeypatch.setenv("RATE_LIMIT_WRITES_PER_ADDRESS_PER_MINUTE", "3")
+    assert writes_from(ratelimit.UNKNOWN_ADDRESS, ["a", "b", "c"], 2) == [None] * 6
+    assert not [k for k in redis.redis.keys("*") if b"write_address" in k]
