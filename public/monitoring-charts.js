@@ -80,7 +80,8 @@
       label: label,
       stroke: color,
       width: 2,
-      points: { size: 4 },
+      // Drawn as dots when few: a window with one busy minute still shows it (a line needs two).
+      points: { size: 6, show: function (u, i) { return counted(u.data[i]) <= 12; } },
       value: function (u, v) { return v === null || v === undefined ? "—" : decimal.format(v) + unit; }
     }, extra || {});
   }
@@ -94,6 +95,7 @@
     return {
       width: width,
       height: height,
+      padding: [12, 14, 0, 0],  // room for a dot on the last minute, at the right edge
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1000), TZ); },
       scales: { x: { time: true }, y: scaleY || {} },
       series: [{ label: "Heure (Dakar)", value: function (u, ts) { return ts === null ? "—" : when(ts); } }]
@@ -206,9 +208,11 @@
       var opts = {
         width: 120, height: 32, tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1000), TZ); },
         scales: { x: { time: true }, y: { range: [0, 100] } },
-        series: [{}, { stroke: COLORS.line, width: 1.5, points: { show: false } },
+        series: [{}, { stroke: COLORS.line, width: 1.5,
+          points: { size: 5, show: function (u, i) { return counted(u.data[i]) <= 12; } } },
           { stroke: COLORS.objective, width: 1, dash: [3, 3], points: { show: false } }],
-        axes: [{ show: false }, { show: false }], legend: { show: false }, cursor: { show: false }
+        axes: [{ show: false }, { show: false }], legend: { show: false }, cursor: { show: false },
+        padding: [4, 4, 4, 0]
       };
       draw(node, opts, [s.t, values, constant(values.length, goal)], counted(values));
     });

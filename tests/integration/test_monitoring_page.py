@@ -254,7 +254,6 @@ def test_redis_stopped_long_enough_raises_the_alert_at_the_top(stack, chromium, 
     # `alert_after=4`: the page's alert after 4 s of 503s instead of 3 minutes; the page polls every
     # 5 s of Chromium's virtual time, so the second poll (t = 5 s) raises it.
     url = page_url(stack, f"#token={metrics_token}&alert_after=4")
-    drive_traffic(stack, metrics_token)
     stack.devstack("redis-stop")
     try:
         page = Page(browse(chromium, url, tmp_path, budget_ms=9000))
