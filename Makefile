@@ -16,12 +16,15 @@ VERCEL_VERSION := 58.10.0
 VERCEL := .tools/node_modules/.bin/vercel
 STATE := .devstack
 
-.PHONY: dev stop redis-stop redis-start test test-fast lint bench drills venv tools clean
+.PHONY: dev dakar stop redis-stop redis-start test test-fast lint bench drills venv tools clean
 
 dev: venv tools ## run the whole API locally on http://127.0.0.1:3000
 	$(PY) -m devstack up
 
-stop: venv ## stop everything `make dev` started
+dakar: venv ## the API as the Dakar server runs it (host/, Valkey over TCP) on http://127.0.0.1:3100
+	$(PY) -m devstack dakar
+
+stop: venv ## stop everything `make dev` or `make dakar` started
 	$(PY) -m devstack stop
 
 redis-stop: venv ## drill: stop only the Redis behind the Upstash stand-in

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from bench import costs, importtime, measure, report, scale
+from bench import costs, dakar, importtime, measure, report, scale
 from bench.stack import start
 from bench.strategies import STRATEGIES, NaiveCacheAside, ThisProject, installed, published
 
@@ -39,8 +39,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=20261126, help="random seed of the samples and the workload")
     p.add_argument("--scale-hits", type=int, default=100, help="row 8: timed hits per read and size (100)")
     p.add_argument("--scale-misses", type=int, default=15, help="row 8: timed misses per read and size (15)")
-    p.add_argument("--rows", default="1,2,3,4,5,6,8",
-                   help="rows to run, e.g. 1,2 (default all; 7 comes with 3; 8 grows the catalogue: it runs last)")
+    p.add_argument("--dakar-seconds", type=float, default=5.0, help="row 9: each concurrent run (5)")
+    p.add_argument("--dakar-samples", type=int, default=500, help="row 9: edge round trips and hits in a row (500)")
+    p.add_argument("--rows", default="1,2,3,4,5,6,8,9",
+                   help="rows to run, e.g. 1,2 (default all; 7 comes with 3; 8 grows the catalogue: it runs last "
+                        "of the stand-ins' rows; 9, the Dakar host beside vercel dev, starts its own stack)")
     args = p.parse_args(argv)
     args.rows = {int(r) for r in args.rows.split(",") if r.strip()}
     args.import_runs = max(args.import_runs, 5)
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             progress("stopping the stand-ins …")
             stack.stop()
+    if 9 in args.rows:
+        results["dakar"] = dakar.run(args.dakar_seconds, args.dakar_samples)
     if 5 in args.rows:
         progress(f"row 5: cold imports, {args.import_runs} fresh interpreters each …")
         results["imports"] = importtime.compare(args.import_runs)
@@ -76,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     if "scale" in results:
         print()
         print(scale.render(results["scale"]))
+    if "dakar" in results:
+        print()
+        print(dakar.render(results["dakar"]))
+        print()
+        print("\n".join(dakar.targets(results["dakar"])))
     return 0
 
 

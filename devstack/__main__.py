@@ -2,6 +2,7 @@
 
     python -m devstack up            # everything, API on http://127.0.0.1:3000 (make dev)
     python -m devstack up --no-api   # only the stand-ins (benchmarks, debugging)
+    python -m devstack dakar         # the Dakar server: host/ on http://127.0.0.1:3100, Valkey over TCP (make dakar)
     python -m devstack stop          # stop a running stack (make stop)
     python -m devstack redis-stop    # drill: stop only the Redis behind the Upstash stand-in
     python -m devstack redis-start   # and start it again
@@ -64,6 +65,7 @@ class Ports:
     paydunya: int = 8089
     redis: int = 6390
     postgres: int = 54322
+    dakar: int = 3100
 
     @classmethod
     def from_env(cls) -> Ports:
@@ -95,6 +97,14 @@ def function_env(ports: Ports) -> dict[str, str]:
         # The rate limits (lib/web/ratelimit): production's defaults unless the stack is started with them set.
         **{name: os.environ[name] for name in RATE_LIMIT_VARIABLES if os.environ.get(name, "").strip()},
     }
+
+
+def dakar_env(ports: Ports, redis_url: str) -> dict[str, str]:
+    """What the Dakar host sees: the same variables, but Valkey over TCP instead of Upstash (no Upstash
+    variable at all: a call that still went over REST would fail) and its own address."""
+    env = {name: value for name, value in function_env(ports).items() if not name.startswith("UPSTASH_")}
+    return {**env, "VALKEY_URL": redis_url, "DOUSELL_DEPLOYMENT": "dakar",
+            "PUBLIC_BASE_URL": f"http://127.0.0.1:{ports.dakar}"}
 
 
 def _port_in_use(port: int) -> bool:
@@ -181,9 +191,10 @@ class Stack:
         self.redis: Any = None
         self.servers: list[Any] = []
         self.vercel: subprocess.Popen | None = None
+        self.host: subprocess.Popen | None = None
         self.supabase: Any = None
 
-    def start_services(self) -> None:
+    def start_services(self, api_port: int | None = None) -> None:
         from devstack import paydunya, supabase, supabase_net, upstash
         from devstack.postgres import Cluster
         from devstack.redis_server import RedisServer
@@ -210,7 +221,7 @@ class Stack:
             "127.0.0.1", self.ports.supabase, dsn=dsn, anon_key=ANON_KEY, service_role_key=SERVICE_ROLE_KEY,
             public_url=f"http://127.0.0.1:{self.ports.supabase}")
         self.servers.append(self.supabase)
-        supabase_net.configure_webhook(dsn, f"http://127.0.0.1:{self.ports.api}/api/hooks/database",
+        supabase_net.configure_webhook(dsn, f"http://127.0.0.1:{api_port or self.ports.api}/api/hooks/database",
                                        DATABASE_WEBHOOK_SECRET)  # what the operator puts in Vault
         server, _ = paydunya.serve_in_thread(
             "127.0.0.1", self.ports.paydunya, master_key=PAYDUNYA_KEYS["PAYDUNYA_MASTER_KEY"],
@@ -237,7 +248,27 @@ class Stack:
         results = warmup.warm(api, sign_in(self.ports, DEMO_USERS[2][1]), timeout=timeout)
         print("\n".join(warmup.report(results)), flush=True)
 
+    def start_host(self, timeout: float) -> None:
+        """The Dakar host (python -m host), as systemd runs it on the server, over Valkey by TCP."""
+        env = {**os.environ, **dakar_env(self.ports, self.redis.url)}
+        for name in ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN", "KV_REST_API_URL", "KV_REST_API_TOKEN"):
+            env.pop(name, None)
+        log = open(self.state / "dakar.log", "ab")
+        self.host = subprocess.Popen(
+            [sys.executable, "-m", "host", "--bind", f"127.0.0.1:{self.ports.dakar}",
+             "--workers", os.environ.get("DEVSTACK_DAKAR_WORKERS", "2")],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _wait_http(f"http://127.0.0.1:{self.ports.dakar}/api/health", timeout,
+                   accept=lambda r: r.status_code == 200)
+
     def stop(self) -> None:
+        if self.host is not None and self.host.poll() is None:
+            self.host.send_signal(signal.SIGTERM)  # graceful: requests in flight finish
+            try:
+                self.host.wait(40)
+            except subprocess.TimeoutExpired:
+                self.host.kill()
+                self.host.wait(10)
         if self.vercel is not None:
             try:
                 os.killpg(self.vercel.pid, signal.SIGTERM)
@@ -266,7 +297,9 @@ def up(args: argparse.Namespace) -> int:
         print(f"The local stack already runs (pid {running}) on http://127.0.0.1:{ports.api}. "
               "Stop it with `make stop`.", file=sys.stderr)
         return 1
-    wanted = [p for p in asdict(ports).items() if args.api or p[0] != "api"]
+    dakar = getattr(args, "dakar", False)
+    wanted = [p for p in asdict(ports).items()
+              if (p[0] != "api" or (args.api and not dakar)) and (p[0] != "dakar" or dakar)]
     busy = [f"{name} {port}" for name, port in wanted if _port_in_use(port)]
     if busy:
         print(f"Ports already in use: {', '.join(busy)}. Something else listens there; stop it, or set "
@@ -284,17 +317,27 @@ def up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        stack.start_services()
-        if args.api:
+        stack.start_services(api_port=ports.dakar if dakar else None)
+        if dakar:
+            print(f"· the Dakar host on 127.0.0.1:{ports.dakar}, Valkey over TCP (log in {state / 'dakar.log'})",
+                  flush=True)
+            stack.start_host(args.timeout)
+            from devstack.cron import CronCaller  # on the server: the systemd timer (deploy/dakar)
+
+            stack.servers.append(CronCaller(f"http://127.0.0.1:{ports.dakar}", CRON_SECRET).start())
+        elif args.api:
             print(f"· vercel dev on 127.0.0.1:{ports.api} (log in "
                   f"{state / 'vercel-dev.log'})", flush=True)
             stack.start_api(args.timeout)
             from devstack.cron import CronCaller  # Vercel Cron: vercel dev runs none
 
             stack.servers.append(CronCaller(f"http://127.0.0.1:{ports.api}", CRON_SECRET).start())
-        _banner(ports, args.api)
+        _banner(ports, args.api, dakar)
         (state / "ready").write_text("ready\n")
         while not stopping.is_set():
+            if stack.host is not None and stack.host.poll() is not None:
+                print(f"the Dakar host exited ({stack.host.returncode}); see {state / 'dakar.log'}", file=sys.stderr)
+                return 1
             if stack.vercel is not None and stack.vercel.poll() is not None:
                 print(f"vercel dev exited ({stack.vercel.returncode}); see {state / 'vercel-dev.log'}", file=sys.stderr)
                 return 1
@@ -310,9 +353,12 @@ def up(args: argparse.Namespace) -> int:
             (state / name).unlink(missing_ok=True)
 
 
-def _banner(ports: Ports, api: bool) -> None:
+def _banner(ports: Ports, api: bool, dakar: bool = False) -> None:
     lines = ["", "Dousell Immo — local stack ready", ""]
-    if api:
+    if dakar:
+        lines += [f"  API (Dakar host)   http://127.0.0.1:{ports.dakar}   (Valkey over TCP: "
+                  f"redis://127.0.0.1:{ports.redis}/0; try /api/health)"]
+    elif api:
         lines += [f"  API                http://127.0.0.1:{ports.api}   (try /api/health)"]
     lines += [
         f"  Supabase (REST)    http://127.0.0.1:{ports.supabase}/rest/v1   apikey {ANON_KEY}",
@@ -383,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     up_parser.add_argument("--no-api", dest="api", action="store_false", help="only the stand-ins, no vercel dev")
     up_parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the API")
     up_parser.set_defaults(func=up)
+    dakar_parser = commands.add_parser("dakar", help="the stand-ins and the Dakar host (Valkey over TCP); Ctrl-C stops")
+    dakar_parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the host")
+    dakar_parser.set_defaults(func=up, api=False, dakar=True)
     for name, func in (("stop", stop), ("redis-stop", redis_stop), ("redis-start", redis_start), ("env", print_env)):
         commands.add_parser(name).set_defaults(func=func)
     args = parser.parse_args(argv)

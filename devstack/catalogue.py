@@ -224,6 +224,7 @@ def grow(conn: psycopg.Connection, target_published: int) -> int:
                              "public.properties where status = 'published' order by id desc limit %s)", (excess,))
         have = published(conn)
     conn.execute("vacuum analyze public.properties")
+    conn.execute("vacuum analyze private.published_listings")  # what published_properties reads
     conn.execute("vacuum analyze public.profiles")
     return have
 

@@ -81,6 +81,9 @@ class ChildStack:
 
     def logs(self, chars: int = 4000) -> str:
         text = (self.state / "stack.log").read_text(errors="replace")[-chars:]
+        host = self.state / "dakar.log"
+        if host.exists():
+            text += "\n--- the Dakar host ---\n" + host.read_text(errors="replace")[-chars:]
         vercel = self.state / "vercel-dev.log"
         if vercel.exists():
             text += "\n--- vercel dev ---\n" + vercel.read_text(errors="replace")[-chars:]
@@ -101,8 +104,8 @@ class ChildStack:
 
 
 def start[S: ChildStack](*, api: bool, purpose: str, timeout: float, cls: type[S] = ChildStack,
-                         extra_env: dict[str, str] | None = None) -> S:
-    """Start the stack (with `vercel dev` when `api`) and wait, up to `timeout` s, for its `ready` file;
+                         extra_env: dict[str, str] | None = None, dakar: bool = False) -> S:
+    """Start the stack (with `vercel dev` when `api`; with the Dakar host instead when `dakar`) and wait, up to `timeout` s, for its `ready` file;
     `cls` (a ChildStack subclass) is what is returned; `extra_env` is added to the stack's environment
     (e.g. `RATE_LIMIT_WRITES_PER_MINUTE`, which devstack hands on to the functions)."""
     ports = Ports(**{name: free_port() for name in asdict(Ports())})
@@ -115,7 +118,10 @@ def start[S: ChildStack](*, api: bool, purpose: str, timeout: float, cls: type[S
         **{f"DEVSTACK_{name.upper()}_PORT": str(port) for name, port in asdict(ports).items()},
         **(extra_env or {}),
     }
-    command = [sys.executable, "-m", "devstack", "up", "--timeout", str(timeout)] + ([] if api else ["--no-api"])
+    if dakar:
+        command = [sys.executable, "-m", "devstack", "dakar", "--timeout", str(timeout)]
+    else:
+        command = [sys.executable, "-m", "devstack", "up", "--timeout", str(timeout)] + ([] if api else ["--no-api"])
     with open(state / "stack.log", "wb") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL)

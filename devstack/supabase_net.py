@@ -10,7 +10,8 @@ Here `net.http_post` is bootstrap.sql's (same table, same signature) and this wo
 rest: it LISTENs on `devstack_pg_net` (bootstrap's `net.wake()`, a NOTIFY PostgreSQL
 delivers at commit, so a rolled-back change sends nothing), also polls every second (as
 pg_net's worker wakes on its own), takes the queue with the same DELETE ... RETURNING, and
-POSTs each request with its headers, body and timeout, `User-Agent: pg_net/devstack`.
+POSTs each request with its headers, its body's bytes unchanged (the database signs them:
+X-Dousell-Signature) and its timeout, `User-Agent: pg_net/devstack`.
 
 Drill switch `mode`: `deliver` (default), `drop` (take and lose every request, logged as
 errors in net._http_response, what a lost webhook is), `hold` (leave them queued, as a
@@ -133,8 +134,13 @@ class NetWorker:
                 pass
 
     def _take(self, conn: psycopg.Connection) -> int:
-        with conn.transaction():
+        with conn.transaction() as taking:
             rows = conn.execute(_TAKE, (self.batch_size,)).fetchall()
+            # `hold` set while this look was under way: the rows go back. Checked after the DELETE saw
+            # them, so a request queued after `hold` was set is never taken (the drill's contract).
+            if self._mode == "hold":
+                rows = []
+                raise psycopg.Rollback(taking)
         if not rows:
             return 0
         with self._lock:

@@ -1,9 +1,9 @@
 """The `Authorization: Bearer <token>` header, read in one place, and shared secrets checked against it.
 
 Two kinds of caller send one: users (a Supabase access token, verified by lib/auth) and the
-platform or an operator (a shared secret: Vercel Cron's `CRON_SECRET`, the database webhook's
-`DATABASE_WEBHOOK_SECRET`, `METRICS_TOKEN`), compared here in constant time before anything
-else is read. Both read the header with `token()`, so a header one accepts the other reads alike.
+platform or an operator (a shared secret: Vercel Cron's `CRON_SECRET`, `METRICS_TOKEN`),
+compared here in constant time before anything else is read. The database webhook sends no
+secret but a signature (lib/signature). Both read the header with `token()`, so a header one accepts the other reads alike.
 """
 
 from __future__ import annotations

@@ -151,6 +151,30 @@ def public_base_url() -> str:
     raise ConfigurationError("PUBLIC_BASE_URL", "or VERCEL_URL on Vercel")
 
 
+def valkey_url() -> str | None:
+    """The Dakar server's Valkey (`redis://[:password@]host:port/db`, `rediss://` for TLS): when set
+    outside Vercel, the edge speaks RESP over TCP to it (lib/edge/valkey). Ignored on Vercel, where
+    only Upstash REST is used. A scheme other than redis:// or rediss:// is a ConfigurationError."""
+    if _get("VERCEL") == "1":
+        return None
+    url = _get("VALKEY_URL")
+    if url is not None and not url.startswith(("redis://", "rediss://")):
+        raise ConfigurationError("VALKEY_URL", "redis://[:password@]host:port/db or rediss://")
+    return url
+
+
+def trusted_proxies() -> tuple[str, ...]:
+    """`TRUSTED_PROXIES`: the addresses or CIDRs of the reverse proxy in front of the Dakar server,
+    comma-separated; `X-Forwarded-For` is believed only from them. Empty when unset."""
+    return tuple(part.strip() for part in (_get("TRUSTED_PROXIES") or "").split(",") if part.strip())
+
+
+def require_cache() -> None:
+    """ConfigurationError unless a Redis is configured: VALKEY_URL outside Vercel, else Upstash's variables."""
+    if valkey_url() is None:
+        upstash()
+
+
 def alert_webhook_url() -> str | None:
     """Where the cron POSTs alerts as `{"text": ...}` (Slack, Mattermost, Discord's /slack); None: log only."""
     return _get("ALERT_WEBHOOK_URL")

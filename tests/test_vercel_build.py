@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -115,3 +116,26 @@ def test_no_source_file_is_served_as_static(build):
     assert static <= public, f"served but not in public/: {sorted(static - public)[:10]}"
     assert not [name for name in static if name.endswith((".py", ".sql", ".env", ".txt", ".toml", ".json"))
                 and not name.startswith("openapi")]
+
+
+def vercel_serves(build: Path, path: str) -> str | None:
+    """The function Vercel's build output serves `path` with: a function of that name (or its
+    folder's index), else the first dynamic route whose `src` matches; None if nothing does."""
+    functions = build / "functions"
+    for name in (path.lstrip("/"), path.lstrip("/") + "/index"):
+        if (functions / f"{name}.func").exists():
+            return name
+    for route in json.loads((build / "config.json").read_text())["routes"]:
+        if "src" in route and "dest" in route and re.match(route["src"], path):
+            return urlsplit(route["dest"]).path.lstrip("/").removesuffix(".py") or None
+    return None
+
+
+def test_the_dakar_host_routes_every_path_to_the_function_vercel_serves_it_with(build):
+    from host.routes import Routes
+
+    routes = Routes.load()
+    paths = [sample_path(f) for f in sorted(endpoint_files())] + ["/api/nowhere", "/api/properties/42/extra"]
+    for path in paths:
+        served = routes.match(path)
+        assert (served.file.removesuffix(".py") if served else None) == vercel_serves(build, path), path

@@ -1,11 +1,15 @@
-"""POST /api/hooks/database: Supabase's database webhook; the changed row's keys are invalidated, whoever wrote it."""
+"""POST /api/hooks/database: the database's webhook, signed; the changed rows' keys are invalidated, whoever wrote them.
+
+One call per statement (supabase/migrations/20261207000010_security.sql): the body carries the statement's
+first changed row, and the drain applies every row the outbox holds.
+"""
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from lib import bearer
+from lib import config, signature
 from lib.cache import invalidation, outbox
 from lib.web.http import Endpoint
 from lib.web.request import Request
@@ -35,6 +39,8 @@ class DatabaseChange(BaseModel):
 
 class handler(Endpoint):
     def post(self, req: Request) -> dict[str, Any]:
-        bearer.require_secret(req.header("Authorization"), "DATABASE_WEBHOOK_SECRET", "database-webhook")
+        # Over the raw bytes, before the body is parsed: the signature covers exactly what was sent.
+        secret = config.require("DATABASE_WEBHOOK_SECRET")  # unset: 500 naming it, the hook never open
+        signature.require_signature(req.header(signature.HEADER), req.body, secret, "database-webhook")
         change = req.body_as(DatabaseChange)
         return outbox.on_database_change(change.model_dump(by_alias=True))

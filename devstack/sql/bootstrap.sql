@@ -206,6 +206,9 @@ $$;
 
 -- Supabase's grants on it (docker/volumes/db/webhooks.sql).
 grant usage on schema net to postgres, anon, authenticated, service_role;
+-- On hosted Supabase every role can read the queue, headers and bodies included, and `postgres`
+-- cannot revoke it (Supabase KB): the same here, so that tests see what such a reader sees.
+grant select on net.http_request_queue to public;
 revoke all on function net.http_post(text, jsonb, jsonb, jsonb, integer) from public;
 grant execute on function net.http_post(text, jsonb, jsonb, jsonb, integer) to postgres, anon, authenticated, service_role;
 

@@ -190,7 +190,7 @@ def update(user: User, property_id: int, changes: dict[str, Any]) -> dict[str, A
     Whatever can refuse the request does so before the write: once the row is changed the answer
     is the changed row, never an error (the owner would retry a change that was made).
     """
-    config.upstash()  # no cache configured is a 500 before the write, not after it
+    config.require_cache()  # no cache configured is a 500 before the write, not after it
     client = db.as_user(user.token)
     rows = db.run(lambda: client.from_("properties").select(COLUMNS).eq("id", property_id).limit(1).execute()).data
     if not rows:

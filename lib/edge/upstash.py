@@ -21,12 +21,14 @@ library sets no timeout, retries every failure (writes included), raises for the
 when one command fails, and offers no public way to change any of it. Upstash's REST protocol is
 a JSON array in, `{"result"}` or `{"error"}` out. Libraries built on upstash-redis
 (upstash-ratelimit) get one bounded `upstash_redis.Redis` from `client()` (lib/edge/upstash_sdk).
+Outside Vercel with VALKEY_URL set, each round trip goes over TCP to Valkey instead (lib/edge/valkey).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -206,6 +208,10 @@ def _call(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
 def _send(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
     """One REST call: the answers, each a value or a RedisCommandError; raises RedisUnavailable."""
     _gate(force=force)
+    if (tcp := config.valkey_url()) is not None:  # the Dakar server: RESP over TCP, this module's bookkeeping
+        from lib.edge import valkey
+
+        return valkey.send(tcp, commands, sys.modules[__name__])
     import httpx
 
     settings = config.upstash()  # ConfigurationError names the missing variable: not an outage

@@ -14,7 +14,10 @@ breaker → the request goes on, and the database's fences (unique indexes, RPCs
 cap) still hold. A limiter is a courtesy to the service, not a guard of correctness.
 
 The upstash-redis client comes from lib/edge/upstash (`sdk_call`: the same URL, token, connections,
-time bound and circuit breaker as every other Redis call, never retrying, errors translated).
+time bound and circuit breaker as every other Redis call, never retrying, errors translated). On
+the Dakar server (VALKEY_URL, lib/edge/valkey) the same limiter runs over an object with the one
+method it calls, `eval`, sent through the edge's `execute`: the library's own script, keys and
+arithmetic over TCP, behind the same breaker and errors.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lib import keys
+from lib import config, keys
 from lib.edge import upstash
 from lib.errors import ConfigurationError, RateLimited
 
@@ -79,13 +82,27 @@ def _limiter(redis: Any, name: str, requests: int, window: int) -> Any:
     return built[1]
 
 
+_evaluators: list[Any] = []  # the one valkey.Evaluator, built at the first limit checked over TCP
+
+
+def _evaluator() -> Any:
+    if not _evaluators:
+        from lib.edge import valkey
+
+        _evaluators.append(valkey.Evaluator(upstash.execute))
+    return _evaluators[0]
+
+
 def hit(name: str, identifier: str) -> None:
     """Count one request of `identifier` against limit `name`; RateLimited (429) past it."""
     limit = LIMITS[name]
     requests = limit.allowed()
     try:
-        answer = upstash.sdk_call(lambda redis: _limiter(redis, name, requests, limit.window)
-                                  .limit(keys.escape(identifier)))
+        if config.valkey_url() is not None:  # the Dakar server: the limiter's one `eval` over TCP
+            answer = _limiter(_evaluator(), name, requests, limit.window).limit(keys.escape(identifier))
+        else:
+            answer = upstash.sdk_call(lambda redis: _limiter(redis, name, requests, limit.window)
+                                      .limit(keys.escape(identifier)))
     except (upstash.RedisError, ConfigurationError) as exc:
         # An unset Upstash variable is reported by every cached read; a write is not refused for it.
         log.warning("rate limit %s not checked, the request goes on: %s", name, exc)

@@ -1,11 +1,12 @@
-"""POST /api/hooks/database on a real loopback server: the secret first, the body as Supabase sends it, every bad
-input refused before the outbox is touched, and the outbox drained. PostgREST is faked at the network boundary
+"""POST /api/hooks/database on a real loopback server: the signature first (over the raw body, within five minutes),
+the body as the database sends it, every bad input refused before the outbox is touched, and the outbox drained. PostgREST is faked at the network boundary
 (respx); Redis is a real Valkey behind the Upstash stand-in."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import time
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ import redis as redis_py
 import respx
 
 from devstack.redis_server import free_port
-from lib import db, keys
+from lib import db, keys, signature
 from lib.cache import aside, invalidation
 from lib.edge import upstash
 from tests.support import UPSTASH_TOKEN, serve
@@ -91,10 +92,11 @@ def client(outbox, base):
         yield http
 
 
-def post(client, body=CHANGE, secret=SECRET, **headers):
-    if secret is not None:
-        headers.setdefault("Authorization", f"Bearer {secret}")
+def post(client, body=CHANGE, secret=SECRET, at=None, **headers):
+    """POST `body`, signed with `secret` at `at` (now by default) unless `secret` is None."""
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    if secret is not None:
+        headers.setdefault("X-Dousell-Signature", signature.sign(secret, content, int(time.time() if at is None else at)))
     return client.post("/api/hooks/database", content=content, headers={"Content-Type": "application/json", **headers})
 
 
@@ -107,25 +109,58 @@ def row(change=CHANGE, change_id=None, owners=()):
             "old_record": change["old_record"], "owner_ids": list(owners), "change_id": change_id}
 
 
-# -- the secret ----------------------------------------------------------------------------------
+# -- the signature -------------------------------------------------------------------------------
+
+BODY = json.dumps(CHANGE).encode()
+NOW = int(time.time())
+
+
+def _digest(secret: str, body: bytes, t: int) -> str:
+    return signature.sign(secret, body, t).split(",v1=")[1]
 
 
 @pytest.mark.parametrize("headers, code", [
-    ({}, "authentication_required"),  # no Authorization
-    ({"Authorization": "Bearer wrong-secret"}, "invalid_token"),
-    ({"Authorization": f"Basic {SECRET}"}, "invalid_token"),  # the right value under another scheme
-    ({"Authorization": f"Bearer {SECRET}x"}, "invalid_token"),
-    ({"Authorization": "Bearer"}, "invalid_token"),  # the scheme alone
+    ({}, "authentication_required"),  # no signature
+    ({"Authorization": f"Bearer {SECRET}"}, "authentication_required"),  # the secret itself is no longer accepted
+    ({"X-Dousell-Signature": signature.sign("wrong-secret", BODY, NOW)}, "invalid_token"),
+    ({"X-Dousell-Signature": signature.sign(SECRET, BODY + b" ", NOW)}, "invalid_token"),  # another body
+    ({"X-Dousell-Signature": f"t={NOW + 1},v1={_digest(SECRET, BODY, NOW)}"}, "invalid_token"),  # another time
+    ({"X-Dousell-Signature": signature.sign(SECRET, BODY, NOW).upper()}, "invalid_token"),
+    ({"X-Dousell-Signature": f"v1={_digest(SECRET, BODY, NOW)},t={NOW}"}, "invalid_token"),  # fields swapped
+    ({"X-Dousell-Signature": f"t={NOW}"}, "invalid_token"),  # no digest
+    ({"X-Dousell-Signature": f"t=-{NOW},v1={_digest(SECRET, BODY, -NOW)}"}, "invalid_token"),
+    ({"X-Dousell-Signature": SECRET}, "invalid_token"),
 ])
 def test_without_the_secret_it_is_401_and_the_outbox_is_not_touched(client, outbox, headers, code):
     outbox.rows = [row()]
-    response = post(client, secret=None, **headers)
+    response = post(client, body=BODY, secret=None, **headers)
     assert (response.status_code, error(response)["code"]) == (401, code)
-    assert response.headers["www-authenticate"] == 'Bearer realm="database-webhook"'
+    assert response.headers["www-authenticate"] == 'Signature realm="database-webhook", header="X-Dousell-Signature"'
+    assert error(response)["message"]
     assert outbox.calls == []
 
 
-def test_a_bad_body_with_a_wrong_secret_is_still_401_first(client, outbox):
+@pytest.mark.parametrize("skew", [-301, 301, -10**6, 10**6])
+def test_a_signature_more_than_five_minutes_away_is_refused(client, outbox, skew):
+    outbox.rows = [row()]
+    response = post(client, body=BODY, at=time.time() + skew)
+    assert (response.status_code, error(response)["code"]) == (401, "invalid_token")
+    assert response.json()["error"]["message"] == "Signature expirée."
+    assert outbox.calls == []
+
+
+@pytest.mark.parametrize("skew", [-290, 290])
+def test_a_signature_within_five_minutes_is_accepted(client, outbox, skew):
+    assert post(client, body=BODY, at=time.time() + skew).status_code == 200
+
+
+def test_a_second_digest_lets_a_rotated_secret_through(client, outbox):
+    t = int(time.time())
+    header = f"t={t},v1={_digest('old-secret', BODY, t)},v1={_digest(SECRET, BODY, t)}"
+    assert post(client, body=BODY, secret=None, **{"X-Dousell-Signature": header}).status_code == 200
+
+
+def test_a_bad_body_with_a_wrong_signature_is_still_401_first(client, outbox):
     assert post(client, body=b"{not json", secret="nope").status_code == 401
 
 
@@ -144,7 +179,7 @@ def test_with_no_secret_configured_the_hook_is_closed(client, outbox, monkeypatc
     (b"{not json", 400, "malformed_json"),
     (b"", 400, "malformed_json"),
     (b"[]", 400, "malformed_json"),
-    ({**CHANGE, "type": "TRUNCATE"}, 422, "validation_error"),  # Supabase's webhooks are per row
+    ({**CHANGE, "type": "TRUNCATE"}, 422, "validation_error"),  # no TRUNCATE trigger sends one
     ({**CHANGE, "table": "auth_users"}, 422, "validation_error"),  # a table the API does not show
     ({**CHANGE, "schema": "auth"}, 422, "validation_error"),
     ({**CHANGE, "record": None}, 422, "validation_error"),  # an UPDATE without its new row

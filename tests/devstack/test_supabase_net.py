@@ -1,5 +1,5 @@
 """The Supabase stand-in's pg_net worker (devstack/supabase_net.py) over the seeded PostgreSQL: what
-`net.http_post` queues is sent after commit, once, with its headers, body and timeout, and logged in
+`net.http_post` queues is sent after commit, once, with its headers, body (byte for byte) and timeout, and logged in
 net._http_response; a rolled-back change sends nothing; `drop` loses and `hold` keeps, as the drills need."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 
 from devstack import supabase_net
 from devstack.supabase_net import NetWorker, configure_webhook
+from lib import signature
 from tests.support import serve, wait_for
 
 
@@ -27,7 +28,8 @@ class Receiver(BaseHTTPRequestHandler):
         if self.path == "/slow":
             time.sleep(1.0)
         with self.lock:
-            self.received.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
+            self.received.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body),
+                                  "raw": body})
         self.send_response(204 if self.path == "/empty" else 200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -145,6 +147,16 @@ def test_http_post_refuses_what_pg_net_refuses(sql):
         post(sql, "http://x", headers={"Content-Type": "text/plain"})
     with pytest.raises(Exception, match="params"):
         sql.execute("select net.http_post('http://x', '{}'::jsonb, '{\"a\": \"1\"}'::jsonb)")
+
+
+def test_the_databases_signed_webhook_arrives_byte_for_byte_and_verifies(worker, sql, seeded_db, receiver):
+    # What makes the signature work end to end: the stand-in sends the queued bytes unchanged, as pg_net does.
+    configure_webhook(seeded_db.dsn(), f"{receiver}/api/hooks/database", "s3cret")
+    sql.execute("update properties set title = 'Villa « Téranga » vue mer' where id = 789")
+    wait_for(lambda: Receiver.received, timeout=10, what="the webhook")
+    [got] = Receiver.received
+    assert got["body"]["record"]["title"] == "Villa « Téranga » vue mer" and "s3cret" not in json.dumps(got["headers"])
+    signature.require_signature(got["headers"]["X-Dousell-Signature"], got["raw"], "s3cret", "test")
 
 
 def test_configuring_the_webhook_twice_replaces_its_settings(seeded_db, sql):

@@ -11,7 +11,8 @@ import httpx
 import psycopg
 import pytest
 
-from devstack.__main__ import ANON_KEY
+from devstack.__main__ import ANON_KEY, DATABASE_WEBHOOK_SECRET
+from lib import signature
 from tests.support import wait_for
 
 AWA, MOUSSA, FATOU = "awa.ndiaye@example.sn", "moussa.diop@example.sn", "fatou.sarr@example.sn"
@@ -223,6 +224,48 @@ def test_the_apis_own_patch_is_not_bumped_again_by_its_webhook(stack, sql, webho
     wait_for(lambda: pending(sql) == 0, timeout=AT_ONCE, what="the webhook's drain")
     assert get(stack, detail).headers["x-cache"] == "HIT", "the refilled entry was thrown away by a second bump"
     stack.api.patch(detail, headers=stack.auth(AWA), json={"price": 350000})
+
+
+# -- one signed call per statement, capped writes ------------------------------------------------------------
+
+
+def webhook_answers(sql) -> list[tuple[int | None, str | None]]:
+    return sql.execute("select status_code, content from net._http_response order by created, id").fetchall()
+
+
+def test_300_slots_written_through_supabase_are_one_signed_webhook_per_statement_and_the_cap_holds(stack, sql):
+    owner = rest(stack, AWA)
+    sql.execute("delete from net._http_response")
+    slots = [{"property_id": 789, "starts_at": f"2031-01-{1 + i // 10:02d}T{8 + i % 10:02d}:00:00Z",
+              "ends_at": f"2031-01-{1 + i // 10:02d}T{8 + i % 10:02d}:30:00Z"} for i in range(300)]
+    created = owner.post("/visit_slots", json=slots)
+    assert created.status_code == 201, created.text
+    try:
+        moved = owner.patch("/visit_slots", params={"property_id": "eq.789", "starts_at": "gte.2031-01-01"},
+                            json={"ends_at": "2031-02-01T00:00:00Z"})
+        assert moved.status_code == 200 and len(moved.json()) == 300
+        # Two statements, two calls, each accepted by the API: the database's signature is the API's.
+        wait_for(lambda: len(webhook_answers(sql)) >= 2, timeout=AT_ONCE, what="the two webhooks")
+        answers = webhook_answers(sql)
+        assert [status for status, _ in answers] == [200, 200], answers
+        more = [{"property_id": 789, "starts_at": f"2031-03-{1 + i // 10:02d}T{8 + i % 10:02d}:00:00Z",
+                 "ends_at": f"2031-03-{1 + i // 10:02d}T{8 + i % 10:02d}:30:00Z"} for i in range(200)]
+        refused = owner.post("/visit_slots", json=more)
+        assert refused.status_code == 400 and refused.json()["message"] == "too_many_visit_slots", refused.text
+    finally:
+        owner.delete("/visit_slots", params={"property_id": "eq.789", "starts_at": "gte.2031-01-01"})
+    wait_for(lambda: pending(sql) == 0, timeout=CRON_WINDOW, what="the outbox drained")
+
+
+def test_a_call_not_signed_by_the_database_is_refused_on_the_stack(stack):
+    body = b'{"type": "DELETE", "table": "properties", "schema": "public", "record": null, "old_record": {"id": 1}}'
+    stale = signature.sign(DATABASE_WEBHOOK_SECRET, body, int(time.time()) - 600)
+    for headers in ({"Authorization": f"Bearer {DATABASE_WEBHOOK_SECRET}"},
+                    {"X-Dousell-Signature": signature.sign("guessed", body, int(time.time()))},
+                    {"X-Dousell-Signature": stale}):
+        response = stack.api.post("/api/hooks/database", content=body,
+                                  headers={"Content-Type": "application/json", **headers})
+        assert response.status_code == 401, (headers, response.text)
 
 
 # -- nothing lost ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The invalidation outbox and the database webhook (supabase/migrations/202612020000{20,21}): every change to a
 row the API shows is recorded in its own transaction, whoever made it; clients cannot reach it; the drain's
-RPCs claim, release and delete; the webhook is queued through net.http_post with Supabase's payload."""
+RPCs claim, release and delete; the webhook (20261207000010) is queued through net.http_post with Supabase's
+payload, once per statement, signed with the secret in Vault, which never enters the queue."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from lib import signature
 from lib.cache import invalidation as change_map
+from lib.errors import InvalidToken
 from tests.sql.demo import AWA, FATOU, LEASE_123, MOUSSA, PROPERTY_123, VILLA_789
 from tests.sql.helpers import race
 
@@ -49,9 +52,14 @@ def webhook_settings(admin, url="http://127.0.0.1:9/api/hooks/database", secret=
 
 
 def queued(admin) -> list[dict]:
-    cur = admin.execute("select method, url, headers, convert_from(body, 'UTF8')::jsonb, timeout_milliseconds "
+    """pg_net's queue, oldest first; `raw` is the body's bytes as the worker sends them."""
+    cur = admin.execute("select method, url, headers, convert_from(body, 'UTF8')::jsonb, timeout_milliseconds, body "
                         "from net.http_request_queue order by id")
-    return [dict(zip(("method", "url", "headers", "body", "timeout"), r, strict=True)) for r in cur.fetchall()]
+    return [dict(zip(("method", "url", "headers", "body", "timeout", "raw"), r, strict=True)) for r in cur.fetchall()]
+
+
+WEBHOOK_TRIGGERS = ("a_record_change", "b_database_webhook_insert", "b_database_webhook_update",
+                    "b_database_webhook_delete")
 
 
 # -- recording ----------------------------------------------------------------------------------
@@ -61,10 +69,11 @@ def test_every_table_the_api_shows_has_the_outbox_and_webhook_triggers(admin):
     found = admin.execute(
         "select c.relname, t.tgname from pg_trigger t join pg_class c on c.oid = t.tgrelid "
         "join pg_namespace n on n.oid = c.relnamespace "
-        "where n.nspname = 'public' and t.tgname in ('a_record_change', 'b_database_webhook') and not t.tgisinternal"
+        "where n.nspname = 'public' and (t.tgname = 'a_record_change' or t.tgname like 'b_database_webhook%%') "
+        "and not t.tgisinternal"
     ).fetchall()
     assert {(table, name) for table, name in found} == {
-        (table, name) for table in change_map.TABLES for name in ("a_record_change", "b_database_webhook")}
+        (table, name) for table in change_map.TABLES for name in WEBHOOK_TRIGGERS}
 
 
 def test_an_owners_update_through_postgrest_is_recorded_with_both_versions(api, act_as, outbox):
@@ -226,18 +235,81 @@ def test_without_a_webhook_url_nothing_is_sent(admin, outbox):
     assert queued(admin) == [] and len(outbox()) == 1
 
 
-def test_each_change_queues_supabases_webhook_with_the_secret(api, act_as, admin, outbox):
+def test_each_change_queues_supabases_webhook_signed_and_without_the_secret(api, act_as, admin, outbox):
     webhook_settings(admin)
     as_request(api, act_as, "authenticated", "update properties set price = 61000 where id = %s", (PROPERTY_123,),
                sub=AWA)
     [request_] = queued(admin)
     assert request_["method"] == "POST" and request_["url"] == "http://127.0.0.1:9/api/hooks/database"
-    assert request_["headers"] == {"Content-Type": "application/json", "Authorization": "Bearer hook-secret"}
+    assert set(request_["headers"]) == {"Content-Type", "X-Dousell-Signature"}
+    assert "hook-secret" not in json.dumps(request_["headers"]) and b"hook-secret" not in bytes(request_["raw"])
     assert request_["timeout"] == 5000
     body = request_["body"]
     assert set(body) == {"type", "table", "schema", "record", "old_record"}
     assert (body["type"], body["table"], body["schema"]) == ("UPDATE", "properties", "public")
     assert (body["old_record"]["price"], body["record"]["price"]) == (50000, 61000)
+    # What the endpoint checks, over the bytes pg_net sends: the database's HMAC is the API's.
+    signature.require_signature(request_["headers"]["X-Dousell-Signature"], bytes(request_["raw"]), "hook-secret",
+                                "database-webhook")
+    with pytest.raises(InvalidToken, match="Signature invalide"):
+        signature.require_signature(request_["headers"]["X-Dousell-Signature"], bytes(request_["raw"]),
+                                    "another-secret", "database-webhook")
+
+
+def test_a_body_with_any_character_signs_as_it_is_sent(admin, outbox):
+    webhook_settings(admin)
+    title = 'Villa « Téranga » \\ "vue mer" 🏠 \\u0000 \t'  # escapes in the JSON text, non-ASCII bytes
+    admin.execute("update properties set title = %s where id = %s", (title, PROPERTY_123))
+    [request_] = queued(admin)
+    assert request_["body"]["record"]["title"] == title
+    signature.require_signature(request_["headers"]["X-Dousell-Signature"], bytes(request_["raw"]), "hook-secret",
+                                "database-webhook")
+
+
+def test_a_statement_of_a_thousand_rows_queues_one_request_each_time(admin, outbox):
+    webhook_settings(admin)
+    admin.execute("insert into visit_slots (property_id, starts_at, ends_at) "
+                  "select %s, now() + make_interval(days => 400, hours => g), "
+                  "now() + make_interval(days => 400, hours => g, mins => 30) from generate_series(1, 1000) g",
+                  (VILLA_789,))
+    admin.execute("update visit_slots set ends_at = ends_at + interval '5 minutes' "
+                  "where property_id = %s and starts_at > now() + interval '399 days'", (VILLA_789,))
+    admin.execute("delete from visit_slots where property_id = %s and starts_at > now() + interval '399 days'",
+                  (VILLA_789,))
+    requests = queued(admin)
+    assert [(r["body"]["type"], r["body"]["table"]) for r in requests] == [
+        ("INSERT", "visit_slots"), ("UPDATE", "visit_slots"), ("DELETE", "visit_slots")]
+    updated = requests[1]["body"]
+    assert updated["record"]["id"] == updated["old_record"]["id"] and updated["record"] != updated["old_record"]
+    assert len(outbox()) == 3_000  # the outbox still has every row: the drain applies them all
+
+
+def test_a_statement_that_changes_nothing_queues_nothing(admin, outbox):
+    webhook_settings(admin)
+    admin.execute("update notifications set read_at = read_at where user_id = %s", (MOUSSA,))
+    admin.execute("delete from notifications where kind = 'no such kind'")
+    admin.execute("insert into notifications (user_id, kind, title) select user_id, kind, title from notifications "
+                  "where false")
+    assert queued(admin) == [] and outbox() == []
+
+
+def test_without_the_secret_in_vault_nothing_is_sent_and_the_outbox_keeps_the_change(admin, outbox):
+    admin.execute("select vault.create_secret('http://127.0.0.1:9/api/hooks/database', 'dousell_database_webhook_url')")
+    warnings = []
+    admin.add_notice_handler(lambda diag: warnings.append(diag.message_primary))
+    admin.execute("update properties set price = 64000 where id = %s", (PROPERTY_123,))
+    assert queued(admin) == [] and len(outbox()) == 1
+    assert any("no dousell_database_webhook_secret" in w for w in warnings)
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_the_queue_readable_by_every_role_holds_no_secret(api, act_as, admin, role):
+    # On hosted Supabase PUBLIC can read pg_net's queue, headers included; the stand-in grants the same.
+    webhook_settings(admin)
+    admin.execute("update properties set price = 65000 where id = %s", (PROPERTY_123,))
+    with act_as(api, role, sub=FATOU if role == "authenticated" else None) as conn:
+        rows = conn.execute("select headers::text, convert_from(body, 'UTF8') from net.http_request_queue").fetchall()
+    assert len(rows) == 1 and "hook-secret" not in "".join(rows[0])
 
 
 def test_inserts_and_deletes_carry_one_version_as_supabase_sends_them(admin, outbox):

@@ -5,6 +5,9 @@ The statements are what lib/domain/properties asks PostgREST for, in the shape t
 (devstack/supabase_rest.py) and PostgREST build them: the page with its LIMIT/OFFSET, and the
 `count=estimated` count stopped one row past max-rows. The catalogue is devstack/catalogue.py's
 (deterministic), grown once for this module and VACUUM ANALYZEd as autovacuum would have.
+
+The view reads `private.published_listings`, the published rows alone (20261207000010_security.sql): its plans
+scan that table and never `properties`, so no filter is ever evaluated on a hidden row.
 """
 
 from __future__ import annotations
@@ -63,10 +66,17 @@ def seq_scans(node: dict[str, Any]) -> list[str]:
     return [n.get("Relation Name", "?") for n in nodes(node) if n["Node Type"] == "Seq Scan"]
 
 
-def rows_read(node: dict[str, Any]) -> int:
-    """Rows the scans of `properties` produced (before any filter above them)."""
+CATALOGUE = "published_listings"  # what published_properties reads
+
+
+def rows_read(node: dict[str, Any], relation: str = CATALOGUE) -> int:
+    """Rows the scans of `relation` produced (before any filter above them)."""
     return sum(int(n["Actual Rows"]) + int(n.get("Rows Removed by Filter", 0)) for n in nodes(node)
-               if n.get("Relation Name") == "properties")
+               if n.get("Relation Name") == relation)
+
+
+def relations(node: dict[str, Any]) -> set[str]:
+    return {n["Relation Name"] for n in nodes(node) if "Relation Name" in n}
 
 
 def page(where: str = "", *, per_page: int = 20, offset: int = 0) -> str:
@@ -106,6 +116,7 @@ READS = [
 def test_a_first_page_reads_no_table_from_end_to_end(conn, where, what):
     executed = plan(conn, page(where))
     assert seq_scans(executed) == [], what
+    assert relations(executed) == {CATALOGUE}, what  # never a row of properties, where the drafts are
     assert rows_read(executed) < LISTINGS // 4, (what, rows_read(executed))
 
 
@@ -135,10 +146,24 @@ def test_through_the_table_rls_keeps_ilike_off_the_trigram_indexes(conn):
     # condition comes first and `ilike` (not LEAKPROOF) may not become an index condition, so a rare
     # word is looked for in every published listing. If this ever fails, PostgreSQL changed.
     rare = "where status = 'published' and (title ilike '%xyzzy%' or description ilike '%xyzzy%')"
+    # The same holds for a security_barrier view, which is why the view reads a table of published rows instead.
     through_table = plan(conn, f"select id from properties {rare} {NEWEST} limit 20")
     through_view = plan(conn, page("where (title ilike '%xyzzy%' or description ilike '%xyzzy%')"))
-    assert rows_read(through_table) >= LISTINGS
+    assert rows_read(through_table, "properties") >= LISTINGS
     assert rows_read(through_view) == 0 and seq_scans(through_view) == []
+
+
+def test_a_security_barrier_view_would_keep_ilike_off_the_trigram_indexes_too(conn):
+    # Why published_properties is not a security_barrier view over properties: the barrier keeps the caller's
+    # `ilike` above the view's condition, which is what the fix needs, and so off every index, as RLS does.
+    conn.execute("create or replace view public.barrier_published with (security_barrier) as "
+                 "select * from public.properties where status = 'published'")
+    try:
+        conn.execute("grant select on public.barrier_published to anon")
+        executed = plan(conn, f"select id from barrier_published where title ilike '%xyzzy%' {NEWEST} limit 20")
+    finally:
+        conn.execute("drop view public.barrier_published")
+    assert rows_read(executed, "properties") >= LISTINGS
 
 
 def test_the_view_shows_anon_exactly_the_published_listings(conn):

@@ -1,6 +1,8 @@
-"""lib/changes: the one map from a table and a row's old and new versions to the tags a change bumps."""
+"""lib/cache/invalidation: the one map from a table and a row's old and new versions to the tags a change bumps."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -115,3 +117,15 @@ def test_every_tag_the_map_bumps_is_carried_by_a_key_the_api_reads_and_every_key
 def test_a_property_known_by_id_owner_and_cities_is_the_map_too():
     assert set(invalidation.property_changed(123, AWA, {"Dakar", "Thiès"})) == set(
         invalidation.change_tags("properties", P123, {**P123, "city": "Thiès"}))
+
+
+def test_names_and_values_read_from_a_webhook_body_are_compared_by_value():
+    # The webhook's and the outbox's rows come out of JSON: each string equal to the literal the map
+    # compares it with, never the same object (`is` would tell them apart).
+    body = json.loads(json.dumps({"table": "properties", "old_record": P123, "record": {**P123, "price": 1}}))
+    tags = invalidation.change_tags(body["table"], body["old_record"], body["record"])
+    assert "properties:public" in tags, "a published row stays public"
+    assert "leases:parties" not in tags, "the same owner, read twice"
+    draft = json.loads(json.dumps({**P123, "status": "draft"}))
+    tags = invalidation.change_tags(body["table"], draft, {**draft, "owner_id": IBRAHIMA})
+    assert "leases:parties" in tags and "properties:public" not in tags, "a draft handed to another owner"
