@@ -24,7 +24,7 @@ from lib.cache import aside, invalidation
 from lib.domain import payments, properties, settle, visits
 from lib.edge import upstash
 from lib.errors import InvalidSignature, PaymentInProgress, RateLimited
-from lib.ops import report
+from lib.ops import recorder, report
 from lib.web import idempotency, ratelimit
 
 RUNS = 3
@@ -222,10 +222,10 @@ def _ipn(token: str) -> bytes:
 
 
 def _metrics_write(i: int) -> None:
-    state = metrics.begin_request("/api/properties")
+    state = recorder.begin_request("/api/properties")
     metrics.count_cache("properties_list", "HIT")
-    metrics.end_request(state, "GET", "/api/properties", 1.0)
-    metrics.flush(force=True)
+    recorder.end_request(state, "GET", "/api/properties", 1.0)
+    recorder.flush(force=True)
 
 
 def monthly_bill(commands_per_request: float, requests: int) -> float:

@@ -99,18 +99,18 @@ def get(port: int, path: str, conn: http.client.HTTPConnection | None = None) ->
 
 def edge_round_trips(samples: int) -> list[float]:
     """The one round trip of a cache hit, `samples` times, on whatever transport the environment picks."""
+    from lib import context
     from lib.domain import properties
-    from lib.edge import upstash
 
     properties.get_public(123)  # filled (a miss), connections opened, scripts loaded
     properties.get_public(123)
     out: list[float] = []
     for _ in range(samples):
-        tally, token = upstash.start_tally()
+        tally, token = context.start_tally()
         try:
             properties.get_public(123)
         finally:
-            upstash.stop_tally(token)
+            context.stop_tally(token)
         if len(tally.calls_ms) == 1:  # a hit is exactly one round trip; anything else is not a hit
             out.extend(tally.calls_ms)
     return out

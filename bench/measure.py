@@ -21,9 +21,10 @@ from typing import Any
 
 from bench.stack import LocalStack
 from bench.strategies import Counter, Shim, Strategy, published, timed_request, write_price
-from lib import context, db, keys, metrics
+from lib import context, db, keys
 from lib.domain import properties
 from lib.edge import upstash
+from lib.ops import recorder
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -268,13 +269,13 @@ def _read(op: Op) -> Any:
 def _recorded(path: str, method: str, call: Callable[[], Any]) -> tuple[Any, int]:
     """`call()` as a function would run it: recorded by lib/metrics, which writes its buffer at the end
     when due; the value and the commands the request itself sent."""
-    state = metrics.begin_request(path)
+    state = recorder.begin_request(path)
     start = time.perf_counter()
     try:
         value = call()
     finally:
         commands = state.tally.commands if state is not None else 0
-        metrics.end_request(state, method, metrics.route(path), (time.perf_counter() - start) * 1000)
+        recorder.end_request(state, method, recorder.route(path), (time.perf_counter() - start) * 1000)
     return value, commands
 
 

@@ -173,3 +173,8 @@ def require_cache() -> None:
     """ConfigurationError unless a Redis is configured: VALKEY_URL outside Vercel, else Upstash's variables."""
     if valkey_url() is None:
         upstash()
+
+
+def alert_webhook_url() -> str | None:
+    """Where the cron POSTs alerts as `{"text": ...}` (Slack, Mattermost, Discord's /slack); None: log only."""
+    return _get("ALERT_WEBHOOK_URL")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
 
@@ -62,3 +62,35 @@ def timed(name: str) -> Iterator[None]:
         ctx = _current.get()
         if ctx is not None:
             ctx.add_time(name, (time.perf_counter() - start) * 1000)
+
+
+# -- what one request asked of Upstash (recorded by lib/edge/upstash, observed by lib/ops/recorder) --
+
+
+@dataclass
+class Tally:
+    """What one request asked of Upstash: the duration of each REST call (ms) and the commands sent."""
+
+    calls_ms: list[float] = field(default_factory=list)
+    commands: int = 0
+
+
+_tally: ContextVar[Tally | None] = ContextVar("dousell_upstash_tally", default=None)
+
+
+def start_tally() -> tuple[Tally, Token[Tally | None]]:
+    """Count this context's Upstash calls from now on; `stop_tally(token)` ends it."""
+    tally = Tally()
+    return tally, _tally.set(tally)
+
+
+def stop_tally(token: Token[Tally | None]) -> None:
+    _tally.reset(token)
+
+
+def record_call(start: float, commands: int) -> None:
+    """One REST call begun at `start` (perf_counter) and its commands, in the context's tally, if any."""
+    tally = _tally.get()
+    if tally is not None:
+        tally.calls_ms.append((time.perf_counter() - start) * 1000)
+        tally.commands += commands

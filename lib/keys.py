@@ -162,8 +162,14 @@ def lease_parties(lease_id: int) -> CacheKey:
 
 
 def metrics_bucket(kind: str, number: int) -> str:
-    """`dousell:meta:metrics:m:<epoch minute>` or `...:h:<epoch hour>`: one hash of counters (lib/metrics)."""
+    """`dousell:meta:metrics:m:<epoch minute>`, `...:f:<epoch 5 minutes>` or `...:h:<epoch hour>`: one
+    hash of counters (lib/ops/recorder)."""
     return name("meta", "metrics", kind, int(number))
+
+
+def alerts_state() -> str:
+    """`dousell:meta:alerts`: each alert's state, as JSON (lib/ops/alerts writes it, the report reads it)."""
+    return name("meta", "alerts")
 
 
 def idempotency(user_id: str, header: str) -> str:

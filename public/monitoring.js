@@ -1,11 +1,16 @@
-// The monitoring page: reads /api/metrics every few seconds and draws the seed's four KPIs.
-// No dependency, no build step. The token comes from the URL fragment (#token=...), or is asked
-// for once, and stays in sessionStorage (this tab only). Every figure is written as text next to
-// its bar, with its raw value in data-value (for tests and for anyone copying it).
+// The monitoring page: reads /api/metrics every few seconds and draws the seed's four KPIs, their
+// trend (monitoring-charts.js, over uPlot) and the alerts firing. No build step. The token comes
+// from the URL fragment (#token=...), or is asked for once, and stays in sessionStorage (this tab
+// only). Every figure is written as text next to its bar, with its raw value in data-value (for
+// tests and for anyone copying it).
 "use strict";
 
 (function () {
   var REFRESH_MS = 5000;
+  // Redis unreadable this long (503s in a row) raises the page's own alert: the cron's alerts live
+  // in Redis too, so the page says it itself, after the same 3 minutes as the cron's rule.
+  var alertAfterMs = 3 * 60 * 1000;
+  var unavailableSince = null;
   var STORE = "dousell.metricsToken";
   var FAMILIES = {
     properties_list: "Listes de biens",
@@ -16,6 +21,7 @@
     profile: "Profils",
     notifications: "Notifications",
     payments: "Historique des paiements",
+    visits: "Visites réservées",
     lease_parties: "Parties d'un bail",
     other: "Autres"
   };
@@ -30,7 +36,17 @@
   var decimal = new Intl.NumberFormat("fr-FR", { minimumFractionDigits: 1, maximumFractionDigits: 1 });
 
   function pct(ratio) { return ratio === null || ratio === undefined ? "—" : decimal.format(ratio * 100) + "\u00a0%"; }
-  function ms(value) { return value === null || value === undefined ? "—" : decimal.format(value) + "\u00a0ms"; }
+  function ms(value) {
+    if (value === null || value === undefined) { return "—"; }
+    return value >= 1000 ? decimal.format(value / 1000) + "\u00a0s" : decimal.format(value) + "\u00a0ms";
+  }
+  // A percentile beyond the histogram's last bound (the functions' 30 s limit) is only a floor.
+  function latency(figures, name, limit) {
+    return figures[name + "_above"] ? "> " + ms(limit) : ms(figures[name + "_ms"]);
+  }
+  var dakarTime = new Intl.DateTimeFormat("fr-FR", { timeZone: "Africa/Dakar", weekday: "short", day: "numeric",
+    month: "short", hour: "2-digit", minute: "2-digit" });
+  function dakar(date) { return dakarTime.format(date); }
   function count(value) { return value === null || value === undefined ? "—" : integer.format(value); }
   function bytes(value) {
     if (value === null || value === undefined) { return "—"; }
@@ -75,11 +91,15 @@
     return el("span", { "class": "verdict", "data-state": state, text: words[state] });
   }
 
+  function chart(id, label) {
+    return el("div", { "class": "chart", "data-chart": id, role: "img", "aria-label": label });
+  }
+
   function kpi(id, title, objective, state, body) {
     return el("article", { "class": "kpi", "data-kpi": id, "data-state": state, "aria-labelledby": "kpi-" + id }, [
       el("h3", { id: "kpi-" + id, text: title }),
       el("p", { "class": "objective", text: objective })
-    ].concat(body));
+    ].concat(body, [chart(id, title + " : évolution sur la période, objectif en pointillés")]));
   }
 
   // -- the four KPIs ----------------------------------------------------------------------------
@@ -100,14 +120,15 @@
   }
 
   function latencyCard(m) {
-    var api = m.latency.api, up = m.latency.upstash, goal = m.objectives.latency_p50_ms;
+    var api = m.latency.api, up = m.latency.upstash, goal = m.objectives.latency_p50_ms, limit = m.latency.limit_ms;
     var state = api.p50_ms === null ? "none" : (api.p50_ms < goal ? "ok" : "bad");
     // The track spans twice the objective: the marker sits in its middle.
     return kpi("latency", "Latence P50 de l'API", "Objectif : < " + integer.format(goal) + "\u00a0ms", state, [
       bar(api.p50_ms === null ? null : api.p50_ms / (2 * goal), 0.5, state),
-      el("p", { "class": "value" }, [figure("latency.api.p50_ms", api.p50_ms, ms(api.p50_ms)), " ", verdict(state)]),
+      el("p", { "class": "value" }, [figure("latency.api.p50_ms", api.p50_ms, latency(api, "p50", limit)), " ",
+        verdict(state)]),
       el("p", { "class": "detail" }, [
-        "P95 : ", figure("latency.api.p95_ms", api.p95_ms, ms(api.p95_ms)), " sur ",
+        "P95 : ", figure("latency.api.p95_ms", api.p95_ms, latency(api, "p95", limit)), " sur ",
         figure("latency.api.count", api.count, count(api.count)), " requêtes · Upstash P50 ",
         figure("latency.upstash.p50_ms", up.p50_ms, ms(up.p50_ms)), ", P95 ",
         figure("latency.upstash.p95_ms", up.p95_ms, ms(up.p95_ms)), " sur ",
@@ -158,6 +179,8 @@
       return el("tr", { "data-family": name, "data-state": state }, [
         el("th", { scope: "row" }, [FAMILIES[name] || name, el("small", { text: name })]),
         el("td", { "class": "with-bar" }, [bar(f.hit_rate, goal, state), figure(key + "hit_rate", f.hit_rate, pct(f.hit_rate))]),
+        el("td", { "class": "spark", "data-sparkline": name, role: "img",
+          "aria-label": (FAMILIES[name] || name) + " : taux de succès sur la période" }),
         el("td", {}, [figure(key + "hits", f.hits, count(f.hits))]),
         el("td", {}, [figure(key + "stale", f.stale, count(f.stale))]),
         el("td", {}, [figure(key + "misses", f.misses, count(f.misses))]),
@@ -172,12 +195,12 @@
       return [el("tr", {}, [el("td", { colspan: 4, text: "Aucune requête sur la période." })])];
     }
     return names.map(function (name) {
-      var e = m.latency.api.endpoints[name], key = "endpoints." + name + ".";
+      var e = m.latency.api.endpoints[name], key = "endpoints." + name + ".", limit = m.latency.limit_ms;
       return el("tr", { "data-endpoint": name }, [
         el("th", { scope: "row" }, [el("code", { text: name })]),
         el("td", {}, [figure(key + "count", e.count, count(e.count))]),
-        el("td", {}, [figure(key + "p50_ms", e.p50_ms, ms(e.p50_ms))]),
-        el("td", {}, [figure(key + "p95_ms", e.p95_ms, ms(e.p95_ms))])
+        el("td", {}, [figure(key + "p50_ms", e.p50_ms, latency(e, "p50", limit))]),
+        el("td", {}, [figure(key + "p95_ms", e.p95_ms, latency(e, "p95", limit))])
       ]);
     });
   }
@@ -203,15 +226,31 @@
     children.forEach(function (child) { node.appendChild(child); });
   }
 
+  // The alerts firing, at the top: the server's (evaluated by the cron), and the page's own when
+  // Redis has been unreadable for alertAfterMs.
+  function showAlerts(list) {
+    var items = list.map(function (a) {
+      return el("li", { "data-alert": a.name }, [
+        el("strong", { text: a.message }), " ",
+        el("span", { "class": "since", text: "depuis " + dakar(new Date(a.since)) + " (heure de Dakar)" })
+      ]);
+    });
+    replace($("alerts-list"), items);
+    $("alerts").hidden = !items.length;
+  }
+
   function render(m) {
+    unavailableSince = null;
+    showAlerts(m.alerts || []);
     replace($("kpis"), [hitRateCard(m), latencyCard(m), locksCard(m), memoryCard(m)]);
     replace($("families").tBodies[0], familyRows(m));
     replace($("endpoints").tBodies[0], endpointRows(m));
     replace($("database"), databaseFigures(m));
     $("dashboard").hidden = false;
     $("dashboard").removeAttribute("data-stale");
+    if (window.DousellCharts) { window.DousellCharts.draw(m); }
     var now = new Date();
-    $("updated").textContent = "mis à jour à " + now.toLocaleTimeString("fr-FR");
+    $("updated").textContent = "mis à jour le " + dakar(now) + " (heure de Dakar)";
     $("updated").setAttribute("data-window", m.window);
   }
 
@@ -272,6 +311,11 @@
         askForToken("Jeton refusé : saisissez-le à nouveau.");
       } else if (answer.status === 503) {
         $("dashboard").setAttribute("data-stale", "true");
+        unavailableSince = unavailableSince || new Date();
+        if (new Date() - unavailableSince >= alertAfterMs) {
+          showAlerts([{ name: "redis", since: unavailableSince.toISOString(),
+            message: "Redis injoignable : les métriques ne peuvent pas être lues ; le site répond depuis la base de données." }]);
+        }
         setState("unavailable", "Redis est indisponible : les métriques ne peuvent pas être lues. " +
           "Le site répond toujours depuis la base de données. Nouvel essai dans 5 secondes.");
         schedule();
@@ -293,6 +337,10 @@
     if (params.get("token")) { keepToken(params.get("token")); }
     // Compared with each option's value, never spliced into a selector: `#window='` is not CSS.
     var wanted = params.get("window");
+    wanted = { last_hour: "1h", last_24h: "24h" }[wanted] || wanted;  // the first page's names, in old links
+    // `alert_after=<seconds>`: how long Redis must stay unreadable before the page's own alert (tests shorten it).
+    var after = Number(params.get("alert_after"));
+    if (after > 0) { alertAfterMs = after * 1000; }
     if (Array.prototype.some.call($("window").options, function (option) { return option.value === wanted; })) {
       $("window").value = wanted;
     }

@@ -43,11 +43,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from lib import config
+from lib import config, context
 from lib.edge import breaker as _breakers
 from lib.edge.breaker import Breaker
 from lib.errors import ConfigurationError
@@ -136,27 +134,6 @@ class Script:
 
 _SCRIPTS: dict[str, Script] = {}  # sha → Script: what a NOSCRIPT answer is resent as
 _EVAL_FOR = {"EVALSHA": "EVAL", "EVALSHA_RO": "EVAL_RO"}
-
-
-@dataclass
-class Tally:
-    """What one request asked of Upstash: the duration of each REST call (ms) and the commands sent."""
-
-    calls_ms: list[float] = field(default_factory=list)
-    commands: int = 0
-
-
-_tally: ContextVar[Tally | None] = ContextVar("dousell_upstash_tally", default=None)
-
-
-def start_tally() -> tuple[Tally, Token[Tally | None]]:
-    """Count this context's calls from now on (lib/metrics, per request); `stop_tally(token)` ends it."""
-    tally = Tally()
-    return tally, _tally.set(tally)
-
-
-def stop_tally(token: Token[Tally | None]) -> None:
-    _tally.reset(token)
 
 
 breaker = Breaker()
@@ -379,11 +356,8 @@ def _gate(*, force: bool) -> None:
 
 
 def _record(start: float, commands: int) -> None:
-    """One REST call begun at `start` (perf_counter) and its commands, in the request's tally (lib/metrics)."""
-    tally = _tally.get()
-    if tally is not None:
-        tally.calls_ms.append((time.perf_counter() - start) * 1000)
-        tally.commands += commands
+    """One REST call begun at `start` (perf_counter) and its commands, in the request's tally (lib/context)."""
+    context.record_call(start, commands)
 
 
 def _answers(response: Any, expected: int, single: bool) -> list[Any] | RedisCommandError | None:

@@ -1,73 +1,115 @@
-"""Monitoring, the reading side: the KPIs of a window (GET /api/metrics), read from Redis in one call."""
+"""Monitoring, the reading side: a window's KPIs, its series and the alerts, read from Redis in one call.
+
+A window is a run of buckets of one kind (lib/ops/recorder): 60 minutes for `1h`, 288 five-minute
+buckets for `24h`, 168 hours for `7d`. One read-only script (SERIES) returns both the window's totals
+(the KPIs) and each bucket's fields with the per-endpoint latencies folded into one histogram
+(the series' points), so a refresh of the page costs one command for the window whatever its
+length (the alerts' state read by the same script), plus DBSIZE (INFO is not billed).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from lib import keys, metrics
 from lib.edge import upstash
 from lib.errors import MetricsUnavailable
-from lib.histogram import BOUNDS_MS, LABEL_INDEX, bound_label, percentile
-from lib.metrics import CACHE_STATUSES, LOADED, LOCK_EVENTS, SERVED_FROM_CACHE
+from lib.histogram import BOUNDS_MS, LABEL_INDEX, LIMIT_MS, bound_label
+from lib.metrics import CACHE_STATUSES, LOCK_EVENTS
+from lib.ops.recorder import BUCKETS
+from lib.ops.series import (
+    FAMILIES,
+    SERIES,
+    cache_figures,
+    latency_figures,
+    protected_rate,
+    queries_avoided,
+    ratio,
+    series,
+)
 
-WINDOWS = {  # name → (bucket kind, bucket seconds, buckets read)
-    "last_hour": ("m", 60, 60),
-    "last_24h": ("h", 3600, 24),
+WINDOWS = {  # name → (bucket kind, buckets read): one point per bucket
+    "1h": ("m", 60),
+    "24h": ("f", 288),
+    "7d": ("h", 168),
 }
+ALIASES = {"last_hour": "1h", "last_24h": "24h"}  # the names the first page used; still answered
 OBJECTIVES = {
     "hit_rate": 0.9,  # > 90 % of cached reads answered by Redis
     "latency_p50_ms": 10.0,  # API p50 < 10 ms
-    "double_operations_prevented": 1.0,  # 100 % of double payments/bookings stopped by the lock
+    "double_operations_prevented": 1.0,  # 100 % of locked operations protected (expired locks count against)
     "memory_alert_ratio": 0.8,  # Redis memory: watch it, alert past 80 % of maxmemory
 }
+def window_name(window: str) -> str | None:
+    """`1h`, `24h`, `7d` (or an alias) → its canonical name; None for anything else."""
+    window = ALIASES.get(window, window)
+    return window if window in WINDOWS else None
 
-# KEYS: the bucket hashes of a window. Returns their fields summed, flat: {field, total, ...}.
-# One read-only command for 60 or 24 buckets: a dashboard refreshing every 5 s costs two billed
-# commands a time (this and DBSIZE; INFO is not billed).
-SUM = upstash.Script("""
-local sums, order = {}, {}
-for k = 1, #KEYS do
-  local flat = redis.call('HGETALL', KEYS[k])
-  for i = 1, #flat, 2 do
-    local f = flat[i]
-    if sums[f] == nil then sums[f] = 0; order[#order + 1] = f end
-    sums[f] = sums[f] + tonumber(flat[i + 1])
-  end
-end
-local out = {}
-for _, f in ipairs(order) do out[#out + 1] = f; out[#out + 1] = sums[f] end
-return out
-""", writes=False)
+
+def window_buckets(window: str, now: float) -> tuple[int, int, list[int]]:
+    """(bucket seconds, first bucket's start, bucket numbers oldest first) of `window` ending now."""
+    kind, count = WINDOWS[window_name(window) or window]
+    span = BUCKETS[kind][0]
+    current = int(now) // span
+    numbers = list(range(current - count + 1, current + 1))
+    return span, numbers[0] * span, numbers
 
 
 def window_keys(window: str, now: float) -> list[str]:
-    kind, span, count = WINDOWS[window]
-    current = int(now) // span
-    return [keys.metrics_bucket(kind, n) for n in range(current - count + 1, current + 1)]
+    kind = WINDOWS[window_name(window) or window][0]
+    return [keys.metrics_bucket(kind, n) for n in window_buckets(window, now)[2]]
 
 
-def report(window: str = "last_hour") -> dict[str, Any]:
-    """The KPIs of `window`, read in one Upstash call (the buckets summed by one read-only script,
-    INFO memory, DBSIZE). MetricsUnavailable (503) when Redis does not answer."""
+def _pairs(flat: Any) -> dict[str, int]:
+    if not isinstance(flat, list):
+        return {}
+    return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+def report(window: str = "1h") -> dict[str, Any]:
+    """The KPIs of `window`, its series and the alerts, read in one Upstash call (the buckets and the
+    alerts' state by one read-only script, INFO memory, DBSIZE). MetricsUnavailable (503) when Redis
+    does not answer."""
     now = metrics.clock()  # the clock the buckets were chosen by
-    names = window_keys(window, now)
+    canonical = window_name(window) or window
+    span, start, numbers = window_buckets(canonical, now)
+    names = window_keys(canonical, now)
     try:
-        summed, info, dbsize = upstash.pipeline([SUM.command(names, []), ["INFO", "memory"], ["DBSIZE"]])
+        read, info, dbsize = upstash.pipeline([SERIES.command([*names, keys.alerts_state()], []),
+                                               ["INFO", "memory"], ["DBSIZE"]])
     except upstash.RedisError as exc:
         if quota := upstash.quota_hold():  # Redis held off by a used-up request quota, not down
             raise MetricsUnavailable("Les métriques sont indisponibles : le quota de requêtes Redis est atteint.",
                                      details={"redis_quota": quota}) from exc
         raise MetricsUnavailable() from exc
-    if isinstance(summed, upstash.RedisError):
-        raise MetricsUnavailable() from summed
-    totals = {str(summed[i]): int(summed[i + 1]) for i in range(0, len(summed) - 1, 2)}
+    if isinstance(read, upstash.RedisError) or not isinstance(read, list) or len(read) < 2:
+        raise MetricsUnavailable() from (read if isinstance(read, upstash.RedisError) else None)
+    totals = _pairs(read[0])
+    alerts_raw = read[1]
+    points = [_pairs(p) for p in read[2:]]
     memory = parse_info(info) if isinstance(info, str) else {}
     body = summarize(totals, memory, dbsize if isinstance(dbsize, int) else None)
-    kind, span, count = WINDOWS[window]
-    start = (int(now) // span - count + 1) * span
-    return {"window": window, "from": _iso(start), "to": _iso(now), **body}
+    return {"window": window, "from": _iso(start), "to": _iso(now), **body,
+            "series": series(points, [n * span for n in numbers], span),
+            "alerts": active_alerts(alerts_raw)}
+
+
+def active_alerts(raw: Any) -> list[dict[str, Any]]:
+    """The alerts firing now, from the state lib/ops/alerts keeps (`[]` if none or unreadable)."""
+    if not isinstance(raw, str):
+        return []
+    try:
+        state = json.loads(raw)
+    except ValueError:
+        return []
+    out = []
+    for name, entry in sorted(state.items()) if isinstance(state, dict) else []:
+        if isinstance(entry, dict) and entry.get("firing"):
+            out.append({"name": name, "since": _iso(entry.get("since") or 0), "message": entry.get("message", "")})
+    return out
 
 
 def _iso(epoch: float) -> str:
@@ -91,39 +133,22 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def _ratio(part: float, whole: float) -> float | None:
-    return round(part / whole, 4) if whole else None
-
-
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
-
-
-def _latency(counts: Sequence[int]) -> dict[str, Any]:
-    return {"count": sum(counts), "p50_ms": _ms(percentile(counts, 0.5)), "p95_ms": _ms(percentile(counts, 0.95))}
-
-
-def _cache_figures(by_status: Mapping[str, int]) -> dict[str, Any]:
-    hits, stale = by_status.get("HIT", 0), by_status.get("STALE", 0)
-    misses = sum(by_status.get(s, 0) for s in LOADED)
-    bypasses = by_status.get("BYPASS", 0)
-    reads = hits + stale + misses + bypasses
-    return {
-        "reads": reads, "hits": hits, "stale": stale, "misses": misses, "bypasses": bypasses,
-        "early_refreshes": by_status.get("REFRESH", 0), "waits": by_status.get("WAIT", 0),
-        "hit_rate": _ratio(hits + stale, reads),
-    }
-
-
 def summarize(totals: Mapping[str, int], memory: Mapping[str, str], dbsize: int | None) -> dict[str, Any]:
     """The report's figures from a window's summed counters (pure: tested on known totals)."""
-    families: dict[str, dict[str, int]] = {family: {} for family in (*keys.TTL, "other")}
+    families: dict[str, dict[str, int]] = {family: {} for family in FAMILIES}
     histograms: dict[str, list[int]] = {}
     locks: dict[str, dict[str, int]] = {kind: dict.fromkeys(LOCK_EVENTS, 0) for kind in ("payment", "visit")}
     queries: dict[str, int] = {}
-    failed = lost = refused = 0
+    failed = lost = refused = errors = open_requests = 0
+    gauges: dict[str, int] = {}
     for name, amount in totals.items():
-        if name.startswith("lat:"):
+        if name.startswith("g:"):
+            gauges[name[2:]] = amount
+        elif name == "http:5xx":
+            errors += amount
+        elif name == "breaker:open":
+            open_requests += amount
+        elif name.startswith("lat:"):
             hist, _, label = name[4:].rpartition(":")
             if label in LABEL_INDEX and hist:
                 histograms.setdefault(hist, [0] * len(BOUNDS_MS))[LABEL_INDEX[label]] += amount
@@ -145,42 +170,34 @@ def summarize(totals: Mapping[str, int], memory: Mapping[str, str], dbsize: int 
                 statuses = families.setdefault(family, {})
                 statuses[status] = statuses.get(status, 0) + amount
 
-    per_family = {family: _cache_figures(statuses) for family, statuses in families.items()}  # the seed's order
-    overall = _cache_figures({s: sum(f.get(s, 0) for f in families.values()) for s in CACHE_STATUSES})
+    per_family = {family: cache_figures(statuses) for family, statuses in families.items()}  # the seed's order
+    overall = cache_figures({s: sum(f.get(s, 0) for f in families.values()) for s in CACHE_STATUSES})
     overall["families"] = per_family
 
-    endpoints = {name[4:]: _latency(counts) for name, counts in sorted(histograms.items()) if name.startswith("api:")}
+    endpoints = {name[4:]: latency_figures(counts) for name, counts in sorted(histograms.items()) if name.startswith("api:")}
     api_counts = [0] * len(BOUNDS_MS)
     for name, counts in histograms.items():
         if name.startswith("api:"):
             api_counts = [a + b for a, b in zip(api_counts, counts, strict=True)]
     latency = {
         "bounds_ms": [bound_label(b) for b in BOUNDS_MS],
-        "api": {**_latency(api_counts), "endpoints": endpoints},
-        "upstash": _latency(histograms.get("upstash", [0] * len(BOUNDS_MS))),
+        "limit_ms": LIMIT_MS,  # the last finite bound: a percentile `_above` it is "> limit_ms"
+        "api": {**latency_figures(api_counts), "endpoints": endpoints},
+        "upstash": latency_figures(histograms.get("upstash", [0] * len(BOUNDS_MS))),
     }
 
     lock_totals = {event: sum(kind.get(event, 0) for kind in locks.values()) for event in LOCK_EVENTS}
-    blocked, expired = lock_totals["blocked"], lock_totals["expired"]
     lock_figures = {
         **lock_totals,
-        "double_operations_prevented": blocked,
-        "prevented_rate": _ratio(blocked, blocked + expired),
+        "double_operations_prevented": lock_totals["blocked"],
+        "prevented_rate": protected_rate(lock_totals),
         "kinds": locks,
     }
 
-    # Each read answered by Redis spared one run of its loader; a loader costs its family's
-    # queries per load in the window (1 when the window saw no load of that family).
-    avoided = 0.0
-    for family, statuses in families.items():
-        spared = sum(statuses.get(s, 0) for s in SERVED_FROM_CACHE)
-        loads = sum(statuses.get(s, 0) for s in (*LOADED, "BYPASS"))
-        per_load = queries.get(family, 0) / loads if loads and queries.get(family) else 1.0
-        avoided += spared * per_load
     database = {
         "queries_served": sum(queries.values()),
         "queries_failed": failed,
-        "queries_avoided": round(avoided),
+        "queries_avoided": round(queries_avoided(families, queries)),
         "by_family": dict(sorted(queries.items())),
     }
 
@@ -188,7 +205,7 @@ def summarize(totals: Mapping[str, int], memory: Mapping[str, str], dbsize: int 
     redis = {
         "used_memory_bytes": used,
         "max_memory_bytes": maximum or None,  # 0: no limit set
-        "used_ratio": _ratio(used, maximum) if used is not None and maximum else None,
+        "used_ratio": ratio(used, maximum) if used is not None and maximum else None,
         "keys": dbsize,
         "refused_writes": refused,  # at capacity (eviction off): see docs/monitoring.md
     }
@@ -200,4 +217,7 @@ def summarize(totals: Mapping[str, int], memory: Mapping[str, str], dbsize: int 
         "database": database,
         "redis": redis,
         "metrics": {"lost_writes": lost},
+        "errors": {"5xx": errors},
+        "breaker": {"open_requests": open_requests},  # requests served while Redis was being skipped
+        "outbox": {"backlog": gauges.get("outbox")},  # the largest the cron saw in the window
     }

@@ -16,8 +16,9 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from lib import context, metrics
+from lib import context
 from lib.errors import BadRequest, DousellError, MethodNotAllowed, PayloadTooLarge, ValidationFailed
+from lib.ops import recorder
 from lib.web.request import Request, field_errors, is_validation_error
 
 MAX_BODY_BYTES = 64 * 1024
@@ -129,7 +130,7 @@ class Endpoint(BaseHTTPRequestHandler):
         ctx = context.begin()
         target = _path_of(self.path)
         path = "-" if target is None else target  # an unreadable target is answered 400 below
-        recording = metrics.begin_request(path)
+        recording = recorder.begin_request(path)
         status, code, reason = 500, None, None
         try:
             reply = self._handle(method, readable=target is not None)
@@ -165,7 +166,7 @@ class Endpoint(BaseHTTPRequestHandler):
             record["reason"] = reason
         _log(record)
         # Before sending: a function may be frozen as soon as its answer is out.
-        metrics.end_request(recording, method, metrics.route(path, self.path_param), duration_ms)
+        recorder.end_request(recording, method, recorder.route(path, self.path_param), duration_ms, status)
         try:
             self._send(method, reply, ctx)
         except (BrokenPipeError, ConnectionResetError):

@@ -72,7 +72,9 @@ def test_it_drains_the_outbox_and_answers_counts(client, outbox):  # noqa: F811
     assert counts == {"applied": 2, "already_applied": 0, "deferred": 0, "invalidated": len(expected),
                       "more": False, "pending": 0, "oldest_seconds": None}
     assert [name for name, _ in outbox.calls] == ["claim_invalidations", "complete_invalidations",
-                                                  "invalidation_backlog", "payments_to_reconcile"]
+                                                  "invalidation_backlog", "payments_to_reconcile",
+                                                  "invalidation_backlog"]  # the alerts job's look at it
+    assert response.json()["jobs"]["alerts"] == {"firing": [], "fired": 0, "cleared": 0, "posted": 0}
     assert response.json()["jobs"]["payments"] == {"due": 0, "checked": 0, "changed": 0, "needs_review": 0,
                                                    "expired": 0, "errors": 0, "left": 0}
 

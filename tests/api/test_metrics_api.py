@@ -57,9 +57,12 @@ def known_traffic(redis):
                        "lock:payment:acquired": 1}),
         ("m", MINUTE - 59, {"property_detail:HIT": 4, "lat:api:GET /api/properties/[id]:3": 4}),
         ("m", MINUTE - 60, {"property_detail:HIT": 1000}),  # 61 minutes ago: outside the last hour
+        ("f", MINUTE // 5, {"property_detail:HIT": 9, "property_detail:LOAD": 1}),
+        ("f", MINUTE // 5 - 287, {"property_detail:HIT": 30}),
+        ("f", MINUTE // 5 - 288, {"property_detail:HIT": 1000}),  # outside the last 24 hours
         ("h", HOUR, {"property_detail:HIT": 9, "property_detail:LOAD": 1}),
-        ("h", HOUR - 23, {"property_detail:HIT": 30}),
-        ("h", HOUR - 24, {"property_detail:HIT": 1000}),  # outside the last 24 hours
+        ("h", HOUR - 167, {"property_detail:HIT": 70}),
+        ("h", HOUR - 168, {"property_detail:HIT": 1000}),  # outside the last 7 days
     ]:
         for name, amount in fields.items():
             redis.redis.hincrby(f"dousell:meta:metrics:{kind}:{number}", name, amount)
@@ -116,12 +119,12 @@ def test_the_last_hour_sums_sixty_minute_buckets_in_one_upstash_call(client, red
     assert response.status_code == 200
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
-    assert (body["window"], body["from"], body["to"]) == ("last_hour", "2027-01-15T07:01:00Z", "2027-01-15T08:00:30Z")
+    assert (body["window"], body["from"], body["to"]) == ("1h", "2027-01-15T07:01:00Z", "2027-01-15T08:00:30Z")
     detail = body["cache"]["families"]["property_detail"]
     assert (detail["hits"], detail["misses"], detail["hit_rate"]) == (9, 1, 0.9)
     assert (body["cache"]["hits"], body["cache"]["misses"], body["cache"]["hit_rate"]) == (9, 1, 0.9)
-    assert body["latency"]["api"]["endpoints"]["GET /api/properties/[id]"] == {"count": 10, "p50_ms": 2.5,
-                                                                                "p95_ms": 2.95}
+    assert body["latency"]["api"]["endpoints"]["GET /api/properties/[id]"] == {
+        "count": 10, "p50_ms": 2.5, "p95_ms": 2.95, "p50_above": False, "p95_above": False}
     assert body["latency"]["upstash"]["count"] == 7
     assert (body["locks"]["acquired"], body["locks"]["blocked"], body["locks"]["prevented_rate"]) == (1, 1, 1.0)
     assert body["database"] == {"queries_served": 1, "queries_failed": 0, "queries_avoided": 9,
@@ -129,22 +132,39 @@ def test_the_last_hour_sums_sixty_minute_buckets_in_one_upstash_call(client, red
     memory = redis.redis.info("memory")
     assert body["redis"]["max_memory_bytes"] == memory["maxmemory"] == 256 * 1024 * 1024
     assert 0 < body["redis"]["used_memory_bytes"] <= memory["used_memory"] * 2
-    assert (body["redis"]["keys"], body["redis"]["refused_writes"]) == (6, 0)
+    assert (body["redis"]["keys"], body["redis"]["refused_writes"]) == (9, 0)
     assert body["objectives"]["hit_rate"] == 0.9 and body["objectives"]["latency_p50_ms"] == 10
     assert len(redis.calls) == 1
     kind, commands = redis.calls[0]
     assert kind == "PIPELINE" and [c[0] for c in commands] == ["EVALSHA_RO", "INFO", "DBSIZE"]
-    assert commands[0][2] == 60  # the sixty minute buckets, summed by one read-only script
+    assert commands[0][2] == 61  # the sixty minute buckets and the alerts' state, read by one read-only script
+    series = body["series"]
+    assert (series["step_seconds"], len(series["t"]), series["t"][-1]) == (60, 60, MINUTE * 60)
+    assert series["hit_rate"][0] == 1.0 and series["hit_rate"][-1] == 0.8333 and series["hit_rate"][1] is None
+    assert series["requests"][-1] == 6 and series["locks"]["blocked"][-1] == 1
+    assert body["alerts"] == []
     assert (redis.stats.billed, redis.stats.scripts_global_lock) == (2, 0), "INFO is not billed"
     assert len(metrics.pending) == 1, "a metrics request records nothing and writes nothing"
 
 
-def test_the_last_24_hours_sum_twenty_four_hour_buckets(client, redis):
+@pytest.mark.parametrize("window, points, hits", [
+    ("24h", 288, 39),  # five-minute buckets
+    ("last_24h", 288, 39),  # the first page's name, still answered
+    ("7d", 168, 79),  # hour buckets
+])
+def test_the_longer_windows_read_their_own_buckets(client, redis, window, points, hits):
     known_traffic(redis)
-    body = client.get("/api/metrics", params={"window": "last_24h"}, headers=authorized()).json()
-    assert body["window"] == "last_24h" and body["from"] == "2027-01-14T09:00:00Z"
-    assert body["cache"]["families"]["property_detail"]["hits"] == 39
-    assert redis.calls[0][1][0][2] == 24, "twenty-four hour buckets"
+    body = client.get("/api/metrics", params={"window": window}, headers=authorized()).json()
+    assert body["window"] == window and len(body["series"]["t"]) == points
+    assert body["cache"]["families"]["property_detail"]["hits"] == hits
+    assert redis.calls[0][1][0][2] == points + 1, "the window's buckets and the alerts' state"
+
+
+def test_the_alerts_firing_are_listed_with_their_start(client, redis):
+    redis.redis.set("dousell:meta:alerts", '{"_minute": 1, "hit_rate": {"firing": true, "since": 1800000000, '
+                                           '"message": "Taux bas."}, "locks": {"firing": false}}')
+    body = client.get("/api/metrics", headers=authorized()).json()
+    assert body["alerts"] == [{"name": "hit_rate", "since": "2027-01-15T08:00:00Z", "message": "Taux bas."}]
 
 
 def test_an_empty_window_answers_zeros_not_an_error(client):
@@ -183,5 +203,5 @@ def test_redis_without_info_still_answers_the_counts(client, redis, monkeypatch)
     monkeypatch.setattr(redis.engine, "execute", without_info)
     known_traffic(redis)
     body = client.get("/api/metrics", headers=authorized()).json()
-    assert body["redis"]["used_memory_bytes"] is None and body["redis"]["keys"] == 6
+    assert body["redis"]["used_memory_bytes"] is None and body["redis"]["keys"] == 9
     assert body["cache"]["hits"] == 9

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 
 import pytest
 
@@ -72,3 +73,15 @@ def test_two_threads_keep_their_own_request() -> None:
     for thread in threads:
         thread.join(timeout=5)
     assert seen == {"HIT": "HIT", "MISS": "MISS"}
+
+
+def test_a_call_is_tallied_only_while_a_tally_is_started():
+    context.record_call(time.perf_counter(), 3)  # before: not counted
+    tally, token = context.start_tally()
+    try:
+        context.record_call(time.perf_counter(), 2)
+        context.record_call(time.perf_counter(), 1)
+    finally:
+        context.stop_tally(token)
+    context.record_call(time.perf_counter(), 5)  # after: not counted
+    assert tally.commands == 3 and len(tally.calls_ms) == 2 and all(ms >= 0 for ms in tally.calls_ms)

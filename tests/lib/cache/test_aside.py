@@ -15,6 +15,7 @@ from lib import context, keys, metrics
 from lib.cache import aside, entries, invalidation
 from lib.edge import breaker as breaker_module
 from lib.edge import upstash
+from lib.ops import recorder
 from tests.fakes import fake_upstash
 from tests.support import FakeClock
 
@@ -522,14 +523,13 @@ def test_a_waiter_polls_with_the_read_script_on_the_leader(redis, clock):
 
 def test_each_outcome_is_counted_per_family_in_the_instance_not_in_redis(redis):
     entry = keys.property_detail(7)
-    state = metrics.begin_request("/api/properties/7")
+    state = recorder.begin_request("/api/properties/7")
     try:
         fetch(entry, Loader(7))
         fetch(entry, Loader(7))
         counted = {name: n for (_, name), n in metrics.pending.snapshot().items()}
     finally:
-        metrics._recording.reset(state.token)
-        upstash.stop_tally(state.tally_token)
+        state.stop()
     assert counted == {"property_detail:LOAD": 1, "property_detail:HIT": 1}
     assert not [key for key in redis.redis.keys() if b":metrics:" in key]
 
@@ -621,7 +621,7 @@ def test_a_full_database_still_serves_hits_and_answers_misses_from_the_database_
     cached, new = keys.property_detail(1), keys.property_detail(2)
     fetch(cached, Loader("kept"))
     fill_up(redis)
-    state = metrics.begin_request("/api/properties/2")
+    state = recorder.begin_request("/api/properties/2")
     try:
         assert fetch(cached, Loader("unused")) == ("kept", "HIT")
         loader = Loader("fresh")
@@ -629,8 +629,7 @@ def test_a_full_database_still_serves_hits_and_answers_misses_from_the_database_
         assert fetch(new, loader) == ("fresh", "MISS")
         counted = {name: n for (_, name), n in metrics.pending.snapshot().items()}
     finally:
-        metrics._recording.reset(state.token)
-        upstash.stop_tally(state.tally_token)
+        state.stop()
     assert loader.calls == 2 and redis.redis.exists(new.key) == 0
     assert counted["redis:refused_writes"] == 2
     assert redis.stats.capacity_refusals == 2

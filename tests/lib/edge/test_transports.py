@@ -16,6 +16,7 @@ import pytest
 import redis as redis_py
 
 from devstack.redis_server import RedisServer, free_port
+from lib import context
 from lib.edge import upstash, valkey
 from lib.errors import RateLimited
 from lib.web import ratelimit
@@ -144,12 +145,12 @@ def test_a_script_error_is_a_command_error_not_an_outage(edge):
 
 def test_a_tally_counts_round_trips_and_commands_of_its_context_only(edge):
     upstash.execute(["PING"])
-    tally, token = upstash.start_tally()
+    tally, token = context.start_tally()
     try:
         upstash.execute(["SET", "a", "1"])
         upstash.pipeline([["GET", "a"], ["GET", "b"]])
     finally:
-        upstash.stop_tally(token)
+        context.stop_tally(token)
     upstash.execute(["PING"])
     assert tally.commands == 3 and len(tally.calls_ms) == 2
 
@@ -165,12 +166,12 @@ def test_an_unreachable_server_is_one_outage_then_skipped_until_the_breaker_lets
     with pytest.raises(upstash.RedisSkipped):
         upstash.execute(["GET", "k"])
     assert upstash.probe() is False
-    tally, token = upstash.start_tally()
+    tally, token = context.start_tally()
     try:
         with pytest.raises(upstash.RedisUnavailable):
             upstash.execute(["GET", "k"], force=True)
     finally:
-        upstash.stop_tally(token)
+        context.stop_tally(token)
     assert tally.commands == 1 and len(tally.calls_ms) == 1, "a failed call is tallied too"
 
 

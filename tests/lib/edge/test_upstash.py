@@ -288,12 +288,12 @@ def test_a_script_that_touches_a_key_outside_keys_is_refused_as_upstash_refuses_
 
 def test_a_tally_counts_the_calls_and_commands_of_its_context_only(redis):
     upstash.execute(["PING"])  # before: not counted
-    tally, token = upstash.start_tally()
+    tally, token = context.start_tally()
     try:
         upstash.execute(["SET", "a", "1"])
         upstash.pipeline([["GET", "a"], ["GET", "b"]])
     finally:
-        upstash.stop_tally(token)
+        context.stop_tally(token)
     upstash.execute(["PING"])  # after: not counted
     assert tally.commands == 3 and len(tally.calls_ms) == 2
     assert all(ms >= 0 for ms in tally.calls_ms)
@@ -326,12 +326,12 @@ def test_a_hanging_upstash_costs_one_bounded_timeout_not_a_hang(monkeypatch):
 def test_durations_are_tallied_even_for_a_call_that_failed(router):
     router.post(URL).mock(side_effect=httpx.ConnectError("refused"))
     context.begin()
-    tally, token = upstash.start_tally()
+    tally, token = context.start_tally()
     try:
         with pytest.raises(upstash.RedisUnavailable):
             upstash.execute(["GET", "k"])
     finally:
-        upstash.stop_tally(token)
+        context.stop_tally(token)
     assert len(tally.calls_ms) == 1 and tally.commands == 1
 
 

@@ -60,18 +60,35 @@ def test_a_family_without_traffic_is_listed_with_no_rate(figures):
 
 def test_latency_percentiles_overall_per_endpoint_and_upstash(figures):
     api = figures["latency"]["api"]
-    assert api["endpoints"]["GET /api/properties"] == {"count": 100, "p50_ms": 2.83, "p95_ms": 4.75}
+    assert api["endpoints"]["GET /api/properties"] == {"count": 100, "p50_ms": 2.83, "p95_ms": 4.75,
+                                                        "p50_above": False, "p95_above": False}
     assert api["endpoints"]["GET /api/search"]["p50_ms"] == 175.0
     assert (api["count"], api["p50_ms"]) == (200, 5.0)  # half the requests are at most 5 ms
-    assert figures["latency"]["upstash"] == {"count": 100, "p50_ms": 0.78, "p95_ms": 1.5}
+    assert figures["latency"]["upstash"] == {"count": 100, "p50_ms": 0.78, "p95_ms": 1.5, "p50_above": False,
+                                             "p95_above": False}
+
+
+def test_a_percentile_beyond_the_functions_limit_says_so_instead_of_a_bucket_bound():
+    slow = report.summarize(lat("api:POST /api/payments", "inf", 3), {}, None)["latency"]
+    assert slow["api"]["p50_ms"] == slow["limit_ms"] == 30_000 and slow["api"]["p50_above"] is True
 
 
 def test_locks_blocked_are_the_double_operations_prevented(figures):
     locks_ = figures["locks"]
     assert (locks_["acquired"], locks_["blocked"], locks_["expired"], locks_["unavailable"]) == (16, 4, 1, 2)
     assert locks_["double_operations_prevented"] == 4
-    assert locks_["prevented_rate"] == 0.8  # one lock expired under its holder: a door left open
+    # 20 locked operations (16 held, 4 stopped); one lock expired under its holder: a door left open.
+    assert locks_["prevented_rate"] == 0.95
     assert locks_["kinds"]["visit"] == {"acquired": 4, "blocked": 1, "expired": 1, "unavailable": 0}
+
+
+def test_locks_taken_without_contention_are_100_percent_not_no_data():
+    """The page said "pas encore de données" beside "11 acquis · 0 bloqués": the rate was
+    blocked / (blocked + expired), undefined when nobody contended."""
+    locks_ = report.summarize({"lock:payment:acquired": 11}, {}, None)["locks"]
+    assert (locks_["acquired"], locks_["blocked"], locks_["prevented_rate"]) == (11, 0, 1.0)
+    assert report.summarize({"lock:payment:acquired": 11, "lock:payment:expired": 1}, {}, None)["locks"][
+        "prevented_rate"] == 0.9091
 
 
 def test_queries_avoided_use_each_familys_queries_per_load(figures):
@@ -99,16 +116,26 @@ def test_the_lost_writes_are_reported(figures):
 def test_an_empty_window_is_all_zeros_and_nones():
     empty = report.summarize({}, {}, 0)
     assert empty["cache"]["hit_rate"] is None and empty["cache"]["reads"] == 0
-    assert empty["latency"]["api"] == {"count": 0, "p50_ms": None, "p95_ms": None, "endpoints": {}}
+    assert empty["latency"]["api"] == {"count": 0, "p50_ms": None, "p95_ms": None, "p50_above": False,
+                                       "p95_above": False, "endpoints": {}}
     assert empty["locks"]["prevented_rate"] is None
 
 
-def test_the_windows_read_sixty_minutes_or_twenty_four_hours_ending_now():
-    minutes = report.window_keys("last_hour", NOW)
-    assert len(minutes) == 60 and minutes[-1] == f"dousell:meta:metrics:m:{MINUTE}"
-    assert minutes[0] == f"dousell:meta:metrics:m:{MINUTE - 59}"
-    hours = report.window_keys("last_24h", NOW)
-    assert len(hours) == 24 and hours[-1] == f"dousell:meta:metrics:h:{int(NOW) // 3600}"
+@pytest.mark.parametrize("window, kind, count, span", [
+    ("1h", "m", 60, 60),  # a point a minute
+    ("last_hour", "m", 60, 60),  # the first page's name for it
+    ("24h", "f", 288, 300),  # a point per five minutes
+    ("last_24h", "f", 288, 300),
+    ("7d", "h", 168, 3600),  # a point an hour
+])
+def test_each_window_reads_its_buckets_ending_now(window, kind, count, span):
+    names = report.window_keys(window, NOW)
+    assert len(names) == count and names[-1] == f"dousell:meta:metrics:{kind}:{int(NOW) // span}"
+    assert names[0] == f"dousell:meta:metrics:{kind}:{int(NOW) // span - count + 1}"
+
+
+def test_an_unknown_window_has_no_name():
+    assert report.window_name("last_week") is None and report.window_name("7d") == "7d"
 
 
 def test_parse_info_reads_fields_and_skips_headings():
@@ -127,7 +154,7 @@ def redis(monkeypatch):
         yield fake
 
 
-def test_the_report_sums_the_windows_buckets_in_one_call_of_two_billed_commands(redis):
+def test_the_report_reads_the_windows_buckets_and_the_alerts_in_one_call_of_two_billed_commands(redis):
     redis.redis.hset(f"dousell:meta:metrics:m:{MINUTE}", mapping={"property_detail:HIT": 3, "db:q:-": 1})
     redis.redis.hset(f"dousell:meta:metrics:m:{MINUTE - 59}", mapping={"property_detail:HIT": 2})
     redis.redis.hset(f"dousell:meta:metrics:m:{MINUTE - 60}", mapping={"property_detail:HIT": 1000})
@@ -140,7 +167,10 @@ def test_the_report_sums_the_windows_buckets_in_one_call_of_two_billed_commands(
     assert len(redis.calls) == 1
     kind, commands = redis.calls[0]
     assert kind == "PIPELINE" and [c[0] for c in commands] == ["EVALSHA_RO", "INFO", "DBSIZE"]
-    assert commands[0][2] == 60, "sixty minute buckets, passed as KEYS"
+    assert commands[0][2] == 61, "sixty minute buckets and the alerts' state, passed as KEYS"
+    assert commands[0][-1] == "dousell:meta:alerts"
+    assert body["series"]["t"][-1] == MINUTE * 60 and len(body["series"]["t"]) == 60
+    assert body["series"]["families"]["property_detail"][0] == body["series"]["families"]["property_detail"][-1] == 1.0
     stats = redis.stats
     assert (stats.billed, stats.scripts_key_locked, stats.scripts_global_lock) == (2, 1, 0)
 
@@ -148,7 +178,7 @@ def test_the_report_sums_the_windows_buckets_in_one_call_of_two_billed_commands(
 def test_the_window_bounds_are_given_in_utc(redis):
     body = report.report("last_24h")
     assert (body["window"], body["to"]) == ("last_24h", "2027-01-15T08:00:30Z")
-    assert body["from"] == "2027-01-14T09:00:00Z"
+    assert body["from"] == "2027-01-14T08:05:00Z"  # 288 buckets of five minutes, the current one included
 
 
 @pytest.mark.parametrize("outage", [
