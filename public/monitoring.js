@@ -312,12 +312,24 @@
       } else if (answer.status === 503) {
         $("dashboard").setAttribute("data-stale", "true");
         unavailableSince = unavailableSince || new Date();
-        if (new Date() - unavailableSince >= alertAfterMs) {
-          showAlerts([{ name: "redis", since: unavailableSince.toISOString(),
-            message: "Redis injoignable : les métriques ne peuvent pas être lues ; le site répond depuis la base de données." }]);
+        var quota = answer.body && answer.body.error && answer.body.error.details &&
+          answer.body.error.details.redis_quota;
+        if (quota) {  // a used-up Upstash quota is known at once: no need to wait for it to last
+          var kind = quota.quota === "monthly" ? "mensuel" : "quotidien";
+          var until = dakar(new Date(quota.until)) + " (heure de Dakar)";
+          showAlerts([{ name: "upstash_quota", since: unavailableSince.toISOString(),
+            message: "Quota " + kind + " de commandes Upstash atteint : le cache est contourné jusqu'au " + until +
+              " ; le site répond depuis la base de données." }]);
+          setState("unavailable", "Quota " + kind + " de commandes Upstash atteint : les métriques ne peuvent pas " +
+            "être lues avant le " + until + ". Le site répond toujours depuis la base de données.");
+        } else {
+          if (new Date() - unavailableSince >= alertAfterMs) {
+            showAlerts([{ name: "redis", since: unavailableSince.toISOString(),
+              message: "Redis injoignable : les métriques ne peuvent pas être lues ; le site répond depuis la base de données." }]);
+          }
+          setState("unavailable", "Redis est indisponible : les métriques ne peuvent pas être lues. " +
+            "Le site répond toujours depuis la base de données. Nouvel essai dans 5 secondes.");
         }
-        setState("unavailable", "Redis est indisponible : les métriques ne peuvent pas être lues. " +
-          "Le site répond toujours depuis la base de données. Nouvel essai dans 5 secondes.");
         schedule();
       } else {
         var error = answer.body && answer.body.error;
