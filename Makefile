@@ -41,7 +41,7 @@ test: venv tools ## every test, on real PostgreSQL, Valkey and the Vercel CLI
 test-fast: venv ## the tests that need no PostgreSQL, stack or Vercel CLI (about a minute)
 	$(PY) -m pytest -m "not postgres and not stack and not vercel_cli" $(PYTEST_ARGS)
 
-lint: venv ## ruff on everything, mypy strict on lib/ and api/, the layer contract (.importlinter)
+lint: venv ## ruff on everything, mypy strict on lib/, api/ and host/, the layer contract (.importlinter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache

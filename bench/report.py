@@ -8,7 +8,7 @@ from typing import Any
 from bench.costs import MONTHLY_REQUESTS, PRICE_PER_COMMAND, Cost, monthly_bill, seed_card_per_request
 from bench.measure import Latency, Overhead, Race, Stampede, Zipf, percentile
 from bench.strategies import STRATEGIES, SeedCard
-from lib.metrics import FLUSH_INTERVAL
+from lib.ops.recorder import FLUSH_INTERVAL
 
 DASH = "—"
 

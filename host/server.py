@@ -43,9 +43,10 @@ from urllib.parse import unquote
 
 from host import proxy
 from host.routes import ROOT, Routes
-from lib import config, metrics
+from lib import config
 from lib.edge import valkey
 from lib.errors import BadRequest, DousellError, MethodNotAllowed, NotFound
+from lib.ops import recorder
 from lib.web.http import MAX_BODY_BYTES, Endpoint, _log, _path_of
 
 PUBLIC = ROOT / "public"
@@ -297,7 +298,7 @@ def _worker(listener: socket.socket, routes: Routes, trusted: tuple[proxy.Networ
     server.stop()
     thread.join()
     try:
-        metrics.flush(force=True)  # what this process counted and has not written yet
+        recorder.flush(force=True)  # what this process counted and has not written yet
     except Exception as exc:  # noqa: BLE001 (the metrics are best effort; the process must still exit)
         _event("metrics-not-written", error=type(exc).__name__)
     _event("worker-stopped", drained_ms=round((time.monotonic() - started) * 1000))
