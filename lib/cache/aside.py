@@ -103,7 +103,7 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
     Never raises for a Redis problem: the database answers instead. A bug raises.
     """
     loader = metrics.attributed(family, loader)  # its queries count for the queries-avoided estimate
-    if upstash.breaker.state != "closed" and upstash.breaker.allow() and not _after_outage():
+    if not upstash.breaker.closed and upstash.breaker.allow() and not _after_outage():
         return _bypass(loader, family)
     keys_ = _entry_keys(key, tags, family)
     odds = [max(draw(), 1e-12), XFETCH_BETA]
@@ -260,7 +260,7 @@ def _after_outage() -> bool:
     entry. False if Redis failed again (the caller bypasses it)."""
     if not all(hook() for hook in list(_recovery_hooks)):
         return False
-    if upstash.breaker.state == "half-open":  # nothing to drain: the probe is still to be made
+    if upstash.breaker.probing:  # nothing to drain: the probe is still to be made
         try:
             upstash.execute(["PING"], force=True)
         except RedisError:

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Literal
+
+State = Literal["closed", "open", "half-open"]
 
 # Replaceable in tests: the clock that decides when an open breaker lets a probe through.
 clock = time.monotonic
@@ -29,10 +32,20 @@ class Breaker:
         self.reset()
 
     def reset(self) -> None:
-        self.state = "closed"
+        self.state: State = "closed"
         self.interval = 0.0
         self.until = 0.0
         self.reason: str | None = None
+
+    @property
+    def closed(self) -> bool:
+        """Calls go out: no failure since the last success."""
+        return self.state == "closed"
+
+    @property
+    def probing(self) -> bool:
+        """Half-open: one caller was let through to probe, and its answer is still to come."""
+        return self.state == "half-open"
 
     def allow(self) -> bool:
         """True if a call may go out now: closed, or the one probe of a half-open breaker."""

@@ -166,7 +166,7 @@ def end_request(state: Recording | None, method: str, endpoint: str, duration_ms
             metrics.observe("upstash", ms)
         if status >= 500:
             metrics.count("http:5xx")
-        if upstash.breaker.state != "closed":
+        if not upstash.breaker.closed:
             metrics.count("breaker:open")
     finally:
         state.stop()
@@ -182,7 +182,7 @@ def flush(*, force: bool = False) -> bool:
     global _last_flush
     now = monotonic()
     pending = metrics.pending
-    if not len(pending) or upstash.breaker.state != "closed" or (not force and now - _last_flush < FLUSH_INTERVAL):
+    if not len(pending) or not upstash.breaker.closed or (not force and now - _last_flush < FLUSH_INTERVAL):
         return False
     _last_flush = now
     increments = pending.take()

@@ -82,3 +82,15 @@ def test_a_hold_opens_it_for_a_known_time_then_one_probe_decides(clock):
     assert breaker.allow()
     breaker.success()
     assert (breaker.state, breaker.reason, breaker.seconds_left()) == ("closed", None, 0.0)
+
+
+def test_closed_and_probing_say_what_callers_ask(clock):
+    breaker = Breaker(base=1.0)
+    assert breaker.closed and not breaker.probing
+    breaker.failure()
+    assert not breaker.closed and not breaker.probing  # open: calls are skipped
+    clock.now += 1.0
+    assert breaker.allow()
+    assert not breaker.closed and breaker.probing  # this caller's probe is out
+    breaker.success()
+    assert breaker.closed and not breaker.probing
