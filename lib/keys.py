@@ -218,6 +218,10 @@ def lock_kind(key: str) -> str:
 def city_tag(city: str) -> str:
     """`properties:city:<folded>`: case, accents and spacing removed. PostgREST's `ilike` (how a city
     list is read) matches case-insensitively, so every row a list can show folds to the list's tag."""
-    decomposed = unicodedata.normalize("NFKD", " ".join(str(city).split()))
-    folded = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-    return f"properties:city:{escape(folded)}"
+    return f"properties:city:{escape(fold(' '.join(str(city).split())))}"
+
+
+def fold(text: str) -> str:
+    """`text` without case or accents ("Thiès" and "THIES" fold alike): how a city is matched, and tagged."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()

@@ -29,12 +29,7 @@ CITIES = (
 )
 
 
-def _fold(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-
-
-_CITY_BY_FOLD = {_fold(city): city for city in CITIES}
+_CITY_BY_FOLD = {keys.fold(city): city for city in CITIES}
 _NAME_CHARS = set(" -'’")
 
 
@@ -52,7 +47,7 @@ def clean_words(text: str, *, field: str, max_length: int, error: type[Validatio
 def canonical_city(city: str, *, field: str = "city", error: type[ValidationFailed] = InvalidFilter) -> str:
     """`dakar`, ` DAKAR `, `thies` → `Dakar`, `Thiès`; an unknown city gets its words capitalised."""
     text = clean_words(city, field=field, max_length=60, error=error)
-    known = _CITY_BY_FOLD.get(_fold(text))
+    known = _CITY_BY_FOLD.get(keys.fold(text))
     if known:
         return known
     return "-".join(" ".join(w[:1].upper() + w[1:].lower() for w in part.split(" ")) for part in text.split("-"))
@@ -198,8 +193,8 @@ def update(user: User, property_id: int, changes: dict[str, Any]) -> dict[str, A
     before = rows[0]
     if before["owner_id"] != user.id:
         raise Forbidden("Seul le propriétaire de ce bien peut le modifier.")
-    if "city" in changes:
-        changes["city"] = canonical_city(changes["city"], error=ValidationFailed)
+    if "city" in changes:  # a copy: the caller's dict stays as it gave it
+        changes = {**changes, "city": canonical_city(changes["city"], error=ValidationFailed)}
     seen = refill.watch(keys.property_detail(property_id).tags)  # lets the refill tell if another write slipped in
     writes = outbox.Writes()
     updated = db.run(lambda: writes.stamp(client.from_("properties").update(changes).eq("id", property_id)).execute()).data

@@ -247,6 +247,18 @@ def test_the_owner_patches_every_field_the_api_accepts_through_the_column_grants
     assert after["district"] is None
 
 
+def test_an_update_leaves_the_callers_changes_as_it_gave_them(admin, awa):
+    changes = {"city": "saly", "district": "Ngaparou"}
+    after = properties.update(awa, 789, changes)
+    assert after["city"] == "Saly", "stored under the canonical name"
+    assert changes == {"city": "saly", "district": "Ngaparou"}, "the caller's dict is not rewritten"
+
+
+def test_a_city_folds_alike_for_its_match_and_its_tag():
+    assert properties.canonical_city("THIES") == properties.canonical_city("thiès") == "Thiès"
+    assert keys.city_tag("THIES") == keys.city_tag("  thiès ") == keys.city_tag("Thiès")
+
+
 # -- paged lists ----------------------------------------------------------------------------------
 
 
