@@ -53,7 +53,7 @@ local versions = {}
 for i = 1, ntags do versions[i] = redis.call('GET', KEYS[3 + i]) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local raw = redis.pcall('GET', KEYS[1])  -- an entry of an older format (a hash) reads as missing
+local raw = redis.pcall('GET', KEYS[1])  -- a key of another type (not ours) reads as missing
 local value, remaining, early, took = false, 0, false, nil
 if type(raw) == 'string' then
   local expires, load, _, built, payload = string.match(raw, '^(%d+)|(%d+)|(%d+)|([^\\n]*)\\n(.*)$')

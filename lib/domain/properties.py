@@ -112,15 +112,6 @@ def _page(matching: Callable[..., Any], page: int, per_page: int, rows: str) -> 
     return {rows: found, "total": total, "total_estimated": total > ESTIMATED_ABOVE}
 
 
-def _unpaged(value: Any, page: int, per_page: int, rows: str) -> dict[str, Any]:
-    """A page from an entry written before paging (the whole list under the seed's key, or a search
-    without `total_estimated`): answered correctly until its TTL ends it, never a 500 during a deploy."""
-    if isinstance(value, list):
-        start = (page - 1) * per_page
-        return {rows: value[start:start + per_page], "total": len(value), "total_estimated": False}
-    return {**value, "total_estimated": value.get("total_estimated", value["total"] > ESTIMATED_ABOVE)}
-
-
 def list_public(city: str | None = None, page: int = 1, per_page: int = LIST_PER_PAGE) -> dict[str, Any]:
     """One page of the published properties, newest first; one city's when `city` is given
     (canonical name, matched ignoring case). `{"properties", "count", "page", "per_page", "total",
@@ -130,8 +121,7 @@ def list_public(city: str | None = None, page: int = 1, per_page: int = LIST_PER
         return query.eq("city_lower", city.lower()) if city else query
 
     entry = keys.properties_city(city, page, per_page) if city else keys.properties_all(page, per_page)
-    found = _unpaged(aside.fetch(entry, lambda: _page(matching, page, per_page, "properties")), page, per_page,
-                     "properties")
+    found = aside.fetch(entry, lambda: _page(matching, page, per_page, "properties"))
     return {"properties": found["properties"], "count": len(found["properties"]), "page": page,
             "per_page": per_page, "total": found["total"], "total_estimated": found["total_estimated"]}
 
@@ -170,8 +160,7 @@ def search(filters: dict[str, Any]) -> dict[str, Any]:
             query = query.or_(f"title.ilike.{pattern},description.ilike.{pattern},district.ilike.{pattern}")
         return query
 
-    found = _unpaged(aside.fetch(keys.search(filters), lambda: _page(matching, page, per_page, "results")),
-                     page, per_page, "results")
+    found = aside.fetch(keys.search(filters), lambda: _page(matching, page, per_page, "results"))
     return {"results": found["results"], "page": page, "per_page": per_page, "total": found["total"],
             "total_estimated": found["total_estimated"]}
 

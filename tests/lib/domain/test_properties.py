@@ -329,14 +329,6 @@ def test_a_page_past_the_end_is_empty_with_the_total(standin):
                                                    "total": PUBLISHED, "total_estimated": False}
 
 
-def test_a_list_cached_whole_before_paging_is_still_served_page_by_page(admin, valkey):
-    # The entry the previous deployment wrote under the seed's key: every listing in one array.
-    aside.fetch(keys.properties_all(), lambda: [{"id": n, "price": n} for n in range(50)])
-    first = properties.list_public()
-    assert [row["id"] for row in first["properties"]] == list(range(20))
-    assert (first["total"], first["count"]) == (50, 20)
-
-
 @pytest.mark.parametrize("page, per_page, refused", [
     (50, 20, False),  # the 1,000th listing: the last page paging reaches
     (51, 20, True),
