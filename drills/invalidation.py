@@ -27,6 +27,7 @@ import httpx
 import psycopg
 
 from devstack.__main__ import ANON_KEY
+from drills.report import progress
 
 PROPERTIES = (109, 110, 111)  # Awa's, Dakar, published: on the list, the city page, the search and their detail
 OWNER = "awa.ndiaye@example.sn"
@@ -71,8 +72,6 @@ def cron_seconds() -> float:
 
 
 def writes_outside_the_api(ctx, row) -> None:
-    from drills.runs import progress
-
     stack = ctx.stack
     sql = psycopg.connect(f"postgresql://postgres@127.0.0.1:{stack.ports.postgres}/dousell", autocommit=True)
     owner = httpx.Client(base_url=f"{stack.supabase_url}/rest/v1", timeout=10, headers={

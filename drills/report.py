@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
+
+
+def progress(message: str) -> None:
+    """One line on stderr while a drill runs (the table goes to stdout)."""
+    print(f"· {message}", file=sys.stderr, flush=True)
+
 
 HEAD = ("drill", "requests sent", "answers by status", "5xx not in contract", "lost/doubled", "leaked",
         "stale after window", "notes")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import statistics
-import sys
 import threading
 import time
 from collections import Counter
@@ -21,6 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from drills import invalidation
+from drills.report import progress
 
 OWNER, OWNER2, TENANT, STRANGER = ("awa.ndiaye@example.sn", "ibrahima.fall@example.sn", "moussa.diop@example.sn",
                                    "fatou.sarr@example.sn")
@@ -30,10 +30,6 @@ CONTRACT_5XX = {(502, "payment_provider_error"), (503, "database_unavailable"), 
                 (503, "metrics_unavailable")}
 DEADLINE = 30.0  # seconds per request: above the functions' own bounds (PayDunya 10 s, database 5 s)
 WARM_DEADLINE = 300.0  # seconds to keep asking a function still being built
-
-
-def progress(message: str) -> None:
-    print(f"· {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
