@@ -9,9 +9,8 @@ lib's own error class; real headless Chromium draws it (the helpers of test_moni
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from lib.errors import MetricsUnavailable
 from tests.integration import test_monitoring_page
 from tests.integration.conftest import ROOT
 from tests.integration.test_monitoring_page import Page, browse
+from tests.support import serve
 
 chromium = test_monitoring_page.chromium  # the fixture: headless Chromium, or a skip (a failure on CI)
 
@@ -55,14 +55,8 @@ class Site(SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def site() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Site)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(Site) as url:
+        yield url
 
 
 def test_a_used_up_quota_is_an_alert_at_once_with_the_time_it_ends_in_dakar(site, chromium, tmp_path):
