@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
-from drills.runs import LEASE, OWNER, OWNER2, STRANGER, TENANT, Context, Row, progress, tally
+from drills.report import progress
+from drills.runs import LEASE, OWNER, OWNER2, STRANGER, TENANT, Context, Row, tally
 
 CRON_WAIT = 90.0  # seconds: the stack's cron caller ticks every DEVSTACK_CRON_SECONDS (60 by default)
 
