@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -320,10 +319,12 @@ def up(args: argparse.Namespace) -> int:
     pidfile.write_text(f"{os.getpid()}\n")
     (state / "stack.json").write_text(json.dumps({"ports": asdict(ports), "pid": os.getpid()}))
     stack = Stack(ports, state)
-    stopping = threading.Event()
+    # A flag, not a threading.Event: a handler that sets an Event deadlocks the main thread when
+    # the signal lands inside that Event's own wait (its lock is not reentrant).
+    stopping: list[int] = []
 
     def on_signal(signum, frame):
-        stopping.set()
+        stopping.append(signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -345,14 +346,14 @@ def up(args: argparse.Namespace) -> int:
             stack.servers.append(CronCaller(f"http://127.0.0.1:{ports.api}", CRON_SECRET).start())
         _banner(ports, args.api, dakar)
         (state / "ready").write_text("ready\n")
-        while not stopping.is_set():
+        while not stopping:
             if stack.host is not None and stack.host.poll() is not None:
                 print(f"the Dakar host exited ({stack.host.returncode}); see {state / 'dakar.log'}", file=sys.stderr)
                 return 1
             if stack.vercel is not None and stack.vercel.poll() is not None:
                 print(f"vercel dev exited ({stack.vercel.returncode}); see {state / 'vercel-dev.log'}", file=sys.stderr)
                 return 1
-            stopping.wait(0.5)
+            time.sleep(0.5)
         return 0
     except Exception as exc:
         print(f"The local stack could not start: {exc}", file=sys.stderr)

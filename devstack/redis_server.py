@@ -31,7 +31,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -363,13 +362,14 @@ class RedisServer:
 
 
 def _serve(server: RedisServer, timeout: float) -> int:
-    stop = threading.Event()
+    stop: list[int] = []  # a flag, not a threading.Event: setting one from a handler can deadlock its wait
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _: stop.append(signum))
     server.start(timeout=timeout)
     print(f"redis: serving {server.describe()}", flush=True)
     try:
-        while not stop.wait(0.5):
+        while not stop:
+            time.sleep(0.5)
             if not server.is_running():
                 print("redis: the server went away", file=sys.stderr)
                 return 1

@@ -60,6 +60,7 @@ GRACE = 25.0  # seconds the workers get to finish their requests after SIGTERM (
 # way, and closing under it would leave that request unanswered.
 LAST_CALL = 1.0
 STATIC_METHODS = ["GET", "HEAD", "OPTIONS"]
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 class Connection(Endpoint):
@@ -285,15 +286,11 @@ def _event(event: str, **fields: Any) -> None:
 
 
 def _worker(listener: socket.socket, routes: Routes, trusted: tuple[proxy.Network, ...]) -> None:
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <worker>`: every thread's stack to the log
     server = HostServer(listener, routes, trusted)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="accept")
-    thread.start()
-    while not stop.wait(1.0):
-        pass
+    thread.start()  # its threads inherit the blocked STOP_SIGNALS: only the wait below takes them
+    signal.sigwait(STOP_SIGNALS)
     started = time.monotonic()
     server.stop()
     thread.join()
@@ -315,12 +312,15 @@ def listen(host: str, port: int) -> socket.socket:
 
 def serve(host: str, port: int, workers: int) -> int:
     """Run the host until SIGTERM or SIGINT; the process's exit status."""
+    # Blocked before anything starts and taken with sigtimedwait, never by a Python handler: a
+    # handler that sets a threading.Event deadlocks the thread it interrupts when that thread is
+    # inside the same Event's wait (its lock is not reentrant), and the host then never exits. The
+    # workers inherit the mask, so a SIGTERM that reaches one before it is ready waits for it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: the master's stack to the log, as a worker's
     trusted = proxy.networks(config.trusted_proxies())  # a bad entry stops the start, named
     routes = Routes.load()  # imported once, before forking: every worker shares them
     listener = listen(host, port)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
 
     def fork() -> int:
         pid = os.fork()
@@ -339,16 +339,15 @@ def serve(host: str, port: int, workers: int) -> int:
            environment=config.environment(), redis="valkey-tcp" if config.valkey_url() else "upstash-rest",
            # Empty behind a proxy: every client is counted as the proxy's address (one rate-limit bucket).
            trusted_proxies=[str(net) for net in trusted])
-    while not stop.is_set():
+    while signal.sigtimedwait(STOP_SIGNALS, 0.2) is None:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             pid, status = 0, 0
-        if pid and pid in children and not stop.is_set():
+        if pid and pid in children:
             children.discard(pid)
             _event("worker-died", worker=pid, status=status)
             children.add(fork())
-        stop.wait(0.2)
     listener.close()
     for pid in children:
         _signal(pid, signal.SIGTERM)

@@ -6,6 +6,7 @@ request that is too large), with httpx elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -53,12 +54,31 @@ class Host:
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            # Every process's stacks to the log (faulthandler on SIGUSR1), then the log in the failure.
+            for pid in [self.proc.pid, *_children(self.proc.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+            time.sleep(1)
+            self.proc.kill()
+            self.proc.wait()
+            assert self.proc.stderr is not None
+            raise AssertionError("the host did not stop within 60 s of SIGTERM; its log:\n"
+                                 + self.proc.stderr.read().decode("utf-8", "replace")[-20000:]) from None
 
     def log(self) -> str:
         self.stop()
         assert self.proc.stderr is not None
         return self.proc.stderr.read().decode("utf-8", "replace")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 @pytest.fixture
@@ -234,8 +254,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_accepts_nothing_new(start
 
 
 def workers_of(host: Host) -> set[int]:
-    children = Path(f"/proc/{host.proc.pid}/task/{host.proc.pid}/children").read_text().split()
-    return {int(pid) for pid in children}
+    return set(_children(host.proc.pid))
 
 
 def test_a_worker_that_dies_is_replaced_and_the_service_goes_on(start):
@@ -254,3 +273,67 @@ def test_a_worker_that_dies_is_replaced_and_the_service_goes_on(start):
         assert httpx.get(f"{host.url}/api/nowhere").status_code == 404
     events = [json.loads(line)["event"] for line in host.log().splitlines() if '"event"' in line]
     assert "worker-died" in events
+
+
+
+GRACE_AND_MARGIN = 45  # the master's own grace (25 s) before it kills a worker, and a margin
+
+
+def _bound(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 404
+    except httpx.TransportError:
+        return False
+
+
+def _ask_until_stopped(url: str, answered: list[int]) -> None:
+    while True:
+        try:
+            answered.append(httpx.get(url, timeout=5).status_code)
+        except httpx.TransportError:
+            return  # refused: the host no longer accepts
+
+
+@pytest.mark.parametrize("moment", ["starting", "started", "busy"])
+def test_a_sigterm_at_any_moment_stops_the_host_whole(valkey, moment):
+    """Starting (its socket bound, the workers not yet forked or ready), started, or while requests keep coming:
+    the host stops in order, status 0, no worker killed. A stop signal taken by a Python handler
+    that sets a threading.Event can deadlock the thread inside that Event's wait (its lock is not
+    reentrant): the host then never exited, and one that arrived before the handler was installed
+    killed the master outright."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api/nowhere"
+    proc = subprocess.Popen([sys.executable, "-m", "host", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+                            cwd=ROOT, env={"PATH": os.environ.get("PATH", ""), "VALKEY_URL": valkey.url},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    answered: list[int] = []
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (_bound(port) if moment == "starting" else _answers(url)):
+            assert proc.poll() is None and time.monotonic() < deadline, "the host did not start"
+            time.sleep(0.01)
+        asking = threading.Thread(target=_ask_until_stopped, args=(url, answered))
+        if moment == "busy":
+            asking.start()
+            while len(answered) < 20:
+                time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(GRACE_AND_MARGIN) == 0
+        if moment == "busy":
+            asking.join(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert set(answered) <= {404}, "every request answered before the stop was answered whole"
+    assert proc.stderr is not None
+    events = [json.loads(line) for line in proc.stderr.read().decode().splitlines() if '"event"' in line]
+    assert events and events[-1]["event"] == "host-stopped" and events[-1]["killed"] == 0, events
