@@ -29,7 +29,7 @@ from typing import Any
 
 from lib import context, keys, metrics
 from lib.cache import entries
-from lib.cache.entries import DEFAULT_LOAD_MS, REFILL, TAG_TTL_MS
+from lib.cache.entries import DEFAULT_LOAD_MS
 from lib.edge import upstash
 from lib.edge.upstash import RedisError, RedisFull
 
@@ -103,18 +103,16 @@ def _decoded(payload: str) -> Any:
         return MISSING
 
 
-def fill(refills: Sequence[Refill], olds: Sequence[str | None], before: dict[str, str | None],
-         after: dict[str, str], lock: str, now: int) -> bool:
+def fill(refills: Sequence[Refill], bumped: entries.Bumped) -> bool:
     """Store each refill whose new value can be told, in one REFILL, and release the writer's fill
-    locks. `olds`: each entry as the bump read it; `before` / `after`: the tags' versions just
-    before the bump and the ones it set; `lock`: the value of the writer's fill locks; `now`: the
-    bump's time (ms, Redis's clock). False if Redis did not answer (nothing may be stored)."""
-    command_keys = [keys.fill_lock_key(r.entry.key) for r in refills]
-    args: list[Any] = [lock, TAG_TTL_MS, len(refills)]
-    for one, raw in zip(refills, olds, strict=True):
+    locks. `bumped`: the bump that took them, with each entry as it read it. False if Redis did not
+    answer (nothing may be stored)."""
+    now = bumped.now
+    stores = []
+    for one, raw in zip(refills, bumped.olds, strict=True):
         tags = list(one.entry.tags)
         old = entries.parse(raw)
-        valid = old if old is not None and old.built == [before[t] for t in tags] and old.expires > now else None
+        valid = old if old is not None and old.built == [bumped.before[t] for t in tags] and old.expires > now else None
         value = one.value(_decoded(valid.payload) if valid else MISSING)
         if value is SKIP:
             continue
@@ -124,12 +122,12 @@ def fill(refills: Sequence[Refill], olds: Sequence[str | None], before: dict[str
             expires = valid.expires
         else:
             continue  # a patch of nothing, or of an entry about to expire: a reader reloads it
-        command_keys += [one.entry.key, *map(keys.tag_key, tags)]
-        args += [len(tags), entries.serialize(value), old.load_ms if old is not None else DEFAULT_LOAD_MS, expires,
-                 entries.stale_window(one.entry.ttl) * 1000, *(after[t] for t in tags)]
+        stores.append(entries.Store(one.entry.key, entries.serialize(value),
+                                    old.load_ms if old is not None else DEFAULT_LOAD_MS, expires,
+                                    entries.stale_window(one.entry.ttl) * 1000, {t: bumped.after[t] for t in tags}))
     try:
         with context.timed("cache"):
-            upstash.run(REFILL, command_keys, args)
+            entries.refill(bumped.lock, [r.entry.key for r in refills], stores)
     except RedisFull:
         metrics.count_refused_write()  # not stored: the keys stay misses; the locks lapse by themselves
         return False
