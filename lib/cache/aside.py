@@ -32,11 +32,11 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar, cast
 
 from lib import context, keys, metrics
-from lib.cache import entries, locks, refill
+from lib.cache import entries, locks
 from lib.edge import upstash
 from lib.edge.upstash import RedisCommandError, RedisError, RedisFull
 
@@ -181,16 +181,11 @@ def _release(fill_key: str, lock: str) -> None:
 
 
 def invalidate(tags: Sequence[str], *, changes: Sequence[str] = (), delete: Sequence[str] = (),
-               refills: Sequence[refill.Refill] = (), seen: dict[str, str | None] | None = None,
                force: bool = False) -> bool:
     """Give each tag a new version (every entry built on the old one becomes a miss), mark `changes`
     (ids of the API's own writes, lib/cache/outbox) applied with these tags and delete `delete` keys, in
-    one command. `force`: send it while the breaker is half-open (the probe's recovery hook).
-
-    `refills`, with `seen` (`refill.watch` before the write): keys whose new value the writer knows,
-    read by the same command as the bump and filled right after it (lib/cache/refill). If a tag of `seen`
-    moved since the watch (another write slipped in), nothing is refilled. A refill never fails
-    the write: at worst its keys are misses.
+    one command. `force`: send it while the breaker is half-open (the probe's recovery hook). A
+    writer that also refills the keys it knows calls lib/cache/refill.invalidate instead.
 
     Returns False if Redis could not be told. Nothing is kept in memory for later: the change
     waits in the database's outbox, and the webhook, the cron or the first read after the
@@ -199,24 +194,27 @@ def invalidate(tags: Sequence[str], *, changes: Sequence[str] = (), delete: Sequ
     tags = sorted(set(tags))
     if not (tags or changes or delete):
         return True
-    # Only keys built on tags this bump moves: any other tag would not say if a write slipped in.
-    refills = [r for r in refills if seen and set(r.entry.tags) <= set(tags)]
-    start = time.perf_counter()
+    return bump(tags, changes=changes, delete=delete, force=force) is not None
+
+
+def bump(tags: Sequence[str], *, changes: Sequence[str] = (), delete: Sequence[str] = (), refills: Sequence[str] = (),
+         seen: Mapping[str, str | None] | None = None, lock_ms: int = 0, expected_ms: int = 0,
+         force: bool = False) -> entries.Bumped | None:
+    """`invalidate`'s one command (lib/cache/entries.bump, which says what `refills`, `seen`, `lock_ms`
+    and `expected_ms` are), timed as the cache's. None if Redis could not be told (down, slow,
+    skipped by the breaker: the outbox keeps the change). A full database cannot take new versions:
+    the tags are dropped instead, which invalidates just as well, with no marker (the outbox's drain
+    does it again, which is harmless) and nothing read or taken for a refill."""
     try:
         with context.timed("cache"):
             try:
-                bumped = entries.bump(tags, changes=changes, delete=delete, refills=[r.entry.key for r in refills],
-                                      seen=seen, lock_ms=refill.LOCK_MS, expected_ms=refill.gap.expected(), force=force)
+                return entries.bump(tags, changes=changes, delete=delete, refills=refills, seen=seen,
+                                    lock_ms=lock_ms, expected_ms=expected_ms, force=force)
             except RedisFull:
-                # No room for new versions: dropping them invalidates just as well. No marker then
-                # (the outbox's drain does it again, which is harmless), and nothing refilled.
                 upstash.execute(["DEL", *(keys.tag_key(tag) for tag in tags), *delete], force=force)
-                return True
-    except RedisError:  # down, slow or skipped (lib/edge/upstash's breaker): the outbox keeps the change
-        return False
-    if bumped.taken and refill.fill(refills, bumped):
-        refill.gap.add((time.perf_counter() - start) * 1000)  # what the next writer's locks will announce
-    return True
+                return entries.Bumped(taken=False, now=0, before={}, after={}, olds=(), lock="")
+    except RedisError:
+        return None
 
 
 def on_recovery(hook: Callable[[], bool]) -> None:
