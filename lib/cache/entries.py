@@ -335,7 +335,7 @@ def fresh_value(raw: str | None, versions: list[str | None], draw: float, beta: 
     return entry.payload
 
 
-# Invalidation (lib/cache/aside.invalidate).
+# Invalidation (lib/cache/aside.invalidate; with refills, lib/cache/refill.invalidate).
 # KEYS: the tag version keys, then one applied-change marker per change id (lib/cache/outbox), then a
 # (entry, fill lock) pair per refill candidate (lib/cache/refill), then the keys to delete. ARGV[1] the
 # number of tags, ARGV[2] of markers, ARGV[3] of candidates, ARGV[4] the tag ttl ms, ARGV[5] the
