@@ -26,7 +26,10 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # each reader process imports lib itself, once its environment is set
+    from lib.cache.entries import Look
 
 READERS = 3
 WRITES = 12  # per writer
@@ -46,14 +49,14 @@ class Counts:
         return f"reads {self.reads}, hits {self.hits}, stale {self.stale}"
 
 
-def mget_look(keys_: list[str], odds: list[float]) -> list[Any]:
+def mget_look(keys_: list[str], odds: list[float]) -> Look:
     """The hit judged from one MGET of the entry and its tags (any node may answer it); CLAIM decides the rest."""
     from lib.cache import aside, entries
     from lib.edge import upstash
 
     raw, *versions = upstash.execute(["MGET", keys_[0], *keys_[3:]])
     value = entries.fresh_value(raw, versions, odds[0], odds[1], aside.wall() * 1000)
-    return ["HIT", value] if value is not None else ["LOAD", False]
+    return entries.Look("HIT", value) if value is not None else entries.Look("LOAD")
 
 
 def _reader(env: Mapping[str, str], property_id: int, control: bool, floor: Any, stop: Any, ready: Any,

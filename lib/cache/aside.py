@@ -31,14 +31,12 @@ from __future__ import annotations
 import json
 import logging
 import random
-import secrets
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar, cast
 
 from lib import context, keys, metrics
-from lib.cache import entries, locks, refill
-from lib.cache.entries import BUMP, CLAIM, DEFAULT_LOAD_MS, FILL, READ, TAG_TTL_MS
+from lib.cache import entries, locks
 from lib.edge import upstash
 from lib.edge.upstash import RedisCommandError, RedisError, RedisFull
 
@@ -91,11 +89,6 @@ def fetch(entry: keys.CacheKey, loader: Callable[[], T]) -> T:
     return get_or_load(entry.key, loader, entry.ttl, entry.tags, family=entry.family)
 
 
-def _entry_keys(key: str, tags: Sequence[str], family: str) -> list[str]:
-    """What READ, CLAIM and FILL take as KEYS: the entry, its fill lock, its family's load estimate, its tags."""
-    return [key, keys.fill_lock_key(key), keys.load_estimate(family), *(keys.tag_key(tag) for tag in tags)]
-
-
 def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str] = (), *, family: str = "other") -> T:
     """The cached value of `key`, or `loader()`'s, stored for about `ttl` seconds under `tags`.
 
@@ -105,12 +98,11 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
     loader = metrics.attributed(family, loader)  # its queries count for the queries-avoided estimate
     if not upstash.breaker.closed and upstash.breaker.allow() and not _after_outage():
         return _bypass(loader, family)
-    keys_ = _entry_keys(key, tags, family)
+    keys_ = entries.entry_keys(key, tags, family)
     odds = [max(draw(), 1e-12), XFETCH_BETA]
     deadline = clock() + WAIT_DEADLINE
     overdue = 0
     first = True
-    value: Any  # the scripts' replies are untyped JSON: HIT and STALE carry the entry's text
     while True:
         try:
             with context.timed("cache"):
@@ -118,12 +110,9 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
                 # Anything else is decided by CLAIM, which may take the lock.
                 if not first:
                     context.count_poll()
-                status, value, *rest = first_look(keys_, odds)
-                if status not in ("HIT", "STALE", "WAIT"):
-                    token = secrets.token_hex(8)
-                    fresh = [secrets.token_hex(6) for _ in tags]
-                    status, value, *rest = upstash.run(CLAIM, keys_, [*odds, token, FILL_LOCK_MS, TAG_TTL_MS,
-                                                                      DEFAULT_LOAD_MS, *fresh])
+                look = first_look(keys_, odds)
+                if look.status not in ("HIT", "STALE", "WAIT"):
+                    look = entries.claim(keys_, odds, lock_ms=FILL_LOCK_MS)
         except RedisFull:  # the database is full: nothing new can be stored, reads still work
             metrics.count_refused_write()
             return _answer_unstored(loader, family)
@@ -133,36 +122,28 @@ def get_or_load(key: str, loader: Callable[[], T], ttl: int, tags: Sequence[str]
         except RedisError:  # down, slow, or skipped by the breaker
             return _bypass(loader, family)
         first = False
-        metrics.count_cache(family, status)
-        if status in ("HIT", "STALE"):
-            context.set_cache_status(status)
-            return cast(T, json.loads(value))  # a hit is the loader's value after a JSON round trip
-        if status != "WAIT":
+        metrics.count_cache(family, look.status)
+        if look.status in ("HIT", "STALE"):
+            context.set_cache_status(look.status)
+            return cast(T, json.loads(look.value or ""))  # a hit is the loader's value after a JSON round trip
+        if look.status != "WAIT":
             context.set_cache_status("MISS")
-            lock, *versions = rest
-            return _load_and_fill(keys_, versions, lock, loader, ttl)
+            return _load_and_fill(keys_, look, loader, ttl)
         left = deadline - clock()
         if left <= 0:
             # The filler is slow or gone: answer from the database without storing anything.
             context.set_cache_status("MISS")
             metrics.count_cache(family, "TIMEOUT")
             return loader()
-        expected_in = rest[0] if rest else None  # ms until the filler is expected, by its fill lock
-        pause = wake_after(expected_in, overdue)
-        if expected_in is None or expected_in <= 0:
+        pause = wake_after(look.expected_in, overdue)  # when the filler is expected, by its fill lock
+        if look.expected_in is None or look.expected_in <= 0:
             overdue += 1
         sleep(min(pause, left))
 
 
-def _read(keys_: list[str], odds: list[float]) -> list[Any]:
-    """READ on the leader: {status, value or false[, ms until the filler is expected]}."""
-    answer: list[Any] = upstash.run(READ, keys_, odds)
-    return answer
-
-
 # Replaceable in drills and tests only: how a read looks (the drills' negative control puts back a
 # hit judged from one MGET, which a replica may answer, to show the stale reads READ prevents).
-first_look: Callable[[list[str], list[float]], list[Any]] = _read
+first_look: Callable[[list[str], list[float]], entries.Look] = entries.read
 
 
 def _answer_unstored(loader: Callable[[], T], family: str) -> T:
@@ -171,7 +152,8 @@ def _answer_unstored(loader: Callable[[], T], family: str) -> T:
     return loader()
 
 
-def _load_and_fill(keys_: list[str], versions: list[str], lock: str, loader: Callable[[], T], ttl: int) -> T:
+def _load_and_fill(keys_: list[str], claimed: entries.Look, loader: Callable[[], T], ttl: int) -> T:
+    lock = claimed.lock or ""
     start = time.perf_counter()
     try:
         value = loader()
@@ -182,8 +164,7 @@ def _load_and_fill(keys_: list[str], versions: list[str], lock: str, loader: Cal
     payload = entries.serialize(value)
     try:
         with context.timed("cache"):
-            upstash.run(FILL, keys_, [payload, load_ms, entries.jittered_ttl_ms(ttl), entries.stale_window(ttl) * 1000,
-                                      lock, TAG_TTL_MS, *versions])
+            entries.fill(keys_, payload, load_ms=load_ms, ttl=ttl, lock=lock, versions=claimed.versions)
     except RedisFull:  # not stored; the fill lock expires by itself after FILL_LOCK_MS
         metrics.count_refused_write()
     except RedisError:
@@ -200,16 +181,11 @@ def _release(fill_key: str, lock: str) -> None:
 
 
 def invalidate(tags: Sequence[str], *, changes: Sequence[str] = (), delete: Sequence[str] = (),
-               refills: Sequence[refill.Refill] = (), seen: dict[str, str | None] | None = None,
                force: bool = False) -> bool:
     """Give each tag a new version (every entry built on the old one becomes a miss), mark `changes`
     (ids of the API's own writes, lib/cache/outbox) applied with these tags and delete `delete` keys, in
-    one command. `force`: send it while the breaker is half-open (the probe's recovery hook).
-
-    `refills`, with `seen` (`refill.watch` before the write): keys whose new value the writer knows,
-    read by the same command as the bump and filled right after it (lib/cache/refill). If a tag of `seen`
-    moved since the watch (another write slipped in), nothing is refilled. A refill never fails
-    the write: at worst its keys are misses.
+    one command. `force`: send it while the breaker is half-open (the probe's recovery hook). A
+    writer that also refills the keys it knows calls lib/cache/refill.invalidate instead.
 
     Returns False if Redis could not be told. Nothing is kept in memory for later: the change
     waits in the database's outbox, and the webhook, the cron or the first read after the
@@ -218,35 +194,27 @@ def invalidate(tags: Sequence[str], *, changes: Sequence[str] = (), delete: Sequ
     tags = sorted(set(tags))
     if not (tags or changes or delete):
         return True
-    # Only keys built on tags this bump moves: any other tag would not say if a write slipped in.
-    refills = [r for r in refills if seen and set(r.entry.tags) <= set(tags)]
-    seen = seen or {}
-    markers = [keys.applied_change(change) for change in changes]
-    versions = [secrets.token_hex(6) for _ in tags]
-    token = secrets.token_hex(8)
-    expected = refill.gap.expected()
-    args: list[Any] = [len(tags), len(markers), len(refills), TAG_TTL_MS, keys.APPLIED_CHANGE_TTL * 1000,
-                       json.dumps(tags, separators=(",", ":")), token, refill.LOCK_MS, expected]
-    for tag, version in zip(tags, versions, strict=True):
-        args += [version, "" if tag not in seen else ("!" if seen[tag] is None else seen[tag])]
-    pairs = [k for r in refills for k in (r.entry.key, keys.fill_lock_key(r.entry.key))]
-    start = time.perf_counter()
+    return bump(tags, changes=changes, delete=delete, force=force) is not None
+
+
+def bump(tags: Sequence[str], *, changes: Sequence[str] = (), delete: Sequence[str] = (), refills: Sequence[str] = (),
+         seen: Mapping[str, str | None] | None = None, lock_ms: int = 0, expected_ms: int = 0,
+         force: bool = False) -> entries.Bumped | None:
+    """`invalidate`'s one command (lib/cache/entries.bump, which says what `refills`, `seen`, `lock_ms`
+    and `expected_ms` are), timed as the cache's. None if Redis could not be told (down, slow,
+    skipped by the breaker: the outbox keeps the change). A full database cannot take new versions:
+    the tags are dropped instead, which invalidates just as well, with no marker (the outbox's drain
+    does it again, which is harmless) and nothing read or taken for a refill."""
     try:
         with context.timed("cache"):
             try:
-                taken, now, *found = upstash.run(BUMP, [*map(keys.tag_key, tags), *markers, *pairs, *delete], args,
-                                                 force=force)
+                return entries.bump(tags, changes=changes, delete=delete, refills=refills, seen=seen,
+                                    lock_ms=lock_ms, expected_ms=expected_ms, force=force)
             except RedisFull:
-                # No room for new versions: dropping them invalidates just as well. No marker then
-                # (the outbox's drain does it again, which is harmless), and nothing refilled.
                 upstash.execute(["DEL", *(keys.tag_key(tag) for tag in tags), *delete], force=force)
-                taken = 0
-    except RedisError:  # down, slow or skipped (lib/edge/upstash's breaker): the outbox keeps the change
-        return False
-    if taken and refill.fill(refills, found[len(tags):], dict(zip(tags, found[:len(tags)], strict=True)),
-                             dict(zip(tags, versions, strict=True)), f"{token}|{now}|{expected}", now):
-        refill.gap.add((time.perf_counter() - start) * 1000)  # what the next writer's locks will announce
-    return True
+                return entries.Bumped(taken=False, now=0, before={}, after={}, olds=(), lock="")
+    except RedisError:
+        return None
 
 
 def on_recovery(hook: Callable[[], bool]) -> None:

@@ -7,9 +7,11 @@ An entry is a Redis string, a one-line header then the JSON value:
 
 The key's Redis TTL is the TTL plus the stale window; "expires at" ends the TTL. Every script here
 passes all its keys in KEYS and carries `allow-key-locking` (lib/edge/upstash.Script): Upstash locks
-those keys only. lib/cache/aside drives them; `fresh_value` is the Python twin of `_LOOKUP`'s hit, for
-a hit judged from one MGET (no script) — which a replica may answer from before the latest bump, so the
-product's hit is READ, on the leader; the drills' negative control still uses it.
+those keys only. Each script has one typed function beside it that packs its KEYS and ARGV and reads
+its reply by name (`read`, `claim`, `fill`, `refill`, `bump`): lib/cache/aside and lib/cache/refill call
+those, never the scripts. `fresh_value` is the Python twin of `_LOOKUP`'s hit, for a hit judged from
+one MGET (no script) — which a replica may answer from before the latest bump, so the product's hit
+is READ, on the leader; the drills' negative control still uses it.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from __future__ import annotations
 import json
 import math
 import random
+import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lib import keys
 from lib.edge import upstash
 
 JITTER = 0.1  # TTLs are spread ±10 % so keys filled together do not expire together
@@ -110,6 +115,45 @@ if lock then return waiting(lock) end
 return {'LOAD', value}
 """, writes=False, leader=True)
 
+
+def entry_keys(key: str, tags: Sequence[str], family: str) -> list[str]:
+    """What READ, CLAIM and FILL take as KEYS: the entry, its fill lock, its family's load estimate, its tags."""
+    return [key, keys.fill_lock_key(key), keys.load_estimate(family), *(keys.tag_key(tag) for tag in tags)]
+
+
+@dataclass(frozen=True)
+class Look:
+    """READ's or CLAIM's answer, by name.
+
+    `status` is HIT, STALE, WAIT, REFRESH or LOAD. `value` is the entry's JSON where there is one
+    (HIT, STALE, READ's REFRESH), else None. A WAIT says in `expected_in` the ms until the filler's
+    value is expected (<= 0: overdue; None when its lock says nothing). CLAIM's LOAD or REFRESH
+    carries this caller's fill `lock` (its value, to fill and release with) and the tag `versions`
+    to fill with.
+    """
+
+    status: str
+    value: str | None = None
+    expected_in: int | None = None
+    lock: str | None = None
+    versions: tuple[str, ...] = ()
+
+
+def _look(reply: list[Any]) -> Look:
+    """A READ or CLAIM reply, `{status, value or false, ...}`, read by name: what follows the value depends on the status."""
+    status, value, *rest = reply
+    value = value if isinstance(value, str) else None
+    if status == "WAIT":
+        return Look(status, expected_in=rest[0] if rest else None)
+    if rest:  # CLAIM's LOAD or REFRESH: the lock it took, then each tag's version
+        return Look(status, value, lock=rest[0], versions=tuple(rest[1:]))
+    return Look(status, value)
+
+
+def read(entry: Sequence[str], odds: Sequence[float]) -> Look:
+    """READ of `entry` (`entry_keys`) on the leader; `odds`: XFetch's random draw in (0, 1] and its beta."""
+    return _look(upstash.run(READ, entry, odds))
+
 # What a read that is not a plain hit decides, atomically, taking the fill lock when this caller is
 # to load. Also ARGV[3] the fill-lock token, ARGV[4] its ms, ARGV[5] the tag ttl ms, ARGV[6] the
 # load ms to expect when neither the entry nor the family knows, ARGV[7..] a fresh version per tag
@@ -141,6 +185,15 @@ for i = 1, ntags do
 end
 return out
 """, writes=True)
+
+
+def claim(entry: Sequence[str], odds: Sequence[float], *, lock_ms: int) -> Look:
+    """CLAIM on `entry` (`entry_keys`): the fill lock taken for `lock_ms` when this caller is to load
+    (LOAD or REFRESH, with the lock and the versions to fill with), and a fresh random version set
+    on each tag that has none."""
+    token = secrets.token_hex(8)
+    fresh = [secrets.token_hex(6) for _ in entry[3:]]
+    return _look(upstash.run(CLAIM, entry, [*odds, token, lock_ms, TAG_TTL_MS, DEFAULT_LOAD_MS, *fresh]))
 
 # Stores one entry if every tag is still at the version it was built on (a write since would have
 # moved one: the value may predate it). `first_tag`: the index in KEYS of its first tag,
@@ -189,6 +242,14 @@ if stored then return 1 end
 return 0
 """, writes=True)
 
+
+def fill(entry: Sequence[str], payload: str, *, load_ms: int, ttl: int, lock: str, versions: Sequence[str]) -> bool:
+    """FILL of `entry` (`entry_keys`) with `payload`, loaded in `load_ms`, for about `ttl` seconds
+    (jittered) plus its stale window, after CLAIM gave `lock` and `versions`. True if stored."""
+    stored = upstash.run(FILL, entry, [payload, load_ms, jittered_ttl_ms(ttl), stale_window(ttl) * 1000, lock,
+                                       TAG_TTL_MS, *versions])
+    return bool(stored)
+
 # The writer's refill (lib/cache/refill): several entries stored as FILL stores one, then the writer's
 # fill locks released. KEYS: the fill locks (ARGV[3] of them), then per entry its key and its tags.
 # ARGV[1] the writer's lock value, ARGV[2] the tag ttl ms, ARGV[3] the number of locks, then per
@@ -210,6 +271,32 @@ for i = 1, nlocks do
 end
 return stored
 """, writes=True)
+
+
+@dataclass(frozen=True)
+class Store:
+    """One entry a REFILL stores: its `key`, its value's JSON, the `load_ms` a reload of it costs,
+    when it `expires` (ms, Redis's clock), its stale window, and each of its tags with the version
+    the writer's bump gave it."""
+
+    key: str
+    payload: str
+    load_ms: int
+    expires: int
+    window_ms: int
+    versions: Mapping[str, str]  # tag → version, in the key's tag order
+
+
+def refill(lock: str, locked: Sequence[str], stores: Sequence[Store]) -> int:
+    """REFILL: `stores`, each if its tags are still at the versions it names, then the fill locks
+    of `locked` (entry keys) released where they still hold `lock`. Returns how many were stored."""
+    command_keys = [keys.fill_lock_key(key) for key in locked]
+    args: list[Any] = [lock, TAG_TTL_MS, len(locked)]
+    for one in stores:
+        command_keys += [one.key, *map(keys.tag_key, one.versions)]
+        args += [len(one.versions), one.payload, one.load_ms, one.expires, one.window_ms, *one.versions.values()]
+    stored = upstash.run(REFILL, command_keys, args)
+    return int(stored or 0)
 
 
 @dataclass(frozen=True)
@@ -248,7 +335,7 @@ def fresh_value(raw: str | None, versions: list[str | None], draw: float, beta: 
     return entry.payload
 
 
-# Invalidation (lib/cache/aside.invalidate).
+# Invalidation (lib/cache/aside.invalidate; with refills, lib/cache/refill.invalidate).
 # KEYS: the tag version keys, then one applied-change marker per change id (lib/cache/outbox), then a
 # (entry, fill lock) pair per refill candidate (lib/cache/refill), then the keys to delete. ARGV[1] the
 # number of tags, ARGV[2] of markers, ARGV[3] of candidates, ARGV[4] the tag ttl ms, ARGV[5] the
@@ -286,3 +373,46 @@ for i = ntags + 1, first do redis.call('SET', KEYS[i], ARGV[6], 'PX', ARGV[5]) e
 if #KEYS > first + 2 * ncand then redis.call('DEL', unpack(KEYS, first + 2 * ncand + 1)) end
 return out
 """, writes=True)
+
+
+@dataclass(frozen=True)
+class Bumped:
+    """BUMP's answer, by name, with what the call set.
+
+    `now`: Redis's time at the bump (ms). `before` / `after`: each tag's version just before the
+    bump (None if missing) and the one it set. `taken`: the refill candidates were read and their
+    fill locks taken (there were some, and no tag moved since `seen`); then `olds` holds each
+    candidate's entry as it was just before the bump (None if none), and `lock` is the value of
+    the writer's fill locks, `<token>|<now>|<expected ms>`.
+    """
+
+    taken: bool
+    now: int
+    before: dict[str, str | None]
+    after: dict[str, str]
+    olds: tuple[str | None, ...]
+    lock: str
+
+
+def bump(tags: Sequence[str], *, changes: Sequence[str] = (), delete: Sequence[str] = (), refills: Sequence[str] = (),
+         seen: Mapping[str, str | None] | None = None, lock_ms: int = 0, expected_ms: int = 0,
+         force: bool = False) -> Bumped:
+    """BUMP: a new random version for each of `tags`, the applied-change markers of `changes` (ids,
+    lib/cache/outbox; the marker holds `tags`, JSON), `delete` deleted, in one command. `refills`
+    (entry keys) with `seen` (each tag's version before the write, as lib/cache/refill.watch read it;
+    a tag not in it is not checked): if no tag moved since, each entry is read and its fill lock
+    taken (NX) for `lock_ms`, announcing `expected_ms`. `force`: send it while the breaker is
+    half-open. Raises RedisError (RedisFull when the database is full)."""
+    versions = [secrets.token_hex(6) for _ in tags]
+    token = secrets.token_hex(8)
+    seen = seen or {}
+    markers = [keys.applied_change(change) for change in changes]
+    args: list[Any] = [len(tags), len(markers), len(refills), TAG_TTL_MS, keys.APPLIED_CHANGE_TTL * 1000,
+                       json.dumps(list(tags), separators=(",", ":")), token, lock_ms, expected_ms]
+    for tag, version in zip(tags, versions, strict=True):
+        args += [version, "" if tag not in seen else ("!" if seen[tag] is None else seen[tag])]
+    pairs = [k for key in refills for k in (key, keys.fill_lock_key(key))]
+    taken, now, *found = upstash.run(BUMP, [*map(keys.tag_key, tags), *markers, *pairs, *delete], args, force=force)
+    return Bumped(taken=bool(taken), now=now, before=dict(zip(tags, found[:len(tags)], strict=True)),
+                  after=dict(zip(tags, versions, strict=True)), olds=tuple(found[len(tags):]),
+                  lock=f"{token}|{now}|{expected_ms}")

@@ -15,7 +15,9 @@ This module is the mechanism; the policy every write follows (what a busy lock a
     ├── LockNotOwned     expired or taken over before we released it
     └── LockUnavailable  Redis could not tell us (down, slow, skipped by the breaker, refused)
 
-A `Lock` is a per-request object; do not share one between threads.
+A `Lock` is a per-request object; do not share one between threads. Like redis-py's, it is a
+context manager: `with Lock(name, ttl) as lock:` acquires on entering (raising what `acquire`
+raises: the block then never runs) and releases on leaving, whatever the block raised.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import random
 import secrets
 import time
+from types import TracebackType
 from typing import Any
 
 from lib import context, metrics
@@ -84,10 +87,14 @@ class Lock:
     jitter keeps fifty double clicks from retrying in lockstep); the defaults are the seed's
     policy, one retry after ~100 ms. Each REST call is bounded by lib.edge.upstash and never retried
     behind our back: a free lock costs one command to acquire and one to release.
+
+    `raise_on_release_error` (redis-py's name): whether leaving a `with` block raises what
+    `release` raises (LockNotOwned, LockUnavailable); False logs it instead, and the block's own
+    error, if any, is what propagates.
     """
 
     def __init__(self, name: str, ttl: float, *, retries: int = 1, retry_delay: float = 0.1,
-                 jitter: float = 0.05) -> None:
+                 jitter: float = 0.05, raise_on_release_error: bool = True) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         if retries < 0 or retry_delay < 0 or jitter < 0:
@@ -97,6 +104,7 @@ class Lock:
         self.retries = retries
         self.retry_delay = retry_delay
         self.jitter = jitter
+        self.raise_on_release_error = raise_on_release_error
         self.token: str | None = None  # set while we believe we hold the lock
         self.acquired_at: float | None = None
 
@@ -153,6 +161,30 @@ class Lock:
             metrics.lock_event(self.name, "expired")
             raise LockNotOwned(f"Cannot release a lock that's no longer owned: {self.name} "
                                f"(held {self.held_for():.2f} s, ttl {self.ttl} s)", name=self.name)
+
+    # -- as a context manager --------------------------------------------------------------------
+
+    def __enter__(self) -> Lock:
+        """`acquire()`, and the lock for the `with` block."""
+        self.acquire()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        """`release()`, whatever the block raised. A release that fails raises (then the block's
+        error, if any, is its `__context__`), or is logged when `raise_on_release_error` is False:
+        the lock expired under us (the database fenced any overlap) or Redis could not say (it
+        expires by itself within its ttl)."""
+        try:
+            self.release()
+        except LockNotOwned as error:
+            if self.raise_on_release_error:
+                raise
+            log.warning("%s; the database fenced any overlap", error)
+        except LockUnavailable as error:
+            if self.raise_on_release_error:
+                raise
+            log.warning("%s; it expires by itself", error)
 
     # -- small steps -----------------------------------------------------------------------------
 

@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from lib import db, keys
-from lib.cache import aside, invalidation
-from lib.cache.refill import Refill
+from lib.cache import aside, invalidation, refill
 from lib.edge import upstash
 from lib.edge.upstash import RedisError
 from lib.errors import DatabaseUnavailable, DousellError, ServiceUnavailable
@@ -66,12 +65,12 @@ class Writes:
         query.request.headers[CHANGE_HEADER] = change  # type: ignore[attr-defined]
         return query
 
-    def applied(self, tags: Iterable[str], *, refills: Sequence[Refill] = (),
+    def applied(self, tags: Iterable[str], *, refills: Sequence[refill.Refill] = (),
                 seen: dict[str, str | None] | None = None) -> bool:
         """Bump `tags` and mark these writes applied; `refills` / `seen`: what the writer fills
-        as it bumps (lib/cache/refill). False if Redis could not be told (the outbox keeps the changes:
-        they are applied by the next drain)."""
-        return aside.invalidate(sorted(set(tags)), changes=self.ids, refills=refills, seen=seen)
+        as it bumps (lib/cache/refill.invalidate). False if Redis could not be told (the outbox keeps
+        the changes: they are applied by the next drain)."""
+        return refill.invalidate(sorted(set(tags)), changes=self.ids, refills=refills, seen=seen)
 
     def rpc(self, client: Any, function: str, params: dict[str, Any],
             errors: Mapping[str, Callable[[], DousellError]]) -> Any:

@@ -1,14 +1,19 @@
-"""The writer's refill: after a write, the keys whose new value it knows are filled at once, so readers hit instead of waiting.
+"""The writer's refill, top to bottom: after a write, the keys whose new value it knows are filled at once, so readers hit instead of waiting.
 
     seen = refill.watch(keys.property_detail(123).tags)      # before the write
-    ... the write, which returns the row as it is now ...
-    aside.invalidate(tags, refills=[refill.Refill(keys.property_detail(123), lambda old: row, fresh=True)],
-                     seen=seen)
+    row = ...                                                # the write, which returns the row as it is now
+    refill.invalidate(tags, changes=ids, seen=seen, refills=[
+        refill.Fresh(keys.property_detail(123), row),                      # the new value outright
+        refill.Patch(keys.properties_all(), row, rows="properties"),       # the page as it was, the row patched in
+    ])
 
-The bump (lib/cache/entries' BUMP, run by lib/cache/aside.invalidate) reads each refill's entry as it was just before the bump and takes its
-fill lock, in the same command; `fill` then stores the new values through the same check as a
-reader's fill (lib/cache/entries' `_STORE`: every tag still at the version the bump gave it) and
-releases the locks. Why a refill is never wrong data:
+`invalidate` is the whole of it, in order: which of `refills` may be refilled; the bump
+(lib/cache/aside.bump, one BUMP) that invalidates the tags and, in the same command, reads each
+refill's entry as it was just before and takes its fill lock; each new value, told from the row
+and that entry (`_new_entry`); one REFILL (lib/cache/entries) that stores them through the same
+check as a reader's fill (lib/cache/entries' `_STORE`: every tag still at the version the bump gave
+it) and releases the locks. What to refill is data (`Fresh`, `Patch`): nothing here calls back
+into the caller. Why a refill is never wrong data:
 - the new value is either the database's row as the write returned it, or the entry as it was
   just before the bump (valid, so built after every write whose bump came before) with that row
   patched in;
@@ -23,13 +28,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lib import context, keys, metrics
-from lib.cache import entries
-from lib.cache.entries import DEFAULT_LOAD_MS, REFILL, TAG_TTL_MS
+from lib.cache import aside, entries
+from lib.cache.entries import DEFAULT_LOAD_MS
 from lib.edge import upstash
 from lib.edge.upstash import RedisError, RedisFull
 
@@ -42,20 +48,31 @@ FIRST_GUESS_MS = 20
 LOCK_MS = 600
 MIN_TTL_MS = 1_000  # a patched entry keeps its old expiry; this close to it, a reader reloads it instead
 
-MISSING = object()  # what `value(old)` gets when the entry had no valid value before the write
-SKIP = object()  # what it returns when it cannot tell the new value: the key stays invalidated (a miss)
+_SKIP = object()  # a patch's new value when it cannot be told: the key stays invalidated (a miss)
 
 
 @dataclass(frozen=True)
-class Refill:
-    """A key the writer can fill as it invalidates it. `value(old)` gets the entry's value just
-    before the bump (MISSING if it had no valid one) and returns the new value, or SKIP. `fresh`:
-    the value is the database's row as the write returned it (a full TTL); otherwise it is the old
-    value patched, and keeps the old one's expiry (a patch does not make the rest of it younger)."""
+class Fresh:
+    """A key whose new value the writer has outright: `value`, the database's row as the write
+    returned it (or None, a cached 404, for a row readers no longer see). Stored with a full TTL."""
 
     entry: keys.CacheKey
-    value: Callable[[Any], Any]
-    fresh: bool = False
+    value: Any
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A page of rows showing the written row: its value just before the bump with `row` in place of
+    its old self (same `id`), each shown row keeping the columns it had. The page is a list of rows,
+    or an object holding them under `rows`. It keeps the old value's expiry (a patch does not make
+    the rest of it younger); with no valid old value, or one about to expire, it is left to a reader."""
+
+    entry: keys.CacheKey
+    row: Mapping[str, Any]
+    rows: str
+
+
+Refill = Fresh | Patch
 
 
 class Smoothed:
@@ -95,44 +112,86 @@ def watch(tags: Sequence[str]) -> dict[str, str | None] | None:
     return dict(zip(tags, versions, strict=True))
 
 
+def invalidate(tags: Sequence[str], *, changes: Sequence[str] = (), refills: Sequence[Refill] = (),
+               seen: Mapping[str, str | None] | None = None) -> bool:
+    """lib/cache/aside.invalidate of `tags`, `changes` marked applied, and the refill of `refills`
+    right after it, whose `seen` (`watch`, before the write) guards them. Returns False if Redis
+    could not be told of the bump (the outbox keeps the change); a refill never fails the write: at
+    worst its keys are misses."""
+    tags = sorted(set(tags))
+    if not (tags or changes):
+        return True
+    # 1. What to refill: with a watch, keys built on tags this bump moves only (any other tag would
+    #    not say whether another write slipped in).
+    refills = [r for r in refills if seen and set(r.entry.tags) <= set(tags)]
+    start = time.perf_counter()
+    # 2. The bump. If no tag of `seen` moved since the watch, it also reads each entry as it was just
+    #    before and takes its fill lock: readers arriving meanwhile wait `gap` for the refill.
+    bumped = aside.bump(tags, changes=changes, refills=[r.entry.key for r in refills], seen=seen, lock_ms=LOCK_MS,
+                        expected_ms=gap.expected())
+    if bumped is None:
+        return False
+    if not bumped.taken:
+        return True  # nothing to refill, another write slipped in since the watch, or the database is full
+    # 3. The new values, told from the row the write returned and the entries as the bump read them.
+    stores = [store for one, raw in zip(refills, bumped.olds, strict=True)
+              if (store := _new_entry(one, raw, bumped)) is not None]
+    # 4. One REFILL: each stored if its tags are still at the bump's versions, every lock released.
+    try:
+        with context.timed("cache"):
+            entries.refill(bumped.lock, [r.entry.key for r in refills], stores)
+    except RedisFull:
+        metrics.count_refused_write()  # not stored: the keys stay misses; the locks lapse by themselves
+        return True
+    except RedisError:
+        return True  # not stored: the keys stay misses; the locks lapse after LOCK_MS
+    gap.add((time.perf_counter() - start) * 1000)  # what the next writer's locks will announce
+    return True
+
+
+def _new_entry(one: Refill, raw: str | None, bumped: entries.Bumped) -> entries.Store | None:
+    """`one`'s entry as REFILL is to store it, from `raw` (the entry as the bump read it) and the
+    versions around the bump; None when its new value cannot be told (a reader loads it)."""
+    tags = list(one.entry.tags)
+    old = entries.parse(raw)
+    valid = old if old is not None and old.built == [bumped.before[t] for t in tags] and old.expires > bumped.now else None
+    if isinstance(one, Fresh):
+        value, expires = one.value, bumped.now + entries.jittered_ttl_ms(one.entry.ttl)
+    elif valid is not None and valid.expires - bumped.now >= MIN_TTL_MS:
+        value, expires = _patched(_decoded(valid.payload), one.row, one.rows), valid.expires
+        if value is _SKIP:
+            return None
+    else:
+        return None  # a patch of nothing, or of an entry about to expire: a reader reloads it
+    return entries.Store(one.entry.key, entries.serialize(value), old.load_ms if old is not None else DEFAULT_LOAD_MS,
+                         expires, entries.stale_window(one.entry.ttl) * 1000, {t: bumped.after[t] for t in tags})
+
+
 def _decoded(payload: str) -> Any:
-    """An entry's JSON; MISSING if it is not JSON (not ours: nothing to patch)."""
+    """An entry's JSON; _SKIP if it is not JSON (not ours: nothing to patch)."""
     try:
         return json.loads(payload)
     except ValueError:
-        return MISSING
+        return _SKIP
 
 
-def fill(refills: Sequence[Refill], olds: Sequence[str | None], before: dict[str, str | None],
-         after: dict[str, str], lock: str, now: int) -> bool:
-    """Store each refill whose new value can be told, in one REFILL, and release the writer's fill
-    locks. `olds`: each entry as the bump read it; `before` / `after`: the tags' versions just
-    before the bump and the ones it set; `lock`: the value of the writer's fill locks; `now`: the
-    bump's time (ms, Redis's clock). False if Redis did not answer (nothing may be stored)."""
-    command_keys = [keys.fill_lock_key(r.entry.key) for r in refills]
-    args: list[Any] = [lock, TAG_TTL_MS, len(refills)]
-    for one, raw in zip(refills, olds, strict=True):
-        tags = list(one.entry.tags)
-        old = entries.parse(raw)
-        valid = old if old is not None and old.built == [before[t] for t in tags] and old.expires > now else None
-        value = one.value(_decoded(valid.payload) if valid else MISSING)
-        if value is SKIP:
-            continue
-        if one.fresh:
-            expires = now + entries.jittered_ttl_ms(one.entry.ttl)
-        elif valid and valid.expires - now >= MIN_TTL_MS:
-            expires = valid.expires
-        else:
-            continue  # a patch of nothing, or of an entry about to expire: a reader reloads it
-        command_keys += [one.entry.key, *map(keys.tag_key, tags)]
-        args += [len(tags), entries.serialize(value), old.load_ms if old is not None else DEFAULT_LOAD_MS, expires,
-                 entries.stale_window(one.entry.ttl) * 1000, *(after[t] for t in tags)]
-    try:
-        with context.timed("cache"):
-            upstash.run(REFILL, command_keys, args)
-    except RedisFull:
-        metrics.count_refused_write()  # not stored: the keys stay misses; the locks lapse by themselves
-        return False
-    except RedisError:
-        return False  # not stored: the keys stay misses; the locks lapse after LOCK_MS
-    return True
+def _patched(page: Any, row: Mapping[str, Any], rows: str) -> Any:
+    """`page` (a list of rows, or an object holding them under `rows`) with `row` in place of its old
+    self, each shown row keeping the columns it had; _SKIP if its shape is not rows, or it shows a
+    column `row` lacks. A page the row is not on is unchanged: same membership, order and total, so
+    it stays off it."""
+    if isinstance(page, dict) and isinstance(page.get(rows), list):
+        patched = _patched(page[rows], row, rows)
+        return _SKIP if patched is _SKIP else {**page, rows: patched}
+    if not isinstance(page, list):
+        return _SKIP
+    out = []
+    for shown in page:
+        if not isinstance(shown, dict):
+            return _SKIP
+        if shown.get("id") == row["id"]:
+            if not shown.keys() <= row.keys():
+                return _SKIP
+            shown = {column: row[column] for column in shown}
+        out.append(shown)
+    return out

@@ -207,35 +207,12 @@ def refills_after(before: dict[str, Any], after: dict[str, Any]) -> list[refill.
     except KeyError:  # the UPDATE did not return the whole row: nothing to tell
         return []
     shown = row if row["status"] == "published" else None  # what the detail's loader reads (RLS: published only)
-    out = [refill.Refill(keys.property_detail(row["id"]), lambda old: shown, fresh=True)]
+    out: list[refill.Refill] = [refill.Fresh(keys.property_detail(row["id"]), shown)]
     if any(before.get(column) != row[column] for column in ("status", "city", "created_at")):
         return out
-    out.append(refill.Refill(keys.properties_all(), lambda old: _patched(old, row)))
+    # A list page is `{"properties": [...], "total", ...}` (`_page`), or a whole list written before paging.
+    out.append(refill.Patch(keys.properties_all(), row, rows="properties"))
     city = listed_under(row["city"])
     if city:
-        out.append(refill.Refill(keys.properties_city(city), lambda old: _patched(old, row)))
-    return out
-
-
-def _patched(page: Any, row: dict[str, Any]) -> Any:
-    """`page` (a cached list page, before the write: `{"properties": [...], "total", ...}`, or a
-    whole list written before paging) with `row` in place of its old self, each shown row keeping
-    the columns it had; SKIP if there was no valid page or its shape is not rows. A page the row is
-    not on is unchanged: same membership, order and total, so it stays off it."""
-    if page is refill.MISSING:
-        return refill.SKIP
-    if isinstance(page, dict) and isinstance(page.get("properties"), list):
-        rows = _patched(page["properties"], row)
-        return refill.SKIP if rows is refill.SKIP else {**page, "properties": rows}
-    if not isinstance(page, list):
-        return refill.SKIP
-    out = []
-    for shown in page:
-        if not isinstance(shown, dict):
-            return refill.SKIP
-        if shown.get("id") == row["id"]:
-            if not shown.keys() <= row.keys():
-                return refill.SKIP
-            shown = {column: row[column] for column in shown}
-        out.append(shown)
+        out.append(refill.Patch(keys.properties_city(city), row, rows="properties"))
     return out

@@ -343,3 +343,78 @@ def test_a_refused_set_is_unavailable_at_once_without_a_follow_up_get(redis, rou
     with pytest.raises(LockUnavailable):
         Lock(NAME, ttl=30).acquire()
     assert route.call_count == 1
+
+
+# -- as a context manager (redis-py's `with lock:`) ---------------------------------------------
+
+
+def test_with_a_lock_the_block_runs_holding_it_and_leaving_releases_it(redis, events):
+    with Lock(NAME, ttl=30) as lock:
+        assert lock.token is not None and held_by(redis) == lock.token
+    assert held_by(redis) is None and lock.token is None
+    assert commands(redis)[0] == "SET" and events == [(NAME, "acquired")]
+
+
+def test_an_error_inside_the_block_still_releases_the_lock_and_propagates(redis):
+    lock = Lock(NAME, ttl=30)
+    with pytest.raises(RuntimeError, match="PayDunya exploded"), lock:
+        assert held_by(redis) == lock.token
+        raise RuntimeError("PayDunya exploded")
+    assert held_by(redis) is None and lock.token is None
+
+
+@pytest.mark.parametrize("raise_on_release_error", [True, False])
+def test_a_lock_that_cannot_be_taken_never_runs_the_block(redis, clock, raise_on_release_error):
+    redis.redis.set(NAME, "first-click", px=30_000)
+    ran = []
+    with pytest.raises(LockBusy), Lock(NAME, ttl=30, raise_on_release_error=raise_on_release_error):
+        ran.append(True)
+    assert ran == [] and held_by(redis) == "first-click"
+
+
+def expires_and_is_taken(redis) -> None:
+    redis.redis.set(NAME, "next-holder", px=30_000)
+
+
+def test_leaving_a_lock_no_longer_ours_raises_lock_not_owned_by_default(redis, events):
+    with pytest.raises(LockNotOwned, match="no longer owned"), Lock(NAME, ttl=30):
+        expires_and_is_taken(redis)
+    assert held_by(redis) == "next-holder", "the next holder's lock is never deleted"
+    assert events == [(NAME, "acquired"), (NAME, "expired")]
+
+
+def test_leaving_a_lock_redis_cannot_release_raises_lock_unavailable_by_default(redis, events):
+    with pytest.raises(LockUnavailable, match="Cannot release lock"), Lock(NAME, ttl=30):
+        redis.down = httpx.ReadTimeout("slow")
+    assert events == [(NAME, "acquired"), (NAME, "unavailable")]
+
+
+def test_a_release_failure_on_leaving_replaces_the_blocks_error_by_default_and_keeps_it_as_context(redis):
+    with pytest.raises(LockNotOwned) as caught, Lock(NAME, ttl=30):
+        expires_and_is_taken(redis)
+        raise RuntimeError("the block's")
+    assert isinstance(caught.value.__context__, RuntimeError)
+
+
+@pytest.mark.parametrize("fails, logged", [
+    (expires_and_is_taken, "no longer owned: dousell:lock:payment:lease123 (held 0.00 s, ttl 30 s); "
+                           "the database fenced any overlap"),
+    (lambda redis: setattr(redis, "down", httpx.ReadTimeout("slow")), "it expires by itself"),
+])
+def test_without_raise_on_release_error_a_failed_release_is_logged_not_raised(redis, caplog, fails, logged):
+    with Lock(NAME, ttl=30, raise_on_release_error=False) as lock:
+        fails(redis)
+    assert lock.token is None and logged in caplog.text
+    assert [record.levelname for record in caplog.records if logged in record.getMessage()] == ["WARNING"]
+
+
+def test_without_raise_on_release_error_the_blocks_own_error_propagates_past_a_failed_release(redis, caplog):
+    with pytest.raises(RuntimeError, match="the block's"), Lock(NAME, ttl=30, raise_on_release_error=False):
+        expires_and_is_taken(redis)
+        raise RuntimeError("the block's")
+    assert "no longer owned" in caplog.text and held_by(redis) == "next-holder"
+
+
+def test_leaving_a_lock_released_inside_the_block_is_a_programming_error_whatever_the_policy(redis):
+    with pytest.raises(LockError, match="unlocked"), Lock(NAME, ttl=30, raise_on_release_error=False) as lock:
+        lock.release()

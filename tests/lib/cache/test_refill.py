@@ -1,4 +1,4 @@
-"""lib/cache/refill (through lib/aside.invalidate): the writer fills the keys whose new value it knows, and never a stale one.
+"""lib/cache/refill.invalidate: the writer fills the keys whose new value it knows, and never a stale one.
 
 Upstash is the real stand-in's engine over a real Valkey (tests/fakes.py), as in test_cache.py.
 """
@@ -11,7 +11,7 @@ import pytest
 
 from lib import keys
 from lib.cache import aside, entries, refill
-from lib.cache.refill import MISSING, SKIP, Refill
+from lib.cache.refill import Fresh, Patch
 from lib.edge import upstash
 from tests.lib.cache.test_aside import (  # noqa: F401  (clock and redis are fixtures: pytest finds them by name)
     FakeClock,
@@ -36,19 +36,15 @@ def fresh_instance(monkeypatch):
     monkeypatch.setattr(refill, "gap", refill.Smoothed(refill.FIRST_GUESS_MS))
 
 
-def patch(row):
+def patch(entry, row):
     """A list's refill: the page as it was just before the bump, with `row` in place of its old self."""
-    def value(old):
-        if old is MISSING:
-            return SKIP
-        return [row if shown["id"] == row["id"] else shown for shown in old]
-    return value
+    return Patch(entry, row, rows="properties")
 
 
 def write(refills, *, tags=ROW_TAGS, seen=None, watched=("property:7",)):
     """A write of property 7: watch before, bump and refill after. `seen` overrides the watch."""
     seen = refill.watch(list(watched)) if seen is None else seen
-    return aside.invalidate(tags, refills=refills, seen=seen)
+    return refill.invalidate(tags, refills=refills, seen=seen)
 
 
 def run_script_first(monkeypatch, script, before):
@@ -69,7 +65,7 @@ def run_script_first(monkeypatch, script, before):
 
 def test_a_refilled_detail_is_a_hit_for_the_next_reader_without_a_query(redis):
     fetch(DETAIL, Loader({"id": 7, "price": 100}))
-    assert write([Refill(DETAIL, lambda old: {"id": 7, "price": 120}, fresh=True)]) is True
+    assert write([Fresh(DETAIL, {"id": 7, "price": 120})]) is True
     reader = Loader({"id": 7, "price": 0})
     assert fetch(DETAIL, reader) == ({"id": 7, "price": 120}, "HIT")
     assert reader.calls == 0
@@ -78,7 +74,7 @@ def test_a_refilled_detail_is_a_hit_for_the_next_reader_without_a_query(redis):
 def test_a_fresh_refill_gets_a_full_ttl_and_keeps_the_keys_load_time(redis):
     fetch(DETAIL, Loader({"id": 7}))
     rewrite(redis, DETAIL.key, load=321, expires=redis_now_ms(redis) + 5_000)  # about to expire
-    write([Refill(DETAIL, lambda old: {"id": 7, "v": 2}, fresh=True)])
+    write([Fresh(DETAIL, {"id": 7, "v": 2})])
     stored = entry_of(redis, DETAIL.key)
     assert stored["load"] == 321, "what a reload of this key costs, for XFetch and the waiters"
     assert 3600_000 * 0.9 - 1000 <= stored["expires"] - redis_now_ms(redis) <= 3600_000 * 1.1
@@ -87,32 +83,52 @@ def test_a_fresh_refill_gets_a_full_ttl_and_keeps_the_keys_load_time(redis):
 def test_a_patched_list_keeps_the_rest_of_the_page_and_its_expiry(redis):
     fetch(PUBLIC, Loader([{"id": 7, "price": 100}, {"id": 8, "price": 500}]))
     expires = entry_of(redis, PUBLIC.key)["expires"]
-    write([Refill(PUBLIC, patch({"id": 7, "price": 120}))])
+    write([patch(PUBLIC, {"id": 7, "price": 120})])
     assert fetch(PUBLIC, Loader("unused")) == ([{"id": 7, "price": 120}, {"id": 8, "price": 500}], "HIT")
     assert entry_of(redis, PUBLIC.key)["expires"] == expires, "a patch does not make the rest of the page younger"
+
+
+def test_a_patched_page_object_keeps_its_other_fields_and_each_shown_rows_columns(redis):
+    page = {"properties": [{"id": 7, "price": 100}, {"id": 8, "price": 500}], "total": 2}
+    fetch(PUBLIC, Loader(page))
+    write([patch(PUBLIC, {"id": 7, "price": 120, "title": "not shown on the page"})])
+    assert fetch(PUBLIC, Loader("unused")) == ({**page, "properties": [{"id": 7, "price": 120}, {"id": 8, "price": 500}]},
+                                               "HIT")
+
+
+@pytest.mark.parametrize("page", [
+    [{"id": 7, "price": 100, "views": 3}],  # shows a column the written row does not have
+    {"total": 1},  # not rows
+    "a string",
+])
+def test_a_page_the_row_cannot_be_patched_into_is_left_to_a_reader(redis, page):
+    fetch(PUBLIC, Loader(page))
+    write([patch(PUBLIC, {"id": 7, "price": 120})])
+    assert fetch(PUBLIC, Loader(["loaded"])) == (["loaded"], "MISS")
+    assert not redis.redis.exists(keys.fill_lock_key(PUBLIC.key))
 
 
 def test_a_patch_starts_from_the_list_as_the_previous_write_left_it(redis):
     fetch(PUBLIC, Loader([{"id": 7, "price": 100}, {"id": 8, "price": 500}]))
     seen = refill.watch(["property:7"])  # our write starts...
-    refill_8 = Refill(PUBLIC, patch({"id": 8, "price": 550}))
-    aside.invalidate(["properties:public", "property:8"], refills=[refill_8], seen=refill.watch(["property:8"]))
-    write([Refill(PUBLIC, patch({"id": 7, "price": 120}))], seen=seen)  # ...and ends after another write's
+    refill_8 = patch(PUBLIC, {"id": 8, "price": 550})
+    refill.invalidate(["properties:public", "property:8"], refills=[refill_8], seen=refill.watch(["property:8"]))
+    write([patch(PUBLIC, {"id": 7, "price": 120})], seen=seen)  # ...and ends after another write's
     assert fetch(PUBLIC, Loader("unused")) == ([{"id": 7, "price": 120}, {"id": 8, "price": 550}], "HIT")
 
 
 def test_the_writers_fill_locks_are_released_for_the_keys_it_refilled_and_those_it_skipped(redis):
     city = keys.properties_city("Dakar")
-    write([Refill(DETAIL, lambda old: {"id": 7}, fresh=True), Refill(city, lambda old: SKIP)],
+    write([Fresh(DETAIL, {"id": 7}), patch(city, {"id": 7})],
           tags=[*ROW_TAGS, "properties:city:Dakar"])
     assert redis.redis.exists(keys.fill_lock_key(DETAIL.key), keys.fill_lock_key(city.key)) == 0
     assert fetch(city, Loader(["loaded"])) == (["loaded"], "MISS"), "a skipped key is a plain miss"
 
 
 def test_a_write_with_refills_costs_three_commands_and_none_under_the_global_lock(redis):
-    write([Refill(DETAIL, lambda old: 1, fresh=True)])  # loads the scripts, as any earlier write did
+    write([Fresh(DETAIL, 1)])  # loads the scripts, as any earlier write did
     billed(redis)
-    write([Refill(DETAIL, lambda old: 2, fresh=True), Refill(PUBLIC, lambda old: SKIP)])
+    write([Fresh(DETAIL, 2), patch(PUBLIC, {"id": 7})])
     assert billed(redis) == 3, "the watch (MGET), the bump that reads the entries, the refill"
     assert redis.stats.scripts_global_lock == 0
 
@@ -123,8 +139,8 @@ def test_the_apis_applied_marker_and_its_refills_ride_in_the_same_bump(redis):
 
     fetch(PUBLIC, Loader([{"id": 7, "price": 100}, {"id": 8, "price": 500}]))
     seen = refill.watch(["property:7"])
-    assert aside.invalidate(ROW_TAGS, changes=["ef" * 16], seen=seen, refills=[
-        Refill(DETAIL, lambda old: {"id": 7, "price": 120}, fresh=True), Refill(PUBLIC, patch({"id": 7, "price": 120}))])
+    assert refill.invalidate(ROW_TAGS, changes=["ef" * 16], seen=seen, refills=[
+        Fresh(DETAIL, {"id": 7, "price": 120}), patch(PUBLIC, {"id": 7, "price": 120})])
     assert json.loads(redis.redis.get(keys.applied_change("ef" * 16))) == sorted(ROW_TAGS)
     assert fetch(DETAIL, Loader("unused")) == ({"id": 7, "price": 120}, "HIT")
     assert fetch(PUBLIC, Loader("unused")) == ([{"id": 7, "price": 120}, {"id": 8, "price": 500}], "HIT")
@@ -135,7 +151,7 @@ def test_without_a_watch_the_write_only_invalidates(redis):
     fetch(DETAIL, Loader({"id": 7}))
     aside.invalidate(["warm"])  # loads the script, as any earlier write did
     billed(redis)
-    assert aside.invalidate(ROW_TAGS, refills=[Refill(DETAIL, lambda old: "never", fresh=True)], seen=None)
+    assert refill.invalidate(ROW_TAGS, refills=[Fresh(DETAIL, "never")], seen=None)
     assert billed(redis) == 1
     assert fetch(DETAIL, Loader({"id": 7, "v": 2})) == ({"id": 7, "v": 2}, "MISS")
 
@@ -148,7 +164,7 @@ def test_nothing_is_refilled_when_another_write_bumped_the_rows_tag_since_the_wa
     fetch(DETAIL, Loader({"id": 7, "price": 100}))
     seen = refill.watch(["property:7"])
     aside.invalidate(["property:7"])  # another write of property 7, bumped before ours
-    write([Refill(DETAIL, lambda old: {"id": 7, "price": 120}, fresh=True)], seen=seen)
+    write([Fresh(DETAIL, {"id": 7, "price": 120})], seen=seen)
     assert fetch(DETAIL, Loader({"id": 7, "price": 130})) == ({"id": 7, "price": 130}, "MISS")
 
 
@@ -161,37 +177,36 @@ def test_a_tag_missing_at_the_watch_is_unmoved_only_if_still_missing(redis, set_
     assert seen == {"property:7": None}
     if set_before_the_bump:
         aside.invalidate(["property:7"])
-    write([Refill(DETAIL, lambda old: {"id": 7, "v": "writer"}, fresh=True)], seen=seen)
+    write([Fresh(DETAIL, {"id": 7, "v": "writer"})], seen=seen)
     assert (fetch(DETAIL, Loader({"id": 7, "v": "reader"}))[1] == "HIT") is refilled
 
 
 def test_a_refill_overtaken_by_a_later_bump_is_refused(redis, monkeypatch):
     fetch(DETAIL, Loader({"id": 7, "price": 100}))
     run_script_first(monkeypatch, entries.REFILL, lambda: aside.invalidate(["property:7"]))  # a later write
-    write([Refill(DETAIL, lambda old: {"id": 7, "price": 120}, fresh=True)])
+    write([Fresh(DETAIL, {"id": 7, "price": 120})])
     assert fetch(DETAIL, Loader({"id": 7, "price": 130})) == ({"id": 7, "price": 130}, "MISS")
 
 
 def test_a_patch_of_an_entry_invalidated_before_the_write_is_skipped(redis):
     fetch(PUBLIC, Loader([{"id": 7, "price": 100}]))
     aside.invalidate(["properties:public"])  # an earlier write: the page is not valid any more
-    olds = []
-    write([Refill(PUBLIC, lambda old: olds.append(old) or SKIP)])
-    assert olds == [MISSING]
+    write([patch(PUBLIC, {"id": 7, "price": 120})])
+    assert not redis.redis.exists(keys.fill_lock_key(PUBLIC.key)), "its lock released all the same"
     assert fetch(PUBLIC, Loader([{"id": 7, "price": 120}])) == ([{"id": 7, "price": 120}], "MISS")
 
 
 def test_a_patch_of_an_entry_about_to_expire_is_left_to_a_reader(redis):
     fetch(PUBLIC, Loader([{"id": 7, "price": 100}]))
     rewrite(redis, PUBLIC.key, expires=redis_now_ms(redis) + refill.MIN_TTL_MS // 2)
-    write([Refill(PUBLIC, patch({"id": 7, "price": 120}))])
+    write([patch(PUBLIC, {"id": 7, "price": 120})])
     assert fetch(PUBLIC, Loader([{"id": 7, "price": 120}]))[1] == "MISS"
 
 
 def test_a_key_whose_tags_the_write_does_not_bump_is_not_refilled(redis):
     other = keys.property_detail(9)  # tag property:9, not bumped by this write
     fetch(other, Loader({"id": 9, "v": 1}))
-    write([Refill(other, lambda old: {"id": 9, "v": "wrong"}, fresh=True)])
+    write([Fresh(other, {"id": 9, "v": "wrong"})])
     assert fetch(other, Loader("unused")) == ({"id": 9, "v": 1}, "HIT")
 
 
@@ -202,7 +217,7 @@ def test_a_refill_that_fails_leaves_a_miss_and_never_fails_the_write(redis, monk
         redis.down = httpx.ConnectError("refused")
 
     run_script_first(monkeypatch, entries.REFILL, upstash_goes_down)
-    assert write([Refill(DETAIL, lambda old: {"id": 7, "price": 120}, fresh=True)]) is True
+    assert write([Fresh(DETAIL, {"id": 7, "price": 120})]) is True
     redis.down = None
     upstash.breaker.reset()
     lock = redis.redis.get(keys.fill_lock_key(DETAIL.key)).decode()
@@ -235,7 +250,7 @@ def test_a_reader_between_the_bump_and_the_refill_waits_for_it_instead_of_queryi
         return None
 
     monkeypatch.setattr(upstash, "run", run)
-    write([Refill(PUBLIC, patch({"id": 7, "price": 120}))])
+    write([patch(PUBLIC, {"id": 7, "price": 120})])
     assert answered == [([{"id": 7, "price": 120}], "HIT")] and reader.calls == 0
     assert len(clock.sleeps) == 1 and clock.sleeps[0] <= (refill.FIRST_GUESS_MS + 2) / 1000, "some ms, not a query"
 
@@ -251,7 +266,7 @@ def test_the_writers_locks_announce_what_its_refills_took_so_far(redis, monkeypa
     add = refill.gap.add
     monkeypatch.setattr(refill.gap, "add", lambda ms: (measured.append(ms), add(ms))[-1])
     run_script_first(monkeypatch, entries.REFILL, look_at_the_lock)
-    write([Refill(DETAIL, lambda old: {"id": 7}, fresh=True)])
+    write([Fresh(DETAIL, {"id": 7})])
     assert announced == ["60"], "40 ms, plus its deviation (half of the first measure)"
     # This refill was measured too. Whether the estimate moves depends on how long it took (one of
     # about 0 or 53 ms leaves it at 60), so what is checked is the measure and its smoothing.

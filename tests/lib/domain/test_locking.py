@@ -97,3 +97,35 @@ def test_the_lock_lives_the_policys_ttl(redis):
     seen = {}
     locking.under_lock(NAME, PaymentInProgress, lambda: seen.update(pttl=redis.redis.pttl(NAME)))
     assert locking.LOCK_TTL * 1000 - 1000 < seen["pttl"] <= locking.LOCK_TTL * 1000
+
+
+def test_redis_failing_at_the_release_is_logged_not_an_error(redis, events, caplog):
+    def redis_goes_down():
+        redis.down = httpx.ReadTimeout("slow")
+
+    assert locking.under_lock(NAME, PaymentInProgress, Work(redis, redis_goes_down)) == "done"
+    assert "it expires by itself" in caplog.text and events == ["acquired", "unavailable"]
+
+
+def test_the_works_own_error_wins_over_a_failed_release(redis, events, caplog):
+    def expires_is_taken_and_fails():
+        redis.redis.set(NAME, "next-holder", px=30_000)
+        raise RuntimeError("PayDunya exploded")
+
+    with pytest.raises(RuntimeError, match="PayDunya exploded"):
+        locking.under_lock(NAME, PaymentInProgress, Work(redis, expires_is_taken_and_fails))
+    assert "no longer owned" in caplog.text and redis.redis.get(NAME) == b"next-holder"
+    assert events == ["acquired", "expired"]
+
+
+def test_a_lock_error_raised_by_the_work_is_not_taken_for_the_policys_own(redis, events):
+    """Only the lock's acquire is read as busy or unavailable: the work is never run a second time."""
+    runs = []
+
+    def work():
+        runs.append(True)
+        raise locks.LockUnavailable("the work's own", name="other")
+
+    with pytest.raises(locks.LockUnavailable, match="the work's own"):
+        locking.under_lock(NAME, PaymentInProgress, work)
+    assert runs == [True] and redis.redis.exists(NAME) == 0
