@@ -2,14 +2,18 @@
 
 `Request.body_as(Model)` and `Request.query_as(Model)` turn pydantic's errors into a 422 that lists
 each bad field with a French message; what cannot be read at all (not JSON, nested past the
-recursion limit, NaN, lone surrogates) is a 400 `malformed_json`. lib/web/http builds a Request per call.
+recursion limit, NaN, lone surrogates) is a 400 `malformed_json`. A read path reads its query
+without pydantic (a cold start pays for its import): `Request.query_fields`, `query_id`,
+`refuse_unknown_query`. lib/web/http builds a Request per call.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
@@ -29,6 +33,14 @@ M = TypeVar("M", bound="BaseModel")
 # (lib/web/models.Id).
 ID_DIGITS = 18
 MAX_ID = 2**63 - 1
+
+# What pydantic's lax mode trims around a string before reading an int from it (Rust's `str::trim`,
+# Unicode White_Space); Python's str.strip() would also take U+001C-U+001F, which pydantic refuses.
+_WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
+               "\u2028\u2029\u202f\u205f\u3000"
+_INT_DIGITS = 4_300  # pydantic's bound on the digits of an int, CPython's default int_max_str_digits
+_JSON_INT = re.compile(r"-?(0|[1-9][0-9]*)")  # [0-9], not \d: `٣` and `５` are no integers here
+_LEADING_DIGITS = re.compile(r"-?([1-9][0-9]*)")
 
 # French messages for pydantic's error types; the type itself is kept as the detail's code.
 _FIELD_MESSAGES = {
@@ -140,6 +152,34 @@ class Request:
                                   "message": "Identifiant attendu (nombre entier positif)."}])
         return found
 
+    def query_fields(self, fields: Mapping[str, type[str] | QueryInt],
+                     error: type[ValidationFailed] = ValidationFailed) -> dict[str, Any]:
+        """The query read by hand, as `query_as` would with a model of `extra="forbid",
+        str_strip_whitespace=True` whose fields are `str | None = None` (`str`) or bounded ints with
+        a default (`QueryInt`): every name of `fields` in the result, the same 422 (pydantic's codes,
+        the fields in their order, then the unknown names in the query's order), no pydantic."""
+        if self.repeated:
+            raise error(details=[
+                {"field": name, "code": "repeated", "message": "Paramètre répété."} for name in self.repeated
+            ])
+        values: dict[str, Any] = {}
+        details = []
+        for name, kind in fields.items():
+            raw = self.query.get(name)
+            if isinstance(kind, QueryInt):
+                value, code = (kind.default, None) if raw is None else kind.read(raw)
+                if code is not None:
+                    details.append({"field": name, "code": code, "message": _FIELD_MESSAGES.get(code, "Valeur invalide.")})
+                values[name] = value
+            else:
+                values[name] = None if raw is None else raw.strip(_WHITE_SPACE)
+        # pydantic's field for a name it cannot print (`?=1`): field_errors's fallback, kept as clients saw it.
+        details += [{"field": name if name not in ("", "__root__") else "body", "code": "extra_forbidden",
+                     "message": _FIELD_MESSAGES["extra_forbidden"]} for name in self.query if name not in fields]
+        if details:
+            raise error(details=details)
+        return values
+
     def query_as(self, model: type[M], error: type[ValidationFailed] = ValidationFailed) -> M:
         """The query string validated by a pydantic model; a repeated parameter is refused."""
         if self.repeated:
@@ -170,6 +210,77 @@ class Request:
             raise AnonymousNotAllowed()
         ratelimit.for_writes(self.method, user.id, ratelimit.client_ip(self.headers))
         return user
+
+
+@dataclass(frozen=True)
+class QueryInt:
+    """An int query parameter for `Request.query_fields`: `default` when absent, else read as
+    pydantic's lax mode reads a string (`Field(ge=..., le=...)`)."""
+
+    default: int
+    ge: int | None = None
+    le: int | None = None
+
+    def read(self, raw: str) -> tuple[int | None, str | None]:
+        """(the value, None) or (None, the error's code, pydantic's)."""
+        if (digits := _LEADING_DIGITS.match(raw)) and len(digits[1]) > _INT_DIGITS:
+            return None, "int_parsing_size"
+        value = _lax_int(raw)
+        if value is None:
+            return None, "int_parsing"
+        if self.ge is not None and value < self.ge:
+            return None, "greater_than_equal"
+        if self.le is not None and value > self.le:
+            return None, "less_than_equal"
+        return value, None
+
+
+def _lax_int(raw: str) -> int | None:
+    """`raw` read as pydantic (2.14, lax mode) reads an int from a string, or None: a JSON integer, or
+    once cleaned: trimmed, one `+` dropped, leading zeros dropped (`007`, `0_7`), a `.0…` fraction
+    dropped (`5.00`), and single underscores between digits (`1_000`). ASCII digits only."""
+    if (number := _json_int(raw)) is not None:
+        return number
+    text = raw.strip(_WHITE_SPACE)
+    if text.startswith("+"):
+        if text.startswith("+-"):
+            return None
+        text = text[1:]
+    negative = text.startswith("-")
+    if negative:
+        if text.startswith(("--", "-+")):
+            return None
+        text = text[1:]
+    stripped = _strip_leading_zeros(text)
+    if stripped is None:
+        return None
+    whole, dot, fraction = stripped.partition(".")
+    if dot and fraction and not fraction.strip("0"):
+        stripped = whole
+    if "_" in stripped and not stripped.startswith("_") and not stripped.endswith("_") and "__" not in stripped:
+        stripped = stripped.replace("_", "")
+    return _json_int("-" + stripped if negative else stripped)
+
+
+def _json_int(text: str) -> int | None:
+    number = _JSON_INT.fullmatch(text)
+    return int(text) if number and len(number[1]) <= _INT_DIGITS else None
+
+
+def _strip_leading_zeros(text: str) -> str | None:
+    """pydantic's: `0_07` → `7`, `00.0` → `0.0`, `000` → `0`, `0-5` → `-5` (sic); None unless a digit or `-` leads."""
+    if not text or text[0] not in "0123456789-":
+        return None
+    if text[0] != "0":
+        return text
+    for i, char in enumerate(text[1:], 1):
+        if char in "123456789-":
+            return text[i:]
+        if char == ".":
+            return text[i - 1:]
+        if char not in "0_":
+            return None
+    return text[-1]
 
 
 def _positive_id(raw: str) -> int | None:

@@ -1,15 +1,18 @@
-"""lib/web/request: the body read as JSON, refusing what Python reads but JSON is not or nothing can store.
+"""lib/web/request: the body read as JSON, refusing what Python reads but JSON is not or nothing can store;
+the query read by hand (`query_fields`) as a pydantic model would read it.
 
 How a refusal is answered over HTTP (400 in the contract's shape) is tests/lib/web/test_http.py's subject.
 """
 
 from __future__ import annotations
 
-import pytest
-from pydantic import BaseModel, ConfigDict, Field
+import random
 
-from lib.errors import MalformedJSON, NotFound, ValidationFailed
-from lib.web.request import Request
+import pytest
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from lib.errors import InvalidFilter, MalformedJSON, NotFound, ValidationFailed
+from lib.web.request import QueryInt, Request, field_errors
 
 
 class Payment(BaseModel):
@@ -77,3 +80,155 @@ def test_a_path_or_query_id_has_at_most_eighteen_digits_as_openapi_json_says():
         Request("GET", "/api/things/x", {}, {}, nineteen, b"").path_id()
     with pytest.raises(ValidationFailed):
         Request("GET", "/api/payments", {"lease_id": nineteen}, {}, None, b"").query_id("lease_id")
+
+
+# == the query read by hand: Request.query_fields ==============================================
+
+# GET /api/properties's query (api/properties/index.py), and the pydantic model it replaced.
+LIST = {"city": str, "page": QueryInt(1, ge=1), "per_page": QueryInt(20, ge=1, le=100)}
+
+
+class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    city: str | None = None
+    page: int = Field(default=1, ge=1)
+    per_page: int = Field(default=20, ge=1, le=100)
+
+
+def with_query(query: dict[str, str], repeated: list[str] | None = None) -> Request:
+    return Request("GET", "/api/properties", query, {}, None, b"", repeated or [])
+
+
+def read(**query: str) -> dict:
+    return with_query(query).query_fields(LIST, InvalidFilter)
+
+
+def refused(query: dict[str, str], repeated: list[str] | None = None) -> list[dict]:
+    with pytest.raises(InvalidFilter) as caught:
+        with_query(query, repeated).query_fields(LIST, InvalidFilter)
+    return caught.value.details
+
+
+def test_an_absent_parameter_is_its_default_and_an_absent_text_is_none():
+    assert read() == {"city": None, "page": 1, "per_page": 20}
+
+
+def test_a_text_is_trimmed_of_what_pydantic_trims_and_an_empty_one_is_kept_for_the_endpoint_to_refuse():
+    assert read(city=" Dakar\u3000")["city"] == "Dakar"
+    assert read(city="\x1cDakar")["city"] == "\x1cDakar"  # str.strip() would take it; pydantic does not
+    assert read(city="  ")["city"] == ""
+
+
+@pytest.mark.parametrize("name, value, code, message", [
+    ("page", "1", None, None),
+    ("page", "0", "greater_than_equal", "Valeur trop petite."),
+    ("page", "-1", "greater_than_equal", "Valeur trop petite."),
+    ("per_page", "1", None, None),
+    ("per_page", "100", None, None),
+    ("per_page", "0", "greater_than_equal", "Valeur trop petite."),
+    ("per_page", "101", "less_than_equal", "Valeur trop grande."),
+    ("per_page", "9" * 30, "less_than_equal", "Valeur trop grande."),
+])
+def test_an_int_out_of_its_bounds_is_named_with_pydantics_code_in_french(name, value, code, message):
+    if code is None:
+        assert read(**{name: value})[name] == int(value)
+    else:
+        assert refused({name: value}) == [{"field": name, "code": code, "message": message}]
+
+
+def test_a_page_has_no_upper_bound_here_the_endpoint_refuses_a_deep_one():
+    assert read(page="9" * 4_300)["page"] == int("9" * 4_300)
+
+
+@pytest.mark.parametrize("raw, value", [
+    ("+5", 5),
+    ("5.0", 5),
+    ("5.000", 5),
+    ("+5.0", 5),
+    ("05", 5),
+    ("0_5", 5),
+    ("1_000", 1000),
+    ("1_0.0", 10),
+    (" 5 ", 5),
+    ("\t5\n", 5),
+    ("\xa05\u3000", 5),
+    ("-0", 0),
+    ("0.0", 0),
+    ("0-5", -5),  # sic: pydantic's leading zeros; refused by every bound of ours
+    ("-" + "9" * 4_300, -int("9" * 4_300)),  # the bound counts digits, not the sign
+])
+def test_an_int_is_read_as_pydantics_lax_mode_reads_it(raw, value):
+    assert QueryInt(0).read(raw) == (value, None)
+
+
+@pytest.mark.parametrize("raw", [
+    "", " ", "abc", "5.", ".5", "5.5", "5.0_0", "5._0", "1e3", "5e0", "0x10", "inf", "nan", "1__000", "_1", "1_",
+    "++5", "+-5", "--5", "-+5", "1 0", "5 .0", "5.0.0",
+    "\u0663", "\uff15", "\u00b2",  # ٣, ５, ²: digits to str.isdigit(), not to pydantic
+    "\x1c5", "5\x00", "\u200b5",  # neither is White_Space
+    " " + "9" * 4_301, "+" + "9" * 4_301, "0" + "9" * 4_301,  # too long once cleaned: int_parsing, not _size
+])
+def test_what_is_not_an_int_is_int_parsing(raw):
+    assert QueryInt(0).read(raw) == (None, "int_parsing")
+    assert refused({"page": raw}) == [{"field": "page", "code": "int_parsing", "message": "Doit être un nombre entier."}]
+
+
+@pytest.mark.parametrize("raw", ["9" * 4_301, "-" + "9" * 4_301, "1" * 4_301 + "x", "9" * 4_301 + ".0"])
+def test_more_than_4300_digits_in_a_row_is_int_parsing_size(raw):
+    assert refused({"page": raw}) == [{"field": "page", "code": "int_parsing_size", "message": "Valeur invalide."}]
+
+
+def test_unknown_names_come_after_the_fields_in_the_querys_order():
+    assert [(d["field"], d["code"]) for d in refused({"zz": "1", "page": "abc", "aa": "2", "per_page": "0"})] == [
+        ("page", "int_parsing"), ("per_page", "greater_than_equal"), ("zz", "extra_forbidden"),
+        ("aa", "extra_forbidden")]
+    assert refused({"sort": "price"}) == [{"field": "sort", "code": "extra_forbidden", "message": "Champ inconnu."}]
+
+
+def test_a_name_pydantic_could_not_print_is_named_body_as_it_was():
+    assert [d["field"] for d in refused({"": "1", "__root__": "2", "Page": "3"})] == ["body", "body", "Page"]
+
+
+def test_a_repeated_name_is_refused_before_anything_else():
+    assert refused({"page": "2", "sort": "x"}, repeated=["page"]) == [
+        {"field": "page", "code": "repeated", "message": "Paramètre répété."}]
+    assert [d["field"] for d in refused({"city": "b", "q": "d"}, repeated=["city", "q"])] == ["city", "q"]
+
+
+def test_without_an_error_class_a_refusal_is_a_plain_validation_error():
+    with pytest.raises(ValidationFailed) as caught:
+        with_query({"page": "0"}).query_fields(LIST)
+    assert type(caught.value) is ValidationFailed and caught.value.code == "validation_error"
+
+
+def by_pydantic(query: dict[str, str]) -> tuple[str, object]:
+    try:
+        return "ok", ListQuery.model_validate(query).model_dump()
+    except ValidationError as exc:
+        return "refused", field_errors(exc)
+
+
+def by_hand(query: dict[str, str]) -> tuple[str, object]:
+    try:
+        return "ok", with_query(query).query_fields(LIST, InvalidFilter)
+    except InvalidFilter as exc:
+        return "refused", exc.details
+
+
+def test_the_hand_reader_answers_as_the_model_did_on_a_random_sample():
+    # api/search.py still reads its page and per_page with pydantic: both must read them alike.
+    rng = random.Random(20261207)
+    alphabet = [*"0000111256789+-_. ", "\t", "\xa0", "\x1c", "\u3000", "e", "x", "\u0663", "\x00"]
+    names = ["city", "page", "per_page", "sort", ""]
+    for _ in range(3_000):
+        query = {rng.choice(names): "".join(rng.choices(alphabet, k=rng.randint(0, 6))) for _ in range(rng.randint(0, 3))}
+        assert by_hand(query) == by_pydantic(query), query
+    for raw in ("9" * 4_299, "9" * 4_300, "9" * 4_301, "-" + "9" * 4_301, " " + "9" * 4_301):
+        assert QueryInt(0).read(raw)[0] == _pydantic_int(raw), raw[:3]
+
+
+def _pydantic_int(raw: str) -> int | None:
+    try:
+        return TypeAdapter(int).validate_python(raw)
+    except ValidationError:
+        return None
