@@ -148,11 +148,6 @@ def client(url: str) -> Any:
     return _pools.get().client(url)
 
 
-def reset() -> None:
-    """Close the pool in use and build it again at next use (a changed VALKEY_URL, a benchmark's rows)."""
-    _pools.get().close()
-
-
 def _message(exc: Exception) -> str:
     message = str(exc)
     prefix = _PREFIXES.get(type(exc).__name__)
