@@ -33,9 +33,10 @@ a JSON array in, `{"result"}` or `{"error"}` out. Libraries built on upstash-red
 (upstash-ratelimit) get one bounded `upstash_redis.Redis` from `client()` (lib/edge/upstash_sdk).
 Outside Vercel with VALKEY_URL set, each round trip goes over TCP to Valkey instead (lib/edge/valkey).
 
-The REST client and what it remembers (the sync token, the quota warned about) are one `UpstashREST`,
-the process's built at first use (lib/slot); a test or a benchmark installs its own with
-`with upstash.using(UpstashREST(http=...)):`. The breaker stays one per process (`breaker`).
+The REST client and what it remembers (the sync token, the quota warned about, the upstash-redis
+client over the same connections) are one `UpstashREST`, the process's built at first use
+(lib/slot); a test or a benchmark installs its own with `with upstash.using(UpstashREST(http=...)):`.
+The breaker stays one per process (`breaker`).
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ class UpstashREST:
         self._lock = threading.Lock()
         self.sync: str | None = None
         self.warned: tuple[str, float] | None = None  # (kind, the window's end)
+        self._sdk: tuple[tuple[str, str], upstash_sdk.Redis] | None = None  # (URL and token, client)
 
     def http(self) -> httpx.Client:
         """The httpx client (CACHE_TIMEOUT, CONNECT_TIMEOUT; as many connections kept as open)."""
@@ -174,6 +176,17 @@ class UpstashREST:
                         timeout=httpx.Timeout(CACHE_TIMEOUT, connect=CONNECT_TIMEOUT),
                         limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
         return self._http
+
+    def sdk(self, settings: config.Upstash) -> upstash_sdk.Redis:
+        """One `upstash_redis.Redis` for `settings` on this object's httpx client (same connections,
+        same time bound), built at first use and again if the URL or token changed."""
+        from lib.edge import upstash_sdk
+
+        http, identity = self.http(), (settings.url, settings.token)
+        with self._lock:
+            if self._sdk is None or self._sdk[0] != identity:
+                self._sdk = (identity, upstash_sdk.build(settings, http))
+            return self._sdk[1]
 
     def keep_sync(self, token: str | None) -> None:
         """Remember `token` if it is newer than the one kept. Upstash documents the token as opaque, and
@@ -256,9 +269,7 @@ def _quota_hit(kind: str, message: str) -> RedisQuota:
 def client() -> upstash_sdk.Redis:
     """One `upstash_redis.Redis` on the same URL, token, connections and time bound, never retrying:
     for libraries built on upstash-redis (upstash-ratelimit). It does not go through the breaker."""
-    from lib.edge import upstash_sdk
-
-    return upstash_sdk.shared(config.upstash(), http_client())
+    return _clients.get().sdk(config.upstash())
 
 
 def sdk_call(call: Callable[[Any], T]) -> T:

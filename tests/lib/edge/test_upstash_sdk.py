@@ -44,6 +44,14 @@ def test_the_shared_client_is_one_upstash_redis_on_lib_s_bounded_connections():
     assert sdk._http._client.timeout.read == upstash.CACHE_TIMEOUT
 
 
+def test_an_installed_upstash_rest_brings_its_own_sdk_client_on_its_connections():
+    default = upstash.client()
+    with httpx.Client() as http, upstash.using(upstash.UpstashREST(http)):
+        mine = upstash.client()
+        assert mine is not default and mine._http._client is http
+    assert upstash.client() is default
+
+
 def test_it_speaks_to_upstash_like_any_upstash_redis_client():
     with respx.mock(assert_all_called=False) as router:
         FakeUpstash(router, URL)
