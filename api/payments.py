@@ -27,6 +27,7 @@ class handler(Endpoint):
 
     def post(self, req: Request) -> Reply:
         user = req.user()
+        req.rate_limit(user)
         body = req.body_as(PaymentRequest)
         return idempotency.idempotent(
             req.header("Idempotency-Key"), user.id, "POST /api/payments", body.model_dump(), PaymentInProgress,

@@ -21,5 +21,6 @@ class handler(Endpoint):
 
     def patch(self, req: Request) -> dict[str, Any]:
         user = req.user()
+        req.rate_limit(user)
         changes = req.body_as(ProfileChanges).model_dump(exclude_unset=True)
         return {"profile": account.update_profile(user, changes)}

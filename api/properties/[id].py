@@ -38,5 +38,6 @@ class handler(Endpoint):
     def patch(self, req: Request) -> dict[str, Any]:
         property_id = req.path_id()
         user = req.user()
+        req.rate_limit(user)
         changes = req.body_as(PropertyChanges).model_dump(exclude_unset=True)
         return {"property": properties.update(user, property_id, changes)}

@@ -12,5 +12,6 @@ class handler(Endpoint):
 
     def delete(self, req: Request) -> dict[str, Any]:
         user = req.user()
+        req.rate_limit(user)
         req.refuse_unknown_query(set())
         return {"visit": visits.cancel(user, req.path_id())}

@@ -46,6 +46,7 @@ class handler(Endpoint):
 
     def post(self, req: Request) -> Reply:
         user = req.user()
+        req.rate_limit(user)
         body = req.body_as(VisitRequest)
         request = {"property_id": body.property_id, "starts_at": body.starts_at.isoformat()}
         return idempotency.idempotent(

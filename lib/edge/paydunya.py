@@ -11,9 +11,10 @@ log line (never a key, never the body). Nothing here retries: a create that time
 have made an invoice, and only the caller knows whether a second one is acceptable (it is
 not: lib/domain/payments marks the row failed and the tenant starts again).
 
-The client is created at first use and shared by the warm instance; `set_http_client`
-injects one (tests). Its timeout (10 s total, 3 s to connect) stays well under the payment
-lock's 30 s TTL, so a slow PayDunya cannot outlive the lock that guards the call.
+The client (`PayDunyaClient`) is created at first use and shared by the warm instance; a test
+installs its own with `with paydunya.using(PayDunyaClient(http=...)):`. Its timeout (10 s total,
+3 s to connect) stays well under the payment lock's 30 s TTL, so a slow PayDunya cannot outlive
+the lock that guards the call.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import hashlib
 import hmac
 import logging
 import threading
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from lib import config, context
 from lib.errors import PaymentProviderError
+from lib.slot import Slot
 
 if TYPE_CHECKING:  # imported at first use: a read endpoint never pays for it
     import httpx
@@ -43,30 +46,55 @@ _UNKNOWN_LOGGED_MAX = 100
 
 log = logging.getLogger(__name__)
 
-_lock = threading.Lock()
-_http: httpx.Client | None = None
+_lock = threading.Lock()  # guards _UNKNOWN_LOGGED
+
+
+class PayDunyaClient:
+    """PayDunya's checkout API as this process reaches it: one httpx client (`http` if given, a test's
+    on a mock transport; else built at first use, bounded in time, no redirects followed). The keys and
+    the base URL are read from lib/config at each call (a missing one is a ConfigurationError naming it)."""
+
+    def __init__(self, http: httpx.Client | None = None) -> None:
+        self._http = http
+        self._owned = http is None  # built here, so closed here
+        self._lock = threading.Lock()
+
+    def http(self) -> httpx.Client:
+        """The httpx client (TOTAL_TIMEOUT, CONNECT_TIMEOUT; no proxy surprises, no redirects)."""
+        if self._http is None:
+            with self._lock:
+                if self._http is None:
+                    import httpx
+
+                    self._http = httpx.Client(
+                        timeout=httpx.Timeout(TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT),
+                        follow_redirects=False,
+                    )
+        return self._http
+
+    def close(self) -> None:
+        """Close the httpx client if this object built it (a test's own client is the test's to close)."""
+        if self._owned and self._http is not None:
+            self._http.close()
+
+
+_clients: Slot[PayDunyaClient] = Slot(PayDunyaClient)
+
+
+def using(client: PayDunyaClient) -> AbstractContextManager[PayDunyaClient]:
+    """`with paydunya.using(PayDunyaClient(http=...)):` every PayDunya call of the process goes through
+    `client` inside the block (tests); the default, built at first use, is back after it."""
+    return _clients.using(client)
+
+
+def current() -> PayDunyaClient:
+    """The PayDunyaClient in use: a test's (`using`), else the process's, built at first use."""
+    return _clients.get()
 
 
 def http_client() -> httpx.Client:
-    """The shared httpx client for PayDunya (bounded in time, no proxy surprises, no redirects)."""
-    global _http
-    if _http is None:
-        with _lock:
-            if _http is None:
-                import httpx
-
-                _http = httpx.Client(
-                    timeout=httpx.Timeout(TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT),
-                    follow_redirects=False,
-                )
-    return _http
-
-
-def set_http_client(client: httpx.Client | None) -> None:
-    """Inject the httpx client (tests); `None` builds a fresh one at next use."""
-    global _http
-    with _lock:
-        _http = client
+    """The httpx client PayDunya is called with: the one of the PayDunyaClient in use."""
+    return _clients.get().http()
 
 
 def _failure(reason: str) -> PaymentProviderError:

@@ -32,6 +32,11 @@ when one command fails, and offers no public way to change any of it. Upstash's 
 a JSON array in, `{"result"}` or `{"error"}` out. Libraries built on upstash-redis
 (upstash-ratelimit) get one bounded `upstash_redis.Redis` from `client()` (lib/edge/upstash_sdk).
 Outside Vercel with VALKEY_URL set, each round trip goes over TCP to Valkey instead (lib/edge/valkey).
+
+The REST client and what it remembers (the sync token, the quota warned about, the upstash-redis
+client over the same connections) are one `UpstashREST`, the process's built at first use
+(lib/slot); a test or a benchmark installs its own with `with upstash.using(UpstashREST(http=...)):`.
+The breaker stays one per process (`breaker`).
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lib import config, context
 from lib.edge import breaker as _breakers
 from lib.edge.breaker import Breaker
 from lib.errors import ConfigurationError
+from lib.slot import Slot
 
 if TYPE_CHECKING:  # imported at first use
     import httpx
@@ -136,33 +143,93 @@ _SCRIPTS: dict[str, Script] = {}  # sha → Script: what a NOSCRIPT answer is re
 _EVAL_FOR = {"EVALSHA": "EVAL", "EVALSHA_RO": "EVAL_RO"}
 
 
-breaker = Breaker()
-_lock = threading.Lock()
-_sync: str | None = None  # the highest upstash-sync-token Upstash gave this instance
-_warned: tuple[str, float] | None = None  # the quota window last warned about (kind, its end)
-_http: httpx.Client | None = None  # imported at first use (cold starts pay only for what they call)
+breaker = Breaker()  # Redis's health as this process sees it: one, whichever UpstashREST is in use
 
 
-def set_client(http: httpx.Client | None) -> None:
-    """Use this httpx.Client for Upstash (tests), or `None` to build a bounded one at next use; either
-    way a new client: it forgets its sync token and the quota it warned about."""
-    global _http, _sync, _warned
-    with _lock:
-        _http = http
-        _sync = None
-        _warned = None
+class UpstashREST:
+    """Upstash's REST API as this instance talks to it: one bounded httpx client (`http` if given, a
+    test's on a mock transport; else built at first use), the highest `upstash-sync-token` Upstash
+    gave it (`sync`), and the quota window it last warned about. The URL and token are read from
+    lib/config at each call (a missing one is a ConfigurationError naming it, not an outage). A new
+    object is a new instance as Upstash sees it: no sync token, no warning given yet."""
+
+    def __init__(self, http: httpx.Client | None = None) -> None:
+        self._http = http
+        self._owned = http is None  # built here, so closed here
+        self._lock = threading.Lock()
+        self.sync: str | None = None
+        self.warned: tuple[str, float] | None = None  # (kind, the window's end)
+        self._sdk: tuple[tuple[str, str], upstash_sdk.Redis] | None = None  # (URL and token, client)
+
+    def http(self) -> httpx.Client:
+        """The httpx client (CACHE_TIMEOUT, CONNECT_TIMEOUT; as many connections kept as open)."""
+        if self._http is None:
+            with self._lock:
+                if self._http is None:
+                    import httpx
+
+                    # As many kept alive as open: httpcore 1.0.9 closes "surplus" idle connections by
+                    # counting all of them, and can close one it has just handed to a waiting request
+                    # (encode/httpcore#1110, #1000): `[Errno 9] Bad file descriptor` under a burst, read
+                    # as an outage. With one origin and no surplus, it never closes a connection.
+                    self._http = httpx.Client(
+                        timeout=httpx.Timeout(CACHE_TIMEOUT, connect=CONNECT_TIMEOUT),
+                        limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
+        return self._http
+
+    def sdk(self, settings: config.Upstash) -> upstash_sdk.Redis:
+        """One `upstash_redis.Redis` for `settings` on this object's httpx client (same connections,
+        same time bound), built at first use and again if the URL or token changed."""
+        from lib.edge import upstash_sdk
+
+        http, identity = self.http(), (settings.url, settings.token)
+        with self._lock:
+            if self._sdk is None or self._sdk[0] != identity:
+                self._sdk = (identity, upstash_sdk.build(settings, http))
+            return self._sdk[1]
+
+    def keep_sync(self, token: str | None) -> None:
+        """Remember `token` if it is newer than the one kept. Upstash documents the token as opaque, and
+        upstash-redis keeps the last one it got; when both are numbers (the stand-in's are replication
+        offsets) the higher is kept, so a lagging replica's answer does not take the instance back."""
+        if not token:
+            return
+        with self._lock:
+            if self.sync is None or not (token.isdigit() and self.sync.isdigit()) or int(token) > int(self.sync):
+                self.sync = token
+
+    def first_warning(self, kind: str, end: float) -> bool:
+        """True once per quota window (`kind`, ending at `end` on the breaker's clock): in-flight requests
+        meeting the same quota give one warning among them."""
+        with self._lock:
+            first = self.warned is None or self.warned[0] != kind or self.warned[1] <= _breakers.clock()
+            if first:
+                self.warned = (kind, end)
+            return first
+
+    def close(self) -> None:
+        """Close the httpx client if this object built it (a test's own client is the test's to close)."""
+        if self._owned and self._http is not None:
+            self._http.close()
 
 
-def _keep_sync(token: str | None) -> None:
-    """Remember `token` if it is newer than the one kept. Upstash documents the token as opaque, and
-    upstash-redis keeps the last one it got; when both are numbers (the stand-in's are replication
-    offsets) the higher is kept, so a lagging replica's answer does not take the instance back."""
-    global _sync
-    if not token:
-        return
-    with _lock:
-        if _sync is None or not (token.isdigit() and _sync.isdigit()) or int(token) > int(_sync):
-            _sync = token
+_clients: Slot[UpstashREST] = Slot(UpstashREST)
+
+
+def using(rest: UpstashREST) -> AbstractContextManager[UpstashREST]:
+    """`with upstash.using(UpstashREST(http=...)):` every REST call of the process goes through `rest`
+    inside the block (tests, benchmarks); the default, built at first use, is back after it."""
+    return _clients.using(rest)
+
+
+def current() -> UpstashREST:
+    """The UpstashREST in use: a test's (`using`), else the process's, built at first use."""
+    return _clients.get()
+
+
+def http_client() -> httpx.Client:
+    """The httpx client of the UpstashREST in use (the SDK adapter shares it: lib/edge/upstash_sdk)."""
+    return _clients.get().http()
 
 
 def _quota(message: str) -> str | None:
@@ -186,45 +253,23 @@ def quota_hold() -> dict[str, str] | None:
 
 def _quota_hit(kind: str, message: str) -> RedisQuota:
     """Hold the breaker open for the quota's window; warn once per window (not once per request)."""
-    global _warned
     if kind == "daily":
         now = time.time()
         seconds = 86400 - now % 86400  # Upstash's day is UTC's: the quota resets at midnight
     else:
         seconds = QUOTA_PROBE_S
-    with _lock:  # in-flight requests meeting the same quota: one warning among them
-        first = _warned is None or _warned[0] != kind or _warned[1] <= _breakers.clock()
-        end = breaker.hold(seconds, f"{kind}_quota")
-        if first:
-            _warned = (kind, end)
+    end = breaker.hold(seconds, f"{kind}_quota")
+    first = _clients.get().first_warning(kind, end)  # in-flight requests meeting the same quota: one warning
     if first:
         log.warning("redis: Upstash's %s request quota is used up (%s); reads go to the database, Redis is "
                     "held off for %.0f s", kind, message[:120], seconds)
     return RedisQuota(f"Upstash's {kind} request quota is used up: {message[:120]}", kind)
 
 
-def _client() -> httpx.Client:
-    global _http
-    if _http is None:
-        with _lock:
-            if _http is None:
-                import httpx
-
-                # As many kept alive as open: httpcore 1.0.9 closes "surplus" idle connections by
-                # counting all of them, and can close one it has just handed to a waiting request
-                # (encode/httpcore#1110, #1000): `[Errno 9] Bad file descriptor` under a burst, read
-                # as an outage. With one origin and no surplus, it never closes a connection.
-                _http = httpx.Client(timeout=httpx.Timeout(CACHE_TIMEOUT, connect=CONNECT_TIMEOUT),
-                                     limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
-    return _http
-
-
 def client() -> upstash_sdk.Redis:
     """One `upstash_redis.Redis` on the same URL, token, connections and time bound, never retrying:
     for libraries built on upstash-redis (upstash-ratelimit). It does not go through the breaker."""
-    from lib.edge import upstash_sdk
-
-    return upstash_sdk.shared(config.upstash(), _client())
+    return _clients.get().sdk(config.upstash())
 
 
 def sdk_call(call: Callable[[Any], T]) -> T:
@@ -307,11 +352,12 @@ def _send(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
     import httpx
 
     settings = config.upstash()  # ConfigurationError names the missing variable: not an outage
-    http = _client()
+    rest = _clients.get()
+    http = rest.http()
     body = json.dumps(commands[0] if single else commands, ensure_ascii=False, separators=(",", ":"))
     headers = {"Authorization": f"Bearer {settings.token}", "Content-Type": "application/json"}
-    if _sync is not None:
-        headers[SYNC_TOKEN] = _sync
+    if rest.sync is not None:
+        headers[SYNC_TOKEN] = rest.sync
     start = time.perf_counter()
     try:
         response = http.post(settings.url if single else f"{settings.url}/pipeline",
@@ -322,7 +368,7 @@ def _send(commands: list[list[Any]], *, force: bool, single: bool) -> list[Any]:
     finally:
         _record(start, len(commands))
     answers = _answers(response, len(commands), single)
-    _keep_sync(response.headers.get(SYNC_TOKEN))
+    rest.keep_sync(response.headers.get(SYNC_TOKEN))
     if quota := _quota(refusal := _refusal(response, answers)):
         raise _quota_hit(quota, refusal)
     if answers is None:

@@ -1,4 +1,4 @@
-"""upstash-redis for the libraries built on it (upstash-ratelimit): one client, bounded in time, never retrying.
+"""upstash-redis for the libraries built on it (upstash-ratelimit): a client bounded in time, never retrying.
 
 upstash-redis 1.8 builds its own `httpx.Client(timeout=None)` and has no option to bound it or to
 pass one in; `rest_retries=0` is public, the time bound is not. The one reach into its private
@@ -12,7 +12,6 @@ Never call `close()` on the shared client: it would close lib/edge/upstash's con
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Literal
 
 from lib import config
@@ -24,10 +23,6 @@ if TYPE_CHECKING:  # imported at first use: only the rate-limited writes pay for
 
 class IncompatibleUpstashRedis(RuntimeError):
     """The installed upstash-redis no longer keeps its HTTP client where this adapter replaces it."""
-
-
-_lock = threading.Lock()
-_shared: tuple[tuple[str, str, int], Redis] | None = None
 
 
 def adapt(sdk: Redis, http: httpx.Client) -> Redis:
@@ -48,17 +43,12 @@ def adapt(sdk: Redis, http: httpx.Client) -> Redis:
     return sdk
 
 
-def shared(settings: config.Upstash, http: httpx.Client) -> Redis:
-    """The one `upstash_redis.Redis` for `settings`, over `http`; built at first use."""
-    global _shared
-    identity = (settings.url, settings.token, id(http))
-    with _lock:
-        if _shared is None or _shared[0] != identity:
-            from upstash_redis import Redis
+def build(settings: config.Upstash, http: httpx.Client) -> Redis:
+    """An `upstash_redis.Redis` for `settings` sending through `http`, never retrying (lib/edge/upstash's
+    UpstashREST builds one at first use and keeps it)."""
+    from upstash_redis import Redis
 
-            sdk = Redis(settings.url, settings.token, rest_retries=0, allow_telemetry=False)
-            _shared = (identity, adapt(sdk, http))
-        return _shared[1]
+    return adapt(Redis(settings.url, settings.token, rest_retries=0, allow_telemetry=False), http)
 
 
 def classify(exc: BaseException) -> Literal["answer", "outage"] | None:

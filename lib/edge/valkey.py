@@ -27,7 +27,10 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
+
+from lib.slot import Slot
 
 # The most commands in flight from one process: one per request the host runs at once (host/server).
 MAX_CONNECTIONS = 64
@@ -40,8 +43,6 @@ _EVALSHA = {"EVALSHA": "EVAL", "EVALSHA_RO": "EVAL_RO"}
 _PREFIXES = {"NoScriptError": "NOSCRIPT", "OutOfMemoryError": "OOM", "ReadOnlyError": "READONLY",
              "ExecAbortError": "EXECABORT", "NoPermissionError": "NOPERM"}
 
-_lock = threading.Lock()
-_client: tuple[str, Any] | None = None  # (VALKEY_URL, valkey.Valkey) built at first use
 _texts: dict[str, tuple[str, str]] = {}  # a script's text as sent to Upstash → (Valkey's text, its SHA)
 
 
@@ -90,37 +91,61 @@ def _translate(command: list[Any], scripts: Mapping[str, _Script]) -> list[Any]:
     return command
 
 
+class ValkeyPool:
+    """The process's connections to Valkey: one `valkey.Valkey` (its pool of MAX_CONNECTIONS) for the
+    URL last asked for, built (not connected) at first use and built again when the URL changes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._built: tuple[str, Any] | None = None  # (VALKEY_URL, valkey.Valkey: valkey-py is untyped)
+
+    def client(self, url: str) -> Any:
+        """The `valkey.Valkey` for `url`, built at first use; the one for another URL is disconnected."""
+        built = self._built
+        if built is None or built[0] != url:
+            with self._lock:
+                built = self._built
+                if built is None or built[0] != url:
+                    import valkey  # valkey-py, untyped: its pool is built by an untyped from_url
+
+                    pool = valkey.BlockingConnectionPool.from_url(  # type: ignore[no-untyped-call]
+                        url, max_connections=MAX_CONNECTIONS, timeout=CONNECT_TIMEOUT,
+                        socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=ANSWER_TIMEOUT,
+                        socket_keepalive=True, decode_responses=True, encoding_errors="replace",
+                        client_name="dousell")
+                    # retry=None with no retry_on_error: valkey-py sends each command once
+                    redis = valkey.Valkey(connection_pool=pool, retry=None)
+                    redis.response_callbacks.clear()  # answers as the server sent them, as over REST
+                    if built is not None:
+                        built[1].connection_pool.disconnect()
+                    self._built = built = (url, redis)
+        return built[1]
+
+    def close(self) -> None:
+        """Close the pool's connections; the next call builds it again."""
+        with self._lock:
+            if self._built is not None:
+                self._built[1].connection_pool.disconnect()
+            self._built = None
+
+
+_pools: Slot[ValkeyPool] = Slot(ValkeyPool)
+
+
+def using(pool: ValkeyPool) -> AbstractContextManager[ValkeyPool]:
+    """`with valkey.using(ValkeyPool()):` every round trip of the process goes through `pool` inside
+    the block (tests: connections of their own); the process's is back after it."""
+    return _pools.using(pool)
+
+
+def current() -> ValkeyPool:
+    """The ValkeyPool in use: a test's (`using`), else the process's, built at first use."""
+    return _pools.get()
+
+
 def client(url: str) -> Any:
     """The process's `valkey.Valkey` for `url`, built (not connected) at first use."""
-    global _client
-    built = _client
-    if built is None or built[0] != url:
-        with _lock:
-            built = _client
-            if built is None or built[0] != url:
-                import valkey  # valkey-py, untyped: its pool is built by an untyped from_url
-
-                pool = valkey.BlockingConnectionPool.from_url(  # type: ignore[no-untyped-call]
-                    url, max_connections=MAX_CONNECTIONS, timeout=CONNECT_TIMEOUT,
-                    socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=ANSWER_TIMEOUT,
-                    socket_keepalive=True, decode_responses=True, encoding_errors="replace",
-                    client_name="dousell")
-                # retry=None with no retry_on_error: valkey-py sends each command once
-                redis = valkey.Valkey(connection_pool=pool, retry=None)
-                redis.response_callbacks.clear()  # answers as the server sent them, as over REST
-                if built is not None:
-                    built[1].connection_pool.disconnect()
-                _client = built = (url, redis)
-    return built[1]
-
-
-def reset() -> None:
-    """Close the pool and build it again at next use (tests, a changed VALKEY_URL)."""
-    global _client
-    with _lock:
-        if _client is not None:
-            _client[1].connection_pool.disconnect()
-        _client = None
+    return _pools.get().client(url)
 
 
 def _message(exc: Exception) -> str:

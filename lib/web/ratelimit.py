@@ -1,6 +1,6 @@
 """Rate limits over upstash-ratelimit: per user and per address on every write, per address on IPNs that fail the hash check.
 
-    ratelimit.hit("write", user.id)         POST/PATCH/PUT/DELETE, after the token is checked (lib/web/request)
+    ratelimit.hit("write", user.id)         POST/PATCH/PUT/DELETE, once the token is checked (Request.rate_limit)
     ratelimit.hit("write_address", ip)      the same writes, per client address (client_ip)
     ratelimit.hit("ipn", client_ip(headers)) a PayDunya callback whose hash is wrong (api/paydunya/ipn.py)
 

@@ -101,6 +101,8 @@ class Request:
     path_param: str | None
     body: bytes
     repeated: list[str] = field(default_factory=list)
+    _user: User | None = field(default=None, init=False, repr=False)  # verified once per request
+    _rate_limited: bool = field(default=False, init=False, repr=False)  # counted once per request
 
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)
@@ -198,18 +200,30 @@ class Request:
             raise
 
     def user(self) -> User:
-        """The signed-in user (401 without a valid Supabase token). On a write: 403
-        `anonymous_not_allowed` for an anonymous sign-in (free, unlimited accounts would void every
-        per-account limit), then counted against the user's and the address's rate limits (429
-        past either, lib/web/ratelimit) once the token is known to be theirs."""
+        """The signed-in user (401 without a valid Supabase token; the token is verified once per
+        request). On a write: 403 `anonymous_not_allowed` for an anonymous sign-in (free, unlimited
+        accounts would void every per-account limit). Only reads: the write limits are counted by
+        `rate_limit`, the write handler's next step."""
         from lib.auth import authenticate  # only signed-in endpoints pay for JWT imports
-        from lib.web import ratelimit
+        from lib.web.ratelimit import WRITE_METHODS
 
-        user = authenticate(self.header("Authorization"))
-        if self.method in ratelimit.WRITE_METHODS and user.is_anonymous:
+        if self._user is None:
+            self._user = authenticate(self.header("Authorization"))
+        if self.method in WRITE_METHODS and self._user.is_anonymous:
             raise AnonymousNotAllowed()
+        return self._user
+
+    def rate_limit(self, user: User) -> None:
+        """Count this write against `user`'s and the client address's rate limits (429 past either,
+        lib/web/ratelimit): every write handler calls it right after `user()`, before reading the
+        body or writing anything (tests/test_house_rules.py checks it). Counted once per request: a
+        second call counts nothing; a read (GET) is never counted."""
+        from lib.web import ratelimit  # only signed-in endpoints pay for the limiter's imports
+
+        if self._rate_limited or self.method not in ratelimit.WRITE_METHODS:
+            return
+        self._rate_limited = True
         ratelimit.for_writes(self.method, user.id, ratelimit.client_ip(self.headers))
-        return user
 
 
 @dataclass(frozen=True)

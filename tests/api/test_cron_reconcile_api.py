@@ -13,7 +13,6 @@ import pytest
 
 from devstack.redis_server import free_port
 from lib.cache import invalidation
-from lib.edge import upstash
 from tests.api.test_hooks_database_api import AWA, CHANGE, outbox, row  # noqa: F401 (fixtures)
 from tests.support import serve
 
@@ -81,7 +80,6 @@ def test_it_drains_the_outbox_and_answers_counts(client, outbox):  # noqa: F811
 
 def test_redis_away_the_job_fails_as_a_503_and_its_rows_wait(client, outbox, monkeypatch):  # noqa: F811
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", f"http://127.0.0.1:{free_port()}")
-    upstash.set_client(None)
     outbox.rows = [row()]
     response = run(client)
     assert (response.status_code, response.json()["error"]["code"]) == (503, "service_unavailable")

@@ -11,8 +11,6 @@ import httpx
 import pytest
 import respx
 
-from lib import db
-from lib.edge import upstash
 from tests.support import serve
 
 health = importlib.import_module("api.health")
@@ -29,11 +27,6 @@ def configured(monkeypatch):
     monkeypatch.delenv("VERCEL", raising=False)
     monkeypatch.delenv("DOUSELL_DEPLOYMENT", raising=False)
     monkeypatch.delenv("PAYDUNYA_MODE", raising=False)
-    upstash.set_client(None)
-    db.set_http_client(None)
-    yield
-    upstash.set_client(None)
-    db.set_http_client(None)
 
 
 @pytest.fixture

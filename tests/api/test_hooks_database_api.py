@@ -14,7 +14,7 @@ import redis as redis_py
 import respx
 
 from devstack.redis_server import free_port
-from lib import db, keys, signature
+from lib import keys, signature
 from lib.cache import aside, invalidation
 from lib.edge import upstash
 from tests.support import UPSTASH_TOKEN, serve
@@ -65,8 +65,6 @@ def outbox(monkeypatch, valkey, upstash_server):
                         "DATABASE_WEBHOOK_SECRET": SECRET}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
-    db.set_http_client(None)
-    upstash.set_client(None)
     upstash.breaker.reset()
     direct = redis_py.Redis(host=server.host, port=server.port, decode_responses=True)
     direct.flushdb()
@@ -76,8 +74,6 @@ def outbox(monkeypatch, valkey, upstash_server):
         fake.redis = direct
         yield fake
     direct.close()
-    db.set_http_client(None)
-    upstash.set_client(None)
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +244,6 @@ def test_the_outbox_unreachable_the_bodys_row_is_invalidated(client, outbox):
 
 def test_redis_refusing_is_a_503_and_the_rows_are_released(client, outbox, monkeypatch):
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", f"http://127.0.0.1:{free_port()}")
-    upstash.set_client(None)
     outbox.rows = [row()]
     response = post(client)
     assert (response.status_code, error(response)["code"]) == (503, "service_unavailable")

@@ -24,7 +24,7 @@ from tests.world import (
     WallClock,
     World,
     env,
-    reset_clients,
+    reset_breaker,
     user,
 )
 
@@ -43,7 +43,7 @@ def api(monkeypatch):
         world = World(FakeUpstash(router, UPSTASH), FakeSupabase(router, clock), FakePayDunya(router), clock, router)
         with serve(ipn_api.handler) as base, httpx.Client(base_url=base, timeout=20) as client:
             yield world, client
-    reset_clients()
+    reset_breaker()
 
 
 def paid(world, status="completed"):

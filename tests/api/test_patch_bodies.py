@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from lib import auth
+from tests.fakes import fake_upstash
 from tests.support import api_module, serve
 
 
@@ -14,11 +15,35 @@ def endpoint(relative: str):
 
 
 @pytest.fixture
-def signed_in(monkeypatch):
+def limits(monkeypatch):
+    """The write limits counted for real (the Upstash stand-in's engine), not failing open: yields it."""
+    for name in ("RATE_LIMIT_WRITES_PER_MINUTE", "RATE_LIMIT_WRITES_PER_ADDRESS_PER_MINUTE"):
+        monkeypatch.delenv(name, raising=False)
+    with fake_upstash(monkeypatch, local=True) as redis:
+        yield redis
+
+
+@pytest.fixture
+def signed_in(monkeypatch, limits):
     user = auth.User(id="11111111-1111-4111-8111-111111111111", email="awa.ndiaye@example.sn",
                      role="authenticated", token="t")
     monkeypatch.setattr(auth, "authenticate", lambda header: user)
     return user
+
+
+def counted(redis, limit: str) -> int:
+    """How many requests the limit `limit` has counted, all identifiers and windows together."""
+    return sum(int(redis.redis.get(key)) for key in redis.redis.scan_iter(f"dousell:ratelimit:{limit}:*"))
+
+
+@pytest.mark.parametrize("handler, path", [("api/properties/[id].py", "/api/properties/123"),
+                                           ("api/profile.py", "/api/profile")])
+def test_a_write_counts_each_rate_limit_exactly_once_per_request(signed_in, limits, handler, path):
+    with serve(endpoint(handler)) as base:
+        for n in (1, 2):
+            response = httpx.patch(f"{base}{path}", json={}, headers={"X-Forwarded-For": "196.207.1.2"}, timeout=5)
+            assert response.status_code == 422, response.text  # counted before the body is read, as before
+            assert (counted(limits, "write"), counted(limits, "write_address")) == (n, n)
 
 
 @pytest.mark.parametrize("body, fields", [

@@ -25,7 +25,7 @@ from tests.world import (
     bearer,
     env,
     race_while_held,
-    reset_clients,
+    reset_breaker,
     serve_jwks,
 )
 
@@ -40,11 +40,11 @@ def api(monkeypatch):
     monkeypatch.setattr(settle, "now", clock)
     with respx.mock(assert_all_called=False) as router:
         router.route(host="127.0.0.1").pass_through()
-        serve_jwks(router, monkeypatch)  # before FakeSupabase, which answers the rest of the host
+        serve_jwks(router)  # before FakeSupabase, which answers the rest of the host
         world = World(FakeUpstash(router, UPSTASH), FakeSupabase(router, clock), FakePayDunya(router), clock, router)
         with serve(payments_api.handler) as base, httpx.Client(base_url=base, timeout=20) as client:
             yield world, client
-    reset_clients()
+    reset_breaker()
 
 
 def pay(client, who=MOUSSA, body=None, **headers):

@@ -23,7 +23,7 @@ from tests.world import (
     bearer,
     env,
     race_while_held,
-    reset_clients,
+    reset_breaker,
     serve_jwks,
 )
 
@@ -35,13 +35,13 @@ def api(monkeypatch):
     env(monkeypatch)
     with respx.mock(assert_all_called=False) as router:
         router.route(host="127.0.0.1").pass_through()
-        serve_jwks(router, monkeypatch)
+        serve_jwks(router)
         redis = FakeUpstash(router, UPSTASH)
         db = FakeSupabase(router, WallClock())
         FakePayDunya(router)
         with serve(visits_api.handler) as base, httpx.Client(base_url=base, timeout=20) as client:
             yield db, redis, client
-    reset_clients()
+    reset_breaker()
 
 
 def book(client, db, who=FATOU, n=0, **headers):

@@ -69,13 +69,14 @@ def sign_in(http: httpx.Client) -> Callable[..., httpx.Response]:
 
 
 @pytest.fixture
-def lib_auth_on(standin: SupabaseStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+def lib_auth_on(standin: SupabaseStandIn, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """lib/auth.py pointed at the stand-in, with a cold JWKS cache."""
     monkeypatch.setenv("SUPABASE_URL", standin.url)
     monkeypatch.delenv("SUPABASE_JWT_SECRET", raising=False)
-    monkeypatch.setattr(lib_auth, "_jwks", None)
-    monkeypatch.setattr(lib_auth, "_client", None)
-    monkeypatch.setattr(lib_auth, "_last_fetch_attempt", float("-inf"))
+    keys = lib_auth.JWKS()
+    with lib_auth.using(keys):
+        yield
+    keys.close()
 
 
 # -- password grant -----------------------------------------------------------------------

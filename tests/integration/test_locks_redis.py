@@ -26,10 +26,8 @@ from tests.support import UPSTASH_TOKEN, wait_for
 def upstash_env(monkeypatch, upstash_server):
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", upstash_server.url)
     monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", UPSTASH_TOKEN)
-    upstash.set_client(None)
     upstash.breaker.reset()
     yield
-    upstash.set_client(None)
     upstash.breaker.reset()
 
 

@@ -21,7 +21,6 @@ def test_health_is_up_through_vercel_dev(stack):
 def test_a_demo_user_signs_in_and_lib_auth_accepts_the_token(stack, monkeypatch):
     token = stack.token("moussa.diop@example.sn")
     monkeypatch.setenv("SUPABASE_URL", stack.supabase_url)
-    auth.set_http_client(None)
     user = auth.authenticate(f"Bearer {token}")
     assert user.email == "moussa.diop@example.sn"
     assert user.id == "33333333-3333-4333-8333-333333333333"

@@ -151,13 +151,10 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
     monkeypatch.delenv("SUPABASE_JWT_ISSUER", raising=False)
     monkeypatch.delenv("SUPABASE_JWT_KEEP_LEGACY_HS256", raising=False)
     fake = FakeClock(now=10_000.0)
-    monkeypatch.setattr(auth, "_now", fake)
-    monkeypatch.setattr(auth, "_jwks", None)
-    monkeypatch.setattr(auth, "_client", None)
-    monkeypatch.setattr(auth, "_last_fetch_attempt", float("-inf"))
-    yield fake
-    if auth._client is not None:
-        auth._client.close()
+    keys = auth.JWKS(clock=fake)
+    with auth.using(keys):
+        yield fake
+    keys.close()
 
 
 @pytest.fixture
@@ -613,14 +610,14 @@ def test_the_jwks_request_is_bounded_in_time(jwks: FakeJwks) -> None:
 
 
 def test_the_default_client_is_made_at_first_use_and_reused(jwks: FakeJwks, clock: FakeClock) -> None:
-    assert auth._client is None
+    assert auth.current().http is None
     auth.authenticate(f"Bearer {mint()}")
-    first = auth._client
+    first = auth.current().http
     clock.advance(601)
     auth.authenticate(f"Bearer {mint()}")
 
     assert first is not None
-    assert auth._client is first
+    assert auth.current().http is first
     assert jwks.calls == 2
 
 
@@ -631,13 +628,9 @@ def test_an_injected_client_fetches_the_jwks_with_the_bound_still_applied() -> N
         seen.append(request)
         return httpx.Response(200, json={"keys": [EC_JWK]})
 
-    client = httpx.Client(transport=httpx.MockTransport(serve))  # no timeout of its own
-    auth.set_http_client(client)
-    try:
-        assert auth.authenticate(f"Bearer {mint()}").id == USER_ID
-    finally:
-        auth.set_http_client(None)
-        client.close()
+    with httpx.Client(transport=httpx.MockTransport(serve)) as client:  # no timeout of its own
+        with auth.using(auth.JWKS(http=client)):
+            assert auth.authenticate(f"Bearer {mint()}").id == USER_ID
 
     assert [str(request.url) for request in seen] == [JWKS_URL]
     assert seen[0].extensions["timeout"]["read"] == 2.0

@@ -18,9 +18,6 @@ def supabase_env(monkeypatch):
     monkeypatch.setenv("SUPABASE_URL", SUPABASE)
     monkeypatch.setenv("SUPABASE_ANON_KEY", "anon-key")
     monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "service-key")
-    db.set_http_client(None)
-    yield
-    db.set_http_client(None)
 
 
 def select_one(client):
@@ -53,6 +50,30 @@ def test_all_clients_share_one_http_client_and_a_user_client_never_touches_the_a
 def test_the_shared_http_client_is_bounded_in_time():
     timeout = db.http_client().timeout
     assert timeout.read == db.QUERY_TIMEOUT and timeout.connect == db.CONNECT_TIMEOUT
+
+
+def test_an_installed_postgrest_serves_every_query_inside_its_block_and_the_previous_one_is_back_after():
+    served = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        served.append(request.headers["apikey"])
+        return httpx.Response(200, json=[{"id": 1}])
+
+    before = db.current()
+    with httpx.Client(transport=httpx.MockTransport(answer)) as http:
+        with db.using(db.PostgREST(http=http)) as installed:
+            assert db.current() is installed and db.http_client() is http
+            assert select_one(db.service()).data == [{"id": 1}]
+        assert db.current() is before
+    assert served == ["service-key"]
+
+
+def test_a_postgrest_made_with_a_longer_timeout_bounds_its_queries_by_it():
+    postgrest = db.PostgREST(timeout=60.0)
+    try:
+        assert postgrest.http().timeout.read == 60.0 and postgrest.http().timeout.connect == db.CONNECT_TIMEOUT
+    finally:
+        postgrest.close()
 
 
 @pytest.mark.parametrize("response, expected", [

@@ -31,7 +31,6 @@ def clock(monkeypatch):
 
 
 def reset():
-    upstash.set_client(None)
     upstash.breaker.reset()
     metrics.pending.clear()
 

@@ -44,11 +44,9 @@ def events(monkeypatch):
 def router(monkeypatch, clock):
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
     monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "t")
-    upstash.set_client(None)
     upstash.breaker.reset()
     with respx.mock(assert_all_called=False) as mock:
         yield mock
-    upstash.set_client(None)
     upstash.breaker.reset()
 
 

@@ -47,8 +47,6 @@ def world(seeded_db, pg_connect, valkey, upstash_server, monkeypatch):
     clock = Clock()
     monkeypatch.setattr(breaker_module, "clock", clock)
     monkeypatch.setattr(aside, "_recovery_hooks", [outbox.drain_after_outage])
-    db.set_http_client(None)
-    upstash.set_client(None)
     upstash.breaker.reset()
     direct = redis_py.Redis(host=valkey.host, port=valkey.port, decode_responses=True)
     direct.flushdb()
@@ -65,8 +63,6 @@ def world(seeded_db, pg_connect, valkey, upstash_server, monkeypatch):
     supabase.server_close()
     thread.join(timeout=5)
     direct.close()
-    db.set_http_client(None)
-    upstash.set_client(None)
     upstash.breaker.reset()
 
 
@@ -86,12 +82,10 @@ def outbox_rows(w) -> list[dict]:
 def redis_away(monkeypatch):
     """Upstash unreachable from the API while Redis keeps its data (a network outage, not a flush)."""
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", f"http://127.0.0.1:{free_port()}")
-    upstash.set_client(None)
 
 
 def redis_back(monkeypatch, w, url):
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", url)
-    upstash.set_client(None)
     w.clock.now += upstash.breaker.interval  # the breaker's interval passes: the next read probes
 
 

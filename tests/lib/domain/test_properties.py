@@ -13,7 +13,6 @@ from devstack import supabase
 from lib import auth, context, keys
 from lib.cache import aside, invalidation, refill
 from lib.domain import properties
-from lib.edge import upstash
 from lib.errors import ConfigurationError, InvalidFilter, NotFound, ValidationFailed
 from tests.sql.demo import AWA, PROPERTY_123, PUBLISHED, PUBLISHED_BY_CITY, USERS
 
@@ -86,7 +85,6 @@ def test_a_city_the_api_refuses_is_a_422_and_nothing_is_written(admin, awa):
 
 def test_without_upstash_configured_the_update_is_refused_before_anything_is_written(admin, awa, monkeypatch):
     monkeypatch.delenv("UPSTASH_REDIS_REST_URL")
-    upstash.set_client(None)
     with pytest.raises(ConfigurationError):
         properties.update(awa, PROPERTY_123, {"price": 70_000})
     assert admin.execute("select price from properties where id = %s", (PROPERTY_123,)).fetchone() == (50_000,)
@@ -192,7 +190,6 @@ def test_an_update_overtaken_by_another_write_of_the_property_refills_nothing(aw
 def test_an_update_with_redis_down_still_answers_and_the_reads_go_to_the_database(awa, monkeypatch):
     fill_views()
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9")  # nothing listens there
-    upstash.set_client(None)
     after = properties.update(awa, PROPERTY_123, {"price": 66_000})
     assert after["price"] == 66_000
     assert read(VIEWS["detail"]) == (properties.get_public(PROPERTY_123), "BYPASS")

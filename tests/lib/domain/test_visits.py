@@ -25,7 +25,7 @@ from tests.world import (
     FakeSupabase,
     WallClock,
     env,
-    reset_clients,
+    reset_breaker,
     rpc_error,
     user,
 )
@@ -40,7 +40,7 @@ def world(monkeypatch):
         FakePayDunya(router)
         redis = FakeUpstash(router, UPSTASH)
         yield db, redis
-    reset_clients()
+    reset_breaker()
 
 
 def slot(db, n=0):

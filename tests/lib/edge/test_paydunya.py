@@ -27,9 +27,6 @@ def configured(monkeypatch):
     monkeypatch.setenv("PAYDUNYA_TOKEN", TOKEN)
     monkeypatch.setenv("PAYDUNYA_BASE_URL", ROOT)
     monkeypatch.delenv("PAYDUNYA_MODE", raising=False)
-    paydunya.set_http_client(None)
-    yield
-    paydunya.set_http_client(None)
 
 
 @pytest.fixture
@@ -108,10 +105,9 @@ def test_the_client_is_bounded_well_under_the_lock_ttl_and_shared():
 
 def test_an_injected_client_is_used(api):
     api.post(f"{ROOT}/checkout-invoice/create").mock(return_value=created())
-    injected = httpx.Client()
-    paydunya.set_http_client(injected)
-    assert paydunya.http_client() is injected
-    assert paydunya.create_invoice(1, "x", {}, ACTIONS)[0] == "test_Ab3dE5gH7k"
+    with httpx.Client() as injected, paydunya.using(paydunya.PayDunyaClient(http=injected)):
+        assert paydunya.http_client() is injected
+        assert paydunya.create_invoice(1, "x", {}, ACTIONS)[0] == "test_Ab3dE5gH7k"
 
 
 def test_a_missing_key_names_the_variable_and_sends_nothing(api, monkeypatch):

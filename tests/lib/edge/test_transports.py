@@ -17,7 +17,7 @@ import redis as redis_py
 
 from devstack.redis_server import RedisServer, free_port
 from lib import context
-from lib.edge import upstash, valkey
+from lib.edge import upstash
 from lib.errors import RateLimited
 from lib.web import ratelimit
 from tests.support import UPSTASH_TOKEN
@@ -26,9 +26,7 @@ TRANSPORTS = ["rest", "tcp"]
 
 
 def _reset() -> None:
-    upstash.set_client(None)
-    valkey.reset()
-    upstash.breaker.reset()
+    upstash.breaker.reset()  # the clients are the test's own (tests/conftest.py's own_clients)
 
 
 def point(monkeypatch: pytest.MonkeyPatch, transport: str, *, rest_url: str, tcp_url: str) -> None:

@@ -44,10 +44,8 @@ def upstash_env(monkeypatch):
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
     monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "test-token")
     monkeypatch.delenv("CACHE_NAMESPACE", raising=False)
-    upstash.set_client(None)
     upstash.breaker.reset()
     yield
-    upstash.set_client(None)
     upstash.breaker.reset()
 
 
@@ -77,8 +75,8 @@ def sent(route) -> list:
 
 
 def test_the_http_client_is_built_lazily_once_with_a_bounded_timeout():
-    first = upstash._client()
-    assert upstash._client() is first
+    first = upstash.http_client()
+    assert upstash.http_client() is first
     assert first.timeout.read == upstash.CACHE_TIMEOUT <= 0.5
     assert first.timeout.connect == upstash.CONNECT_TIMEOUT
 
@@ -346,8 +344,8 @@ def test_the_last_sync_token_goes_out_with_every_request_and_never_goes_back(rou
         upstash.execute(["GET", "k"])
     sent_tokens = [call.request.headers.get("upstash-sync-token") for call in route.calls]
     assert sent_tokens == [None, "120", "120", "130"], "a replica's older token does not replace a newer one"
-    upstash.set_client(None)  # another instance (or a cold start): a client of its own, no token
-    upstash.execute(["GET", "k"])
+    with upstash.using(upstash.UpstashREST()):  # another instance (or a cold start): a client of its own, no token
+        upstash.execute(["GET", "k"])
     assert route.calls.last.request.headers.get("upstash-sync-token") is None
 
 

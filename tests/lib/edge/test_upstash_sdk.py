@@ -26,9 +26,6 @@ URL = "https://upstash.test"
 def upstash_env(monkeypatch):
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", URL)
     monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "test-token")
-    upstash.set_client(None)
-    yield
-    upstash.set_client(None)
 
 
 def test_the_pinned_library_still_keeps_its_http_client_where_the_adapter_replaces_it():
@@ -43,8 +40,16 @@ def test_the_shared_client_is_one_upstash_redis_on_lib_s_bounded_connections():
     sdk = upstash.client()
     assert isinstance(sdk, upstash_redis.Redis)
     assert upstash.client() is sdk
-    assert sdk._http._client is upstash._client()
+    assert sdk._http._client is upstash.http_client()
     assert sdk._http._client.timeout.read == upstash.CACHE_TIMEOUT
+
+
+def test_an_installed_upstash_rest_brings_its_own_sdk_client_on_its_connections():
+    default = upstash.client()
+    with httpx.Client() as http, upstash.using(upstash.UpstashREST(http)):
+        mine = upstash.client()
+        assert mine is not default and mine._http._client is http
+    assert upstash.client() is default
 
 
 def test_it_speaks_to_upstash_like_any_upstash_redis_client():
@@ -98,13 +103,13 @@ def test_a_library_that_moved_its_client_is_refused_loudly(shape):
     else:
         sdk._http = FutureTransport()
     with pytest.raises(IncompatibleUpstashRedis, match="must be updated"):
-        upstash_sdk.adapt(sdk, upstash._client())
+        upstash_sdk.adapt(sdk, upstash.http_client())
 
 
 def test_a_library_that_ignores_rest_retries_is_refused_loudly():
     sdk = upstash_redis.Redis(URL, "t", rest_retries=1)
     with pytest.raises(IncompatibleUpstashRedis, match="rest_retries"):
-        upstash_sdk.adapt(sdk, upstash._client())
+        upstash_sdk.adapt(sdk, upstash.http_client())
 
 
 @pytest.mark.parametrize("exc, kind", [

@@ -25,10 +25,8 @@ ROOT = Path(__file__).resolve().parents[3]
 def clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("VERCEL", raising=False)
     monkeypatch.delenv("VALKEY_URL", raising=False)
-    valkey.reset()
     upstash.breaker.reset()
     yield
-    valkey.reset()
     upstash.breaker.reset()
 
 

@@ -75,7 +75,6 @@ def clocks(monkeypatch):
 
 
 def reset():
-    upstash.set_client(None)
     upstash.breaker.reset()
     metrics.pending.clear()
     recorder.stats.reset()

@@ -15,7 +15,7 @@ from lib.edge import upstash
 from lib.errors import ConfigurationError, RateLimited
 from lib.web import ratelimit
 from tests.fakes import FakeUpstash
-from tests.world import AWA, FATOU, UPSTASH, env, reset_clients
+from tests.world import AWA, FATOU, UPSTASH, env, reset_breaker
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def redis(monkeypatch):
         fake = FakeUpstash(router, UPSTASH)
         fake.router = router  # to replace its answers (respx replaces a route of the same pattern)
         yield fake
-    reset_clients()
+    reset_breaker()
 
 
 def writes(n: int, who: str = FATOU) -> list[RateLimited | None]:

@@ -1,5 +1,6 @@
 """lib/web/request: the body read as JSON, refusing what Python reads but JSON is not or nothing can store;
-the query read by hand (`query_fields`) as a pydantic model would read it.
+the query read by hand (`query_fields`) as a pydantic model would read it; the signed-in user read
+(`user()`), and the write limits counted once per request (`rate_limit`).
 
 How a refusal is answered over HTTP (400 in the contract's shape) is tests/lib/web/test_http.py's subject.
 """
@@ -7,12 +8,15 @@ How a refusal is answered over HTTP (400 in the contract's shape) is tests/lib/w
 from __future__ import annotations
 
 import random
+import time
 
+import jwt
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from lib.errors import InvalidFilter, MalformedJSON, NotFound, ValidationFailed
+from lib.errors import AnonymousNotAllowed, InvalidFilter, MalformedJSON, NotFound, ValidationFailed
 from lib.web.request import QueryInt, Request, field_errors
+from tests.fakes import fake_upstash
 
 
 class Payment(BaseModel):
@@ -232,3 +236,73 @@ def _pydantic_int(raw: str) -> int | None:
         return TypeAdapter(int).validate_python(raw)
     except ValidationError:
         return None
+
+
+# -- the signed-in user and the write limits: `user()` reads, `rate_limit(user)` counts, once --------
+
+SECRET = "a-legacy-hs256-secret-of-32-bytes!!"
+USER_ID = "44444444-4444-4444-8444-444444444444"
+
+
+@pytest.fixture
+def limits(monkeypatch):
+    """A project taking legacy HS256 tokens (no JWKS to fetch) and the write limits counted for real, in
+    the Upstash stand-in's engine: yields the FakeUpstash."""
+    monkeypatch.setenv("SUPABASE_URL", "https://project.supabase.test")
+    monkeypatch.setenv("SUPABASE_JWT_SECRET", SECRET)
+    monkeypatch.setenv("SUPABASE_JWT_KEEP_LEGACY_HS256", "true")
+    monkeypatch.delenv("SUPABASE_JWT_ISSUER", raising=False)
+    for name in ("RATE_LIMIT_WRITES_PER_MINUTE", "RATE_LIMIT_WRITES_PER_ADDRESS_PER_MINUTE"):
+        monkeypatch.delenv(name, raising=False)
+    with fake_upstash(monkeypatch) as redis:
+        yield redis
+
+
+def signed(method: str, *, anonymous: bool = False, address: str | None = "196.207.1.2") -> Request:
+    now = int(time.time())
+    token = jwt.encode({"iss": "https://project.supabase.test/auth/v1", "sub": USER_ID, "aud": "authenticated",
+                        "role": "authenticated", "exp": now + 3600, "iat": now, "is_anonymous": anonymous},
+                       SECRET, algorithm="HS256")
+    headers = {"Authorization": f"Bearer {token}"}
+    if address:
+        headers["X-Forwarded-For"] = address
+    return Request(method, "/api/visits", {}, headers, None, b"{}")
+
+
+def counted(redis, limit: str) -> int:
+    """How many requests the limit `limit` has counted, all identifiers and windows together."""
+    return sum(int(redis.redis.get(key)) for key in redis.redis.scan_iter(f"dousell:ratelimit:{limit}:*"))
+
+
+def test_user_only_reads_however_often_it_is_called(limits):
+    req = signed("POST")
+    first = req.user()
+    assert req.user() is first, "the token is verified once per request"
+    assert first.id == USER_ID
+    assert limits.calls == [], "no limit counted, no Redis call"
+
+
+def test_a_write_is_counted_once_per_request_against_each_limit(limits):
+    req = signed("POST")
+    user = req.user()
+    req.rate_limit(user)
+    req.rate_limit(user)  # a second call in the same request counts nothing
+    req.user()
+    assert (counted(limits, "write"), counted(limits, "write_address")) == (1, 1)
+    other = signed("POST")  # the next request counts again
+    other.rate_limit(other.user())
+    assert (counted(limits, "write"), counted(limits, "write_address")) == (2, 2)
+
+
+def test_a_read_is_never_counted(limits):
+    req = signed("GET")
+    req.rate_limit(req.user())
+    assert limits.calls == []
+
+
+def test_an_anonymous_sign_in_is_refused_a_write_before_anything_is_counted(limits):
+    req = signed("POST", anonymous=True)
+    with pytest.raises(AnonymousNotAllowed):
+        req.user()
+    assert limits.calls == []
+    assert signed("GET", anonymous=True).user().is_anonymous, "reads stay open to it"
