@@ -70,6 +70,14 @@ def test_an_invoice_still_unpaid_stays_pending_and_is_asked_again_a_minute_later
     assert world.paydunya.confirm_calls == 2
 
 
+def test_a_run_asks_the_database_for_twenty_invoices_due_for_ten_minutes(world, monkeypatch):
+    asked = []
+    original = world.db.payments_to_reconcile
+    monkeypatch.setattr(world.db, "payments_to_reconcile", lambda **args: asked.append(args) or original(**args))
+    settle.reconcile()
+    assert asked == [{"p_limit": 20, "p_min_age": "600 seconds"}]
+
+
 def test_a_run_checks_a_bounded_batch_and_counts_the_rest(world, monkeypatch):
     monkeypatch.setattr(settle, "BATCH", 3)
     for month in range(1, 6):
@@ -86,6 +94,20 @@ def test_a_run_stops_at_its_time_budget_and_leaves_the_rest_for_the_next(world, 
     monkeypatch.setattr(settle, "monotonic", lambda: next(ticks, settle.CRON_BUDGET))
     counts = settle.reconcile()
     assert (counts["checked"], counts["changed"], counts["left"]) == (1, 1, 2)
+
+
+def test_a_payment_is_checked_while_more_than_half_a_second_of_the_twenty_is_left(world, monkeypatch):
+    for month in range(1, 4):
+        invoice(world, period=f"2027-{month:02d}")
+    ticks = iter([0.0, 19.0, 19.5])  # the start; 1 s left: checked; 0.5 s left: not
+    monkeypatch.setattr(settle, "monotonic", lambda: next(ticks, 20.0))
+    seen = []
+    original = settle.paydunya.confirm
+    monkeypatch.setattr(settle.paydunya, "confirm", lambda token, timeout: seen.append(timeout)
+                        or original(token, timeout=timeout))
+    counts = settle.reconcile()
+    assert (counts["checked"], counts["left"]) == (1, 2)
+    assert seen == [pytest.approx(1.0)]  # the call is bounded by what is left of the budget
 
 
 def test_paydunya_down_fails_the_job_and_changes_nothing(world):
@@ -201,7 +223,8 @@ def test_a_tenant_reading_an_overdue_payment_sees_it_paid_with_one_paydunya_call
     rows = listing()
     assert rows[0]["id"] == pid and rows[0]["status"] == "completed"
     assert world.paydunya.confirm_calls == 1
-    assert 0 < world.redis.redis.ttl(keys.payment_recheck(pid)) <= settle.RECHECK_EVERY
+    assert 0 < world.redis.redis.ttl(keys.payment_recheck(pid)) <= 60
+    assert ["SET", keys.payment_recheck(pid), "1", "NX", "EX", 60] in world.redis.calls  # the minute
 
 
 def test_a_payment_is_re_checked_at_most_once_a_minute_whoever_reads(world):
@@ -241,3 +264,82 @@ def test_the_re_check_is_bounded_in_time(world, monkeypatch):
                         and original(token, timeout=timeout))
     listing()
     assert seen["t"] == settle.RECHECK_TIMEOUT < settle.paydunya.TOTAL_TIMEOUT
+
+
+# -- the pieces: an invoice's life, what is overdue, one re-check --------------------------------
+
+
+@pytest.mark.parametrize("expire_date, life", [
+    (None, timedelta(days=7)),  # PayDunya sent none: INVOICE_LIFE
+    (timedelta(hours=5), timedelta(hours=5)),  # PayDunya's own
+    (timedelta(days=40), timedelta(days=30)),  # never past INVOICE_LIFE_MAX, whatever PayDunya says
+])
+def test_an_invoice_is_expired_from_the_end_of_its_life_on_not_a_second_before(world, expire_date, life):
+    created = world.clock.now
+    verdict = {"status": "pending", "expire_date": created + expire_date if expire_date else None}
+    world.clock.now = created + life - timedelta(seconds=1)
+    assert settle.expired(created.isoformat(), verdict) is False
+    world.clock.now = created + life
+    assert settle.expired(created.isoformat(), verdict) is True
+
+
+def test_a_creation_time_without_a_zone_is_utc(world):
+    created = world.clock.now - timedelta(days=7)
+    naive = created.replace(tzinfo=None).isoformat()
+    assert settle.expired(naive, {"expire_date": None}) is True
+    world.clock.now -= timedelta(seconds=1)
+    assert settle.expired(naive, {"expire_date": None}) is False
+
+
+@pytest.mark.parametrize("created_at", [None, "", "not a date"])
+def test_a_row_without_a_readable_creation_time_is_neither_expired_nor_overdue(world, created_at):
+    assert settle.expired(created_at, {"expire_date": None}) is False
+    row = {"id": 1, "status": "pending", "checkout_url": "https://pay.test/x", "created_at": created_at}
+    assert settle.overdue([row]) == []
+
+
+def test_only_pending_rows_with_an_invoice_older_than_ten_minutes_are_overdue_oldest_first(world):
+    def ago(minutes):
+        return (world.clock.now - timedelta(minutes=minutes)).isoformat()
+
+    rows = [
+        {"id": 1, "status": "completed", "checkout_url": "u", "created_at": ago(50)},
+        {"id": 2, "status": "pending", "checkout_url": None, "created_at": ago(50)},  # its invoice is being made
+        {"id": 3, "status": "pending", "checkout_url": "u", "created_at": ago(30)},
+        {"id": 4, "status": "pending", "checkout_url": "u", "created_at": ago(40)},
+        {"id": 5, "status": "pending", "checkout_url": "u", "created_at": ago(10)},  # exactly RECONCILE_AFTER
+        {"id": 6, "status": "needs_review", "checkout_url": "u", "created_at": ago(50)},
+    ]
+    assert [row["id"] for row in settle.overdue(rows)] == [4, 3]
+
+
+def test_a_re_check_says_whether_the_payment_changed(world):
+    _, pid = invoice(world)
+    context.begin()
+    assert settle.recheck([dict(world.db.payments[pid])]) is True
+    assert world.db.payments[pid]["status"] == "completed"
+
+
+def test_a_re_check_of_a_row_settled_since_the_list_was_read_asks_paydunya_nothing(world):
+    _, pid = invoice(world)
+    row = dict(world.db.payments[pid])
+    world.db.payments[pid]["status"] = "completed"  # its IPN came in the meantime
+    context.begin()
+    assert settle.recheck([row]) is False
+    assert world.paydunya.confirm_calls == 0
+
+
+def test_a_re_check_while_redis_fails_is_no_change_and_asks_paydunya_nothing(world):
+    _, pid = invoice(world)
+    world.redis.down = httpx.ConnectError("down")
+    context.begin()
+    assert settle.recheck([dict(world.db.payments[pid])]) is False
+    assert world.paydunya.confirm_calls == 0
+
+
+def test_a_re_check_paydunya_fails_is_no_change(world):
+    _, pid = invoice(world)
+    world.paydunya.confirm_failure = httpx.ReadTimeout("slow")
+    context.begin()
+    assert settle.recheck([dict(world.db.payments[pid])]) is False
+    assert world.paydunya.confirm_calls == 1
