@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
@@ -425,18 +426,35 @@ def test_an_ipn_without_a_hash_is_403(world):
         ipn(world, b"data[invoice][token]=x&data[status]=completed")
 
 
-def test_the_ipn_status_is_not_believed_only_paydunyas_confirmation(world):
+def test_the_ipn_status_is_not_believed_only_paydunyas_confirmation(world, caplog):
+    caplog.set_level(logging.INFO, logger=settle.__name__)
     token, pid = pending_invoice(world)  # still pending at PayDunya
     assert ipn(world, world.paydunya.ipn(token, status="completed")) == {"received": True, "status": "pending"}
     assert world.db.payments[pid]["status"] == "pending"
     assert world.db.notifications == []
+    assert f"IPN for {token} says completed, PayDunya says pending: applying PayDunya's" in caplog.messages
 
 
-def test_an_ipn_whose_amount_differs_from_the_confirmation_changes_nothing(world):
+def test_an_ipn_whose_status_agrees_with_paydunya_logs_no_disagreement(world, caplog):
+    caplog.set_level(logging.INFO, logger=settle.__name__)
+    token, _ = pending_invoice(world)
+    world.paydunya.invoices[token]["status"] = "completed"
+    ipn(world, world.paydunya.ipn(token))
+    assert not any("PayDunya says" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize("claimed", [
+    100,  # less than PayDunya's
+    "more",  # more
+    "",  # a blank amount is not PayDunya's either
+])
+def test_an_ipn_whose_amount_differs_from_the_confirmation_changes_nothing(world, claimed):
     token, pid = pending_invoice(world)
     world.paydunya.invoices[token]["status"] = "completed"
+    if claimed == "more":
+        claimed = world.paydunya.invoices[token]["total_amount"] + 1
     with pytest.raises(AmountMismatch) as info:
-        ipn(world, world.paydunya.ipn(token, amount=100))
+        ipn(world, world.paydunya.ipn(token, amount=claimed))
     assert (info.value.status, info.value.code) == (409, "amount_mismatch")
     assert world.db.count("POST", "/rpc/confirm_payment") == 0
     assert world.db.payments[pid]["status"] == "pending"
@@ -539,3 +557,15 @@ def test_a_malformed_ipn_is_400(world, body, content_type):
 def test_an_ipn_with_a_good_hash_but_no_token_is_400(world):
     with pytest.raises(BadRequest):
         ipn(world, urlencode({"data[hash]": IPN_HASH}).encode())
+
+
+def test_an_ipn_token_longer_than_200_characters_is_400_without_asking_paydunya(world):
+    def form(token):
+        return urlencode({"data[hash]": IPN_HASH, "data[invoice][token]": token}).encode()
+
+    with pytest.raises(BadRequest):
+        ipn(world, form("t" * 201))
+    assert world.paydunya.confirm_calls == 0
+    with pytest.raises(PaymentProviderError):  # 200 may be a token: PayDunya is asked, and knows none such
+        ipn(world, form("t" * 200))
+    assert world.paydunya.confirm_calls == 1

@@ -7,6 +7,7 @@ real Valkey. tests/sql/test_rpc_payments.py checks the same RPCs on a real Postg
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import httpx
@@ -35,6 +36,10 @@ def invoice(world, period="2026-12", minutes_old=11, paid=True) -> tuple[str, in
     return token, payment["id"]
 
 
+def pid_in(message: str, pid: int) -> bool:
+    return f"payment {pid}" in message
+
+
 def listing():
     context.begin()
     return payments.list_for(MOUSSA_U, 123)
@@ -43,7 +48,8 @@ def listing():
 # -- the cron ------------------------------------------------------------------------------------
 
 
-def test_a_payment_whose_ipn_was_lost_is_completed_by_the_next_cron_run(world):
+def test_a_payment_whose_ipn_was_lost_is_completed_by_the_next_cron_run(world, caplog):
+    caplog.set_level(logging.INFO, logger=settle.__name__)
     _, pid = invoice(world)
     versions = {t: world.tag_version(t) for t in ("payments:lease:123", f"dashboard:{AWA}", f"notifications:{MOUSSA}")}
     counts = settle.reconcile()
@@ -52,6 +58,7 @@ def test_a_payment_whose_ipn_was_lost_is_completed_by_the_next_cron_run(world):
     assert [n["kind"] for n in world.db.notifications] == ["payment_completed", "rent_received"]
     for tag, version in versions.items():
         assert world.tag_version(tag) != version, tag
+    assert f"reconcile: payment {pid} is now completed (its IPN never came)" in caplog.messages
 
 
 def test_a_payment_younger_than_ten_minutes_waits_for_its_ipn(world):
@@ -97,7 +104,7 @@ def test_a_run_stops_at_its_time_budget_and_leaves_the_rest_for_the_next(world, 
 
 
 def test_a_payment_is_checked_while_more_than_half_a_second_of_the_twenty_is_left(world, monkeypatch):
-    for month in range(1, 4):
+    for month in range(1, 5):
         invoice(world, period=f"2027-{month:02d}")
     ticks = iter([0.0, 19.0, 19.5])  # the start; 1 s left: checked; 0.5 s left: not
     monkeypatch.setattr(settle, "monotonic", lambda: next(ticks, 20.0))
@@ -106,7 +113,7 @@ def test_a_payment_is_checked_while_more_than_half_a_second_of_the_twenty_is_lef
     monkeypatch.setattr(settle.paydunya, "confirm", lambda token, timeout: seen.append(timeout)
                         or original(token, timeout=timeout))
     counts = settle.reconcile()
-    assert (counts["checked"], counts["left"]) == (1, 2)
+    assert (counts["checked"], counts["left"]) == (1, 3)
     assert seen == [pytest.approx(1.0)]  # the call is bounded by what is left of the budget
 
 
@@ -141,7 +148,8 @@ def test_money_paid_on_a_dead_row_whose_ipn_was_lost_is_found_by_the_cron(world,
     # The attack on the old cron: it asked only about pending rows, so this money was never seen.
     token, pid = invoice(world, paid=False)
     world.paydunya.invoices[token]["status"] = dead
-    assert settle.reconcile()["changed"] == 1
+    counts = settle.reconcile()
+    assert (counts["changed"], counts["expired"], counts["needs_review"]) == (1, 0, 0)
     assert world.db.payments[pid]["status"] == dead
     world.paydunya.invoices[token]["status"] = "completed"  # paid after all; the IPN is lost
     world.clock.now += timedelta(minutes=31)
@@ -163,13 +171,16 @@ def test_a_dead_row_is_asked_about_every_half_hour_for_a_week_only(world):
     assert world.paydunya.confirm_calls == calls
 
 
-def test_an_invoice_paydunya_keeps_calling_pending_expires_after_seven_days_and_checks_stop(world):
+def test_an_invoice_paydunya_keeps_calling_pending_expires_after_seven_days_and_checks_stop(world, caplog):
+    caplog.set_level(logging.INFO, logger=settle.__name__)
     token, pid = invoice(world, paid=False)
     assert settle.reconcile()["expired"] == 0
     world.clock.now += timedelta(days=7)
     counts = settle.reconcile()
     assert (counts["checked"], counts["changed"], counts["expired"], counts["needs_review"]) == (1, 1, 1, 0)
     assert world.db.payments[pid]["status"] == "expired"
+    assert [m for m in caplog.messages if pid_in(m, pid)] == [
+        f"payment {pid}: invoice {token} never settled within its life; expired, checks stop"]
     calls = world.paydunya.confirm_calls
     for _ in range(3):
         world.clock.now += timedelta(hours=1)
@@ -263,7 +274,7 @@ def test_the_re_check_is_bounded_in_time(world, monkeypatch):
     monkeypatch.setattr(settle.paydunya, "confirm", lambda token, timeout: seen.setdefault("t", timeout)
                         and original(token, timeout=timeout))
     listing()
-    assert seen["t"] == settle.RECHECK_TIMEOUT < settle.paydunya.TOTAL_TIMEOUT
+    assert seen["t"] == 3.0 < settle.paydunya.TOTAL_TIMEOUT
 
 
 # -- the pieces: an invoice's life, what is overdue, one re-check --------------------------------
@@ -337,9 +348,49 @@ def test_a_re_check_while_redis_fails_is_no_change_and_asks_paydunya_nothing(wor
     assert world.paydunya.confirm_calls == 0
 
 
-def test_a_re_check_paydunya_fails_is_no_change(world):
+def test_a_re_check_paydunya_fails_is_no_change_and_logged_with_its_reason(world, caplog):
     _, pid = invoice(world)
     world.paydunya.confirm_failure = httpx.ReadTimeout("slow")
     context.begin()
     assert settle.recheck([dict(world.db.payments[pid])]) is False
     assert world.paydunya.confirm_calls == 1
+    assert f"re-check of payment {pid} failed (payment_provider_error timeout: ReadTimeout); the cron will retry" \
+        in caplog.messages
+
+
+def test_a_verdict_without_a_whole_amount_is_applied_and_logged(world, caplog):
+    token, pid = invoice(world)
+    context.begin()
+    settle.apply(token, {"status": "completed", "total_amount": 50_000, "rent_amount": 50_000})
+    assert not any("not a whole number" in m for m in caplog.messages)
+    token, pid = invoice(world, period="2027-01")
+    context.begin()
+    result = settle.apply(token, {"status": "completed", "total_amount": None, "rent_amount": None})
+    assert result["payment"]["status"] == "needs_review"  # the database calls it an amount mismatch
+    assert f"invoice {token}: PayDunya's amount is not a whole number of XOF" in caplog.messages
+
+
+@pytest.mark.parametrize("said", ["pending", "failed", "cancelled", "expired"])
+def test_a_dead_row_is_written_only_when_paydunya_says_completed(world, said):
+    token, pid = invoice(world, paid=False)
+    world.db.payments[pid]["status"] = "failed"
+    row = {"status": "failed", "provider_token": token, "created_at": world.db.payments[pid]["created_at"]}
+    assert settle.settle_row(row, {"status": said, "expire_date": None}) is None
+    assert world.db.payments[pid]["status"] == "failed"
+
+
+def test_a_read_re_checks_the_oldest_overdue_payment_nobody_checked_this_minute(world):
+    ids = [invoice(world, period=f"2027-{m:02d}", minutes_old=60 - m)[1] for m in range(1, 5)]  # oldest first
+    world.redis.redis.set(keys.payment_recheck(ids[0]), "1", ex=60)  # another read checked it
+    context.begin()
+    assert settle.recheck([dict(world.db.payments[i]) for i in ids]) is True
+    assert [world.db.payments[i]["status"] for i in ids] == ["pending", "completed", "pending", "pending"]
+
+
+def test_a_read_tries_the_three_oldest_overdue_payments_at_most(world):
+    ids = [invoice(world, period=f"2027-{m:02d}", minutes_old=60 - m)[1] for m in range(1, 5)]
+    for i in ids[:3]:
+        world.redis.redis.set(keys.payment_recheck(i), "1", ex=60)
+    context.begin()
+    assert settle.recheck([dict(world.db.payments[i]) for i in ids]) is False
+    assert world.paydunya.confirm_calls == 0
