@@ -559,6 +559,13 @@ def test_an_ipn_with_a_good_hash_but_no_token_is_400(world):
         ipn(world, urlencode({"data[hash]": IPN_HASH}).encode())
 
 
+def test_a_repeated_ipn_field_is_named_in_the_400_up_to_40_characters(world):
+    name = "data[custom_data][" + "x" * 40 + "]"
+    with pytest.raises(BadRequest) as info:
+        ipn(world, urlencode([(name, "a"), (name, "b")]).encode())
+    assert info.value.message == f"Champ répété : {name[:40]}."
+
+
 def test_an_ipn_token_longer_than_200_characters_is_400_without_asking_paydunya(world):
     def form(token):
         return urlencode({"data[hash]": IPN_HASH, "data[invoice][token]": token}).encode()
