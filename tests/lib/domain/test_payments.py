@@ -566,6 +566,20 @@ def test_a_repeated_ipn_field_is_named_in_the_400_up_to_40_characters(world):
     assert info.value.message == f"Champ répété : {name[:40]}."
 
 
+def test_an_ipn_of_more_than_500_fields_is_400_unread(world):
+    token, pid = pending_invoice(world)
+    world.paydunya.invoices[token]["status"] = "completed"
+    body = world.paydunya.ipn(token)
+
+    def padded(fields):
+        return body + b"".join(b"&data[x%d]=1" % i for i in range(fields - body.count(b"&") - 1))
+
+    with pytest.raises(BadRequest):
+        ipn(world, padded(501))
+    assert world.paydunya.confirm_calls == 0
+    assert ipn(world, padded(500)) == {"received": True, "status": "completed"}
+
+
 def test_an_ipn_token_longer_than_200_characters_is_400_without_asking_paydunya(world):
     def form(token):
         return urlencode({"data[hash]": IPN_HASH, "data[invoice][token]": token}).encode()
