@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import urlencode
 
 import httpx
@@ -213,11 +213,13 @@ FAILURES = [
 
 
 @pytest.mark.parametrize("failure", FAILURES)
-def test_a_paydunya_failure_marks_the_row_failed_and_leaves_nothing_pending(world, failure):
+def test_a_paydunya_failure_marks_the_row_failed_and_leaves_nothing_pending(world, caplog, failure):
     world.paydunya.failure = failure
-    with pytest.raises(PaymentProviderError):
+    with pytest.raises(PaymentProviderError) as caught:
         start()
     rows = world.db.rows(period="2026-12")
+    assert f"payment {rows[0]['id']}: PayDunya failed ({caught.value.reason}); marked failed" in caplog.messages
+    assert caught.value.reason
     assert [r["status"] for r in rows] == ["failed"]
     assert rows[0]["checkout_url"] is None
     assert world.redis.redis.exists(world.lock_key()) == 0
@@ -249,6 +251,13 @@ def test_a_pending_row_without_an_invoice_older_than_the_lock_ttl_is_abandoned_a
     assert world.db.payments[stale["id"]]["status"] == "failed"
     assert reply.payment["id"] != stale["id"]
     assert len(world.paydunya.invoices) == 1
+
+
+def test_a_creation_time_is_read_with_its_offset(world):
+    at = (NOW - timedelta(seconds=31)).astimezone(timezone(timedelta(hours=1)))  # a session not on UTC
+    stale = world.db.add_payment(123, "2026-12", created_at=at)
+    assert start().created
+    assert world.db.payments[stale["id"]]["status"] == "failed"
 
 
 def test_an_abandoned_pending_row_with_an_invoice_is_kept_the_tenant_may_be_paying_it(world):
