@@ -8,11 +8,13 @@ The fakes live in tests/world.py.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfoNotFoundError
 
 import httpx
 import pytest
@@ -147,6 +149,22 @@ def test_the_owner_is_told_403_not_lease_party(world):
     assert (info.value.status, info.value.code) == (403, "not_lease_party")
 
 
+def test_the_tenant_check_is_equality_whatever_the_order_of_the_ids(world):
+    # FATOU owns this lease's property and her id sorts after her tenant's (AWA's sorts before MOUSSA's)
+    world.db.properties[300] = {"id": 300, "owner_id": FATOU, "status": "published", "title": "Studio", "city": "Dakar"}
+    world.db.leases[125] = {"id": 125, "property_id": 300, "tenant_id": MOUSSA, "status": "active",
+                            "monthly_rent": 80_000, "starts_on": "2026-09-01", "ends_on": None}
+    with pytest.raises(NotYourLease):
+        start(FATOU_U, 125)
+    assert world.db.count("POST", "/rpc/reserve_payment") == 0
+
+
+def test_the_started_payment_is_a_frozen_answer(world):
+    reply = start()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        reply.created = False  # type: ignore[misc]
+
+
 def test_a_month_already_paid_is_409_already_paid(world):
     with pytest.raises(AlreadyPaid):
         start(period="2026-10")
@@ -166,6 +184,29 @@ def test_the_period_must_be_within_the_window_and_the_lease(world, period, ok):
         with pytest.raises(ValidationFailed) as info:
             start(period=period)
         assert info.value.status == 422 and info.value.details[0]["field"] == "period"
+
+
+def test_the_window_reaches_twelve_months_ahead_from_any_month(monkeypatch):
+    monkeypatch.setattr(payments, "now", lambda: datetime(2027, 3, 15, tzinfo=UTC))
+    payments.check_period("2028-03")
+    with pytest.raises(ValidationFailed):
+        payments.check_period("2028-04")
+
+
+def test_the_month_the_lease_starts_may_be_paid(monkeypatch):
+    monkeypatch.setattr(payments, "now", lambda: NOW)
+    payments.check_period("2026-09", {"starts_on": "2026-09-01"})
+    with pytest.raises(ValidationFailed):
+        payments.check_period("2026-08", {"starts_on": "2026-09-01"})
+
+
+def test_without_a_tz_database_dakar_is_utc(monkeypatch):
+    def missing(key):
+        raise ZoneInfoNotFoundError(key)
+
+    monkeypatch.setattr(payments, "ZoneInfo", missing)
+    monkeypatch.setattr(payments, "now", lambda: datetime(2026, 11, 30, 23, 59, tzinfo=UTC))
+    assert payments.current_period() == "2026-11"
 
 
 def test_the_window_reaches_two_years_back(monkeypatch):
@@ -242,6 +283,33 @@ def test_a_young_pending_row_without_an_invoice_is_another_request_at_work(world
         start()
     assert not world.paydunya.invoices
     assert [r["status"] for r in world.db.rows(period="2026-12")] == ["pending"]
+
+
+def test_a_pending_row_without_an_invoice_exactly_the_lock_ttl_old_is_still_at_work(world):
+    world.db.add_payment(123, "2026-12", created_at=NOW - payments.ABANDONED_AFTER)
+    with pytest.raises(PaymentInProgress):
+        start()
+
+
+@pytest.mark.parametrize("created_at", ["missing", None, "not a date"])
+def test_a_pending_row_without_a_readable_creation_time_is_never_taken_for_abandoned(world, created_at):
+    row = world.db.add_payment(123, "2026-12", created_at=NOW - timedelta(hours=1))
+    if created_at == "missing":
+        del row["created_at"]
+    else:
+        row["created_at"] = created_at
+    with pytest.raises(PaymentInProgress):
+        start()
+    assert not world.paydunya.invoices
+
+
+def test_a_paydunya_failure_while_the_database_is_down_is_still_the_providers_error(world):
+    world.paydunya.failure = httpx.ReadTimeout("slow")
+    world.db.broken["/rental_payments"] = httpx.ConnectError("down")
+    with pytest.raises(PaymentProviderError):
+        start()
+    del world.db.broken["/rental_payments"]
+    assert [r["status"] for r in world.db.rows(period="2026-12")] == ["pending"]  # abandoned after LOCK_TTL
 
 
 def test_a_pending_row_without_an_invoice_older_than_the_lock_ttl_is_abandoned_and_replaced(world):
