@@ -303,6 +303,17 @@ def test_a_pending_row_without_a_readable_creation_time_is_never_taken_for_aband
     assert not world.paydunya.invoices
 
 
+def test_an_abandoned_row_that_cannot_be_marked_failed_is_reserved_twice_at_most_and_bumps_nothing(world):
+    world.db.add_payment(123, "2026-12", created_at=NOW - timedelta(minutes=5))
+    world.db.broken["/rental_payments"] = httpx.ConnectError("down")
+    version = world.tag_version("payments:lease:123")
+    with pytest.raises(PaymentInProgress):
+        start()
+    assert world.db.count("POST", "/rpc/reserve_payment") == 2
+    assert world.tag_version("payments:lease:123") == version  # nothing changed: nothing to invalidate
+    assert not world.paydunya.invoices
+
+
 def test_a_paydunya_failure_while_the_database_is_down_is_still_the_providers_error(world):
     world.paydunya.failure = httpx.ReadTimeout("slow")
     world.db.broken["/rental_payments"] = httpx.ConnectError("down")
@@ -441,6 +452,21 @@ def test_a_new_payment_shows_at_once_in_the_cached_list(world):
     start()
     rows, status = listing(AWA_U)
     assert status == "MISS" and rows[0]["period"] == "2026-12"
+
+
+def test_payments_made_at_the_same_instant_are_listed_newest_id_first(world):
+    at = NOW - timedelta(days=1)
+    first = world.db.add_payment(123, "2026-11", status="failed", created_at=at)
+    second = world.db.add_payment(123, "2026-11", status="failed", created_at=at)
+    rows, _ = listing(MOUSSA_U)
+    assert [row["id"] for row in rows[:2]] == [second["id"], first["id"]]
+
+
+def test_the_list_shows_the_two_hundred_newest_payments(world):
+    for hours in range(1, 202):
+        world.db.add_payment(123, "2026-11", status="failed", created_at=NOW - timedelta(hours=hours))
+    rows, _ = listing(MOUSSA_U)
+    assert len(rows) == 200 and rows[-1]["created_at"] == (NOW - timedelta(hours=200)).isoformat()
 
 
 def test_the_list_is_read_with_the_users_token(world):
