@@ -25,6 +25,7 @@ def stored(expires=NOW + 60_000, load=12, window=30_000, built="v1,v2", value='{
     (stored(built="v1"), ["v1", "v2"], None),  # built on fewer tags than the key has now
     (stored(expires=NOW - 1), ["v1", "v2"], None),  # past its TTL: CLAIM decides STALE or LOAD
     (stored(expires=NOW), ["v1", "v2"], None),
+    (stored(expires=NOW + 1), ["v1", "v2"], '{"price":"1|2"}'),  # 1 ms left, no early refresh drawn: a hit
     ("OK", ["v1", "v2"], None),  # not an entry of ours
     ("x|y|z|v1,v2\n{}", ["v1", "v2"], None),
     ("123|4|5\n{}", ["v1", "v2"], None),
@@ -46,6 +47,7 @@ def test_xfetch_sends_a_hot_entry_to_claim_as_its_expiry_nears(draw, refresh):
     (1.0, NOW + 101, False),  # 100 ms × 1 × 1 < 101 ms left: served
     (1.0, NOW + 100, True),  # 100 ms × 1 × 1 ≥ 100 ms left: refreshed (the bound itself refreshes)
     (2.0, NOW + 150, True),  # beta multiplies the load: 200 ms ≥ 150 ms left
+    (2.0, NOW + 201, False),  # ...and only multiplies it: 200 ms < 201 ms left
 ])
 def test_the_early_refresh_is_load_times_beta_times_minus_ln_draw_against_the_ms_left(beta, expires, refresh):
     raw = stored(expires=expires, load=100)
