@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 
 from lib.cache import entries
@@ -22,6 +25,7 @@ def stored(expires=NOW + 60_000, load=12, window=30_000, built="v1,v2", value='{
     (stored(built="v1"), ["v1", "v2"], None),  # built on fewer tags than the key has now
     (stored(expires=NOW - 1), ["v1", "v2"], None),  # past its TTL: CLAIM decides STALE or LOAD
     (stored(expires=NOW), ["v1", "v2"], None),
+    (stored(expires=NOW + 1), ["v1", "v2"], '{"price":"1|2"}'),  # 1 ms left, no early refresh drawn: a hit
     ("OK", ["v1", "v2"], None),  # not an entry of ours
     ("x|y|z|v1,v2\n{}", ["v1", "v2"], None),
     ("123|4|5\n{}", ["v1", "v2"], None),
@@ -97,3 +101,52 @@ def test_bump_names_what_it_read_and_what_it_set(monkeypatch):
     assert bumped.after == {"a": args[9], "b": args[11]}
     assert bumped.olds == ("entry", None)
     assert bumped.lock == f"{args[6]}|1000|20"
+
+
+@pytest.mark.parametrize("beta, expires, refresh", [
+    (1.0, NOW + 101, False),  # 100 ms × 1 × 1 < 101 ms left: served
+    (1.0, NOW + 100, True),  # 100 ms × 1 × 1 ≥ 100 ms left: refreshed (the bound itself refreshes)
+    (2.0, NOW + 150, True),  # beta multiplies the load: 200 ms ≥ 150 ms left
+    (2.0, NOW + 201, False),  # ...and only multiplies it: 200 ms < 201 ms left
+])
+def test_the_early_refresh_is_load_times_beta_times_minus_ln_draw_against_the_ms_left(beta, expires, refresh):
+    raw = stored(expires=expires, load=100)
+    draw = math.exp(-1)  # -ln(draw) = 1
+    assert (entries.fresh_value(raw, ["v1", "v2"], draw=draw, beta=beta, now_ms=NOW) is None) is refresh
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("1|2|3|v1,v2\n{}", entries.Entry(1, 2, 3, ["v1", "v2"], "{}")),
+    ("1|2|3|\nnull", entries.Entry(1, 2, 3, [], "null")),
+    ("1|2|x|v1\n{}", None),  # the stale window is not a number
+    ("1|2|3|v1|v2\n{}", None),  # five fields: another format
+])
+def test_an_entry_is_read_field_by_field(raw, expected):
+    assert entries.parse(raw) == expected
+
+
+def test_an_entry_read_is_a_frozen_value():
+    entry = entries.parse("1|2|3|v1\n{}")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entry.load_ms = 5  # type: ignore[misc,union-attr]
+
+
+@pytest.mark.parametrize("ttl, window", [
+    (4, 5), (11, 5),  # at least 5 s
+    (13, 6), (60, 30),  # half the TTL
+    (600, 300), (3600, 300),  # at most 5 min
+])
+def test_the_stale_window_is_half_the_ttl_between_5_s_and_5_min(ttl, window):
+    assert entries.stale_window(ttl) == window
+
+
+@pytest.mark.parametrize("spread, ms", [(-0.1, 54_000), (0.0, 60_000), (0.1, 66_000)])
+def test_a_fills_ttl_is_spread_by_ten_percent_either_way(monkeypatch, spread, ms):
+    bounds = []
+    monkeypatch.setattr(entries.random, "uniform", lambda low, high: bounds.append((low, high)) or spread)
+    assert entries.jittered_ttl_ms(60) == pytest.approx(ms, abs=1)
+    assert bounds == [(-0.1, 0.1)]
+
+
+def test_a_value_is_stored_as_compact_json_that_keeps_its_accents():
+    assert entries.serialize({"ville": "Thiès", "prix": 1}) == '{"ville":"Thiès","prix":1}'

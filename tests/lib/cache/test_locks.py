@@ -110,10 +110,15 @@ def test_a_free_lock_is_taken_with_a_random_token_and_the_ttl_then_released(redi
     assert events == [(NAME, "acquired")]
 
 
-def test_the_set_is_nx_px_in_milliseconds(redis):
-    Lock(NAME, ttl=0.25).acquire()
+@pytest.mark.parametrize("ttl, px", [
+    (0.25, 250),
+    (30, 30_000),
+    (0.0001, 1),  # rounds to 0 ms, which would be no lock at all: the least is 1 ms
+])
+def test_the_set_is_nx_px_in_milliseconds(redis, ttl, px):
+    Lock(NAME, ttl=ttl).acquire()
     set_command = redis.calls[0]
-    assert set_command[:2] == ["SET", NAME] and set_command[3:] == ["NX", "PX", 250]
+    assert set_command[:2] == ["SET", NAME] and set_command[3:] == ["NX", "PX", px]
 
 
 def test_each_acquire_draws_a_new_token(redis):
@@ -173,6 +178,18 @@ def test_a_nonsensical_policy_is_refused_at_construction(kwargs):
         Lock(NAME, **{"ttl": 30, **kwargs})
 
 
+def test_a_policy_of_zeros_is_one_attempt_at_once():
+    lock = Lock(NAME, ttl=30, retries=0, retry_delay=0, jitter=0)
+    assert (lock.retries, lock.retry_delay, lock.jitter) == (0, 0, 0)
+
+
+def test_the_repr_says_whether_this_object_holds_the_lock(redis):
+    lock = Lock(NAME, ttl=30)
+    assert repr(lock) == f"<Lock {NAME} ttl=30s free>"
+    lock.acquire()
+    assert repr(lock) == f"<Lock {NAME} ttl=30s held>"
+
+
 # -- the retry policy --------------------------------------------------------------------------
 
 
@@ -210,15 +227,15 @@ def test_fifty_double_clicks_do_not_retry_in_lockstep(redis, clock, monkeypatch)
     assert len({round(s, 6) for s in clock.sleeps}) > 40
 
 
-@pytest.mark.parametrize("policy, sleeps, sets", [
-    ({}, [0.125], 2),  # the seed's policy: one retry after ~100 ms
-    ({"retries": 0}, [], 1),  # fail fast: one attempt, no sleep
-    ({"retries": 3, "retry_delay": 0.05, "jitter": 0}, [0.05, 0.05, 0.05], 4),  # patient, no jitter
-    ({"retries": 2, "retry_delay": 0.2, "jitter": 0.1}, [0.25, 0.25], 3),  # jitter × draw 0.5
+@pytest.mark.parametrize("policy, sleeps, sets, tries", [
+    ({}, [0.125], 2, "2 times"),  # the seed's policy: one retry after ~100 ms
+    ({"retries": 0}, [], 1, "once"),  # fail fast: one attempt, no sleep
+    ({"retries": 3, "retry_delay": 0.05, "jitter": 0}, [0.05, 0.05, 0.05], 4, "4 times"),  # patient, no jitter
+    ({"retries": 2, "retry_delay": 0.2, "jitter": 0.1}, [0.25, 0.25], 3, "3 times"),  # jitter × draw 0.5
 ])
-def test_the_retry_policy_is_configurable_per_lock(redis, clock, policy, sleeps, sets):
+def test_the_retry_policy_is_configurable_per_lock(redis, clock, policy, sleeps, sets, tries):
     redis.redis.set(NAME, "other-holder", px=30_000)
-    with pytest.raises(LockBusy):
+    with pytest.raises(LockBusy, match=f"not free after trying {tries}$"):
         Lock(NAME, ttl=30, **policy).acquire()
     assert clock.sleeps == pytest.approx(sleeps)
     assert commands(redis) == ["SET"] * sets
@@ -254,6 +271,24 @@ def test_releasing_a_lock_no_longer_ours_raises_and_never_deletes_the_other_hold
     assert "held 31.00 s, ttl 30 s" in str(caught.value)
     assert held_by(redis) == after_expiry
     assert events == [(NAME, "acquired"), (NAME, "expired")]
+
+
+def test_a_lock_never_acquired_has_been_held_for_no_time(clock):
+    lock = Lock(NAME, ttl=30)
+    clock.now += 5
+    assert lock.held_for() == 0.0
+
+
+@pytest.mark.parametrize("acquired_at", [
+    1000.0,
+    10.0,  # the monotonic clock of an instance booted ten seconds before the acquire
+])
+def test_held_for_is_the_time_since_the_acquire_by_our_clock(redis, clock, acquired_at):
+    clock.now = acquired_at
+    lock = Lock(NAME, ttl=30)
+    lock.acquire()
+    clock.advance(25.0)
+    assert lock.held_for() == pytest.approx(25.0)
 
 
 def test_the_compare_and_delete_is_one_script_shared_by_every_token_checked_key(redis):
@@ -416,3 +451,15 @@ def test_without_raise_on_release_error_the_blocks_own_error_propagates_past_a_f
 def test_leaving_a_lock_released_inside_the_block_is_a_programming_error_whatever_the_policy(redis):
     with pytest.raises(LockError, match="unlocked"), Lock(NAME, ttl=30, raise_on_release_error=False) as lock:
         lock.release()
+
+
+def test_a_set_answered_with_a_command_error_is_unavailable_without_a_follow_up_get(redis, router, events):
+    """Redis at its size limit answers the SET with an error: an answer, so nothing is in flight to
+    check, and Redis cannot give us the lock: the database fence decides (lib/domain/locking)."""
+    route = router.post(URL).mock(return_value=httpx.Response(
+        400, json={"error": "OOM command not allowed when used memory > 'maxmemory'."}))
+    with pytest.raises(LockUnavailable, match="Cannot acquire lock") as caught:
+        Lock(NAME, ttl=30).acquire()
+    assert isinstance(caught.value.__cause__, upstash.RedisFull)
+    assert route.call_count == 1
+    assert events == [(NAME, "unavailable")]

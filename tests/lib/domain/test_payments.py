@@ -8,10 +8,13 @@ The fakes live in tests/world.py.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from datetime import UTC, datetime, timedelta
+import logging
+from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfoNotFoundError
 
 import httpx
 import pytest
@@ -146,6 +149,22 @@ def test_the_owner_is_told_403_not_lease_party(world):
     assert (info.value.status, info.value.code) == (403, "not_lease_party")
 
 
+def test_the_tenant_check_is_equality_whatever_the_order_of_the_ids(world):
+    # FATOU owns this lease's property and her id sorts after her tenant's (AWA's sorts before MOUSSA's)
+    world.db.properties[300] = {"id": 300, "owner_id": FATOU, "status": "published", "title": "Studio", "city": "Dakar"}
+    world.db.leases[125] = {"id": 125, "property_id": 300, "tenant_id": MOUSSA, "status": "active",
+                            "monthly_rent": 80_000, "starts_on": "2026-09-01", "ends_on": None}
+    with pytest.raises(NotYourLease):
+        start(FATOU_U, 125)
+    assert world.db.count("POST", "/rpc/reserve_payment") == 0
+
+
+def test_the_started_payment_is_a_frozen_answer(world):
+    reply = start()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        reply.created = False  # type: ignore[misc]
+
+
 def test_a_month_already_paid_is_409_already_paid(world):
     with pytest.raises(AlreadyPaid):
         start(period="2026-10")
@@ -165,6 +184,29 @@ def test_the_period_must_be_within_the_window_and_the_lease(world, period, ok):
         with pytest.raises(ValidationFailed) as info:
             start(period=period)
         assert info.value.status == 422 and info.value.details[0]["field"] == "period"
+
+
+def test_the_window_reaches_twelve_months_ahead_from_any_month(monkeypatch):
+    monkeypatch.setattr(payments, "now", lambda: datetime(2027, 3, 15, tzinfo=UTC))
+    payments.check_period("2028-03")
+    with pytest.raises(ValidationFailed):
+        payments.check_period("2028-04")
+
+
+def test_the_month_the_lease_starts_may_be_paid(monkeypatch):
+    monkeypatch.setattr(payments, "now", lambda: NOW)
+    payments.check_period("2026-09", {"starts_on": "2026-09-01"})
+    with pytest.raises(ValidationFailed):
+        payments.check_period("2026-08", {"starts_on": "2026-09-01"})
+
+
+def test_without_a_tz_database_dakar_is_utc(monkeypatch):
+    def missing(key):
+        raise ZoneInfoNotFoundError(key)
+
+    monkeypatch.setattr(payments, "ZoneInfo", missing)
+    monkeypatch.setattr(payments, "now", lambda: datetime(2026, 11, 30, 23, 59, tzinfo=UTC))
+    assert payments.current_period() == "2026-11"
 
 
 def test_the_window_reaches_two_years_back(monkeypatch):
@@ -212,11 +254,13 @@ FAILURES = [
 
 
 @pytest.mark.parametrize("failure", FAILURES)
-def test_a_paydunya_failure_marks_the_row_failed_and_leaves_nothing_pending(world, failure):
+def test_a_paydunya_failure_marks_the_row_failed_and_leaves_nothing_pending(world, caplog, failure):
     world.paydunya.failure = failure
-    with pytest.raises(PaymentProviderError):
+    with pytest.raises(PaymentProviderError) as caught:
         start()
     rows = world.db.rows(period="2026-12")
+    assert f"payment {rows[0]['id']}: PayDunya failed ({caught.value.reason}); marked failed" in caplog.messages
+    assert caught.value.reason
     assert [r["status"] for r in rows] == ["failed"]
     assert rows[0]["checkout_url"] is None
     assert world.redis.redis.exists(world.lock_key()) == 0
@@ -241,6 +285,44 @@ def test_a_young_pending_row_without_an_invoice_is_another_request_at_work(world
     assert [r["status"] for r in world.db.rows(period="2026-12")] == ["pending"]
 
 
+def test_a_pending_row_without_an_invoice_exactly_the_lock_ttl_old_is_still_at_work(world):
+    world.db.add_payment(123, "2026-12", created_at=NOW - payments.ABANDONED_AFTER)
+    with pytest.raises(PaymentInProgress):
+        start()
+
+
+@pytest.mark.parametrize("created_at", ["missing", None, "not a date"])
+def test_a_pending_row_without_a_readable_creation_time_is_never_taken_for_abandoned(world, created_at):
+    row = world.db.add_payment(123, "2026-12", created_at=NOW - timedelta(hours=1))
+    if created_at == "missing":
+        del row["created_at"]
+    else:
+        row["created_at"] = created_at
+    with pytest.raises(PaymentInProgress):
+        start()
+    assert not world.paydunya.invoices
+
+
+def test_an_abandoned_row_that_cannot_be_marked_failed_is_reserved_twice_at_most_and_bumps_nothing(world):
+    world.db.add_payment(123, "2026-12", created_at=NOW - timedelta(minutes=5))
+    world.db.broken["/rental_payments"] = httpx.ConnectError("down")
+    version = world.tag_version("payments:lease:123")
+    with pytest.raises(PaymentInProgress):
+        start()
+    assert world.db.count("POST", "/rpc/reserve_payment") == 2
+    assert world.tag_version("payments:lease:123") == version  # nothing changed: nothing to invalidate
+    assert not world.paydunya.invoices
+
+
+def test_a_paydunya_failure_while_the_database_is_down_is_still_the_providers_error(world):
+    world.paydunya.failure = httpx.ReadTimeout("slow")
+    world.db.broken["/rental_payments"] = httpx.ConnectError("down")
+    with pytest.raises(PaymentProviderError):
+        start()
+    del world.db.broken["/rental_payments"]
+    assert [r["status"] for r in world.db.rows(period="2026-12")] == ["pending"]  # abandoned after LOCK_TTL
+
+
 def test_a_pending_row_without_an_invoice_older_than_the_lock_ttl_is_abandoned_and_replaced(world):
     stale = world.db.add_payment(123, "2026-12", created_at=NOW - timedelta(seconds=31))
     reply = start()
@@ -248,6 +330,13 @@ def test_a_pending_row_without_an_invoice_older_than_the_lock_ttl_is_abandoned_a
     assert world.db.payments[stale["id"]]["status"] == "failed"
     assert reply.payment["id"] != stale["id"]
     assert len(world.paydunya.invoices) == 1
+
+
+def test_a_creation_time_is_read_with_its_offset(world):
+    at = (NOW - timedelta(seconds=31)).astimezone(timezone(timedelta(hours=1)))  # a session not on UTC
+    stale = world.db.add_payment(123, "2026-12", created_at=at)
+    assert start().created
+    assert world.db.payments[stale["id"]]["status"] == "failed"
 
 
 def test_an_abandoned_pending_row_with_an_invoice_is_kept_the_tenant_may_be_paying_it(world):
@@ -365,6 +454,21 @@ def test_a_new_payment_shows_at_once_in_the_cached_list(world):
     assert status == "MISS" and rows[0]["period"] == "2026-12"
 
 
+def test_payments_made_at_the_same_instant_are_listed_newest_id_first(world):
+    at = NOW - timedelta(days=1)
+    first = world.db.add_payment(123, "2026-11", status="failed", created_at=at)
+    second = world.db.add_payment(123, "2026-11", status="failed", created_at=at)
+    rows, _ = listing(MOUSSA_U)
+    assert [row["id"] for row in rows[:2]] == [second["id"], first["id"]]
+
+
+def test_the_list_shows_the_two_hundred_newest_payments(world):
+    for hours in range(1, 202):
+        world.db.add_payment(123, "2026-11", status="failed", created_at=NOW - timedelta(hours=hours))
+    rows, _ = listing(MOUSSA_U)
+    assert len(rows) == 200 and rows[-1]["created_at"] == (NOW - timedelta(hours=200)).isoformat()
+
+
 def test_the_list_is_read_with_the_users_token(world):
     listing(AWA_U)
     assert ("GET", "/rental_payments", "authenticated") in world.db.calls
@@ -425,18 +529,35 @@ def test_an_ipn_without_a_hash_is_403(world):
         ipn(world, b"data[invoice][token]=x&data[status]=completed")
 
 
-def test_the_ipn_status_is_not_believed_only_paydunyas_confirmation(world):
+def test_the_ipn_status_is_not_believed_only_paydunyas_confirmation(world, caplog):
+    caplog.set_level(logging.INFO, logger=settle.__name__)
     token, pid = pending_invoice(world)  # still pending at PayDunya
     assert ipn(world, world.paydunya.ipn(token, status="completed")) == {"received": True, "status": "pending"}
     assert world.db.payments[pid]["status"] == "pending"
     assert world.db.notifications == []
+    assert f"IPN for {token} says completed, PayDunya says pending: applying PayDunya's" in caplog.messages
 
 
-def test_an_ipn_whose_amount_differs_from_the_confirmation_changes_nothing(world):
+def test_an_ipn_whose_status_agrees_with_paydunya_logs_no_disagreement(world, caplog):
+    caplog.set_level(logging.INFO, logger=settle.__name__)
+    token, _ = pending_invoice(world)
+    world.paydunya.invoices[token]["status"] = "completed"
+    ipn(world, world.paydunya.ipn(token))
+    assert not any("PayDunya says" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize("claimed", [
+    100,  # less than PayDunya's
+    "more",  # more
+    "",  # a blank amount is not PayDunya's either
+])
+def test_an_ipn_whose_amount_differs_from_the_confirmation_changes_nothing(world, claimed):
     token, pid = pending_invoice(world)
     world.paydunya.invoices[token]["status"] = "completed"
+    if claimed == "more":
+        claimed = world.paydunya.invoices[token]["total_amount"] + 1
     with pytest.raises(AmountMismatch) as info:
-        ipn(world, world.paydunya.ipn(token, amount=100))
+        ipn(world, world.paydunya.ipn(token, amount=claimed))
     assert (info.value.status, info.value.code) == (409, "amount_mismatch")
     assert world.db.count("POST", "/rpc/confirm_payment") == 0
     assert world.db.payments[pid]["status"] == "pending"
@@ -539,3 +660,36 @@ def test_a_malformed_ipn_is_400(world, body, content_type):
 def test_an_ipn_with_a_good_hash_but_no_token_is_400(world):
     with pytest.raises(BadRequest):
         ipn(world, urlencode({"data[hash]": IPN_HASH}).encode())
+
+
+def test_a_repeated_ipn_field_is_named_in_the_400_up_to_40_characters(world):
+    name = "data[custom_data][" + "x" * 40 + "]"
+    with pytest.raises(BadRequest) as info:
+        ipn(world, urlencode([(name, "a"), (name, "b")]).encode())
+    assert info.value.message == f"Champ répété : {name[:40]}."
+
+
+def test_an_ipn_of_more_than_500_fields_is_400_unread(world):
+    token, pid = pending_invoice(world)
+    world.paydunya.invoices[token]["status"] = "completed"
+    body = world.paydunya.ipn(token)
+
+    def padded(fields):
+        return body + b"".join(b"&data[x%d]=1" % i for i in range(fields - body.count(b"&") - 1))
+
+    with pytest.raises(BadRequest):
+        ipn(world, padded(501))
+    assert world.paydunya.confirm_calls == 0
+    assert ipn(world, padded(500)) == {"received": True, "status": "completed"}
+
+
+def test_an_ipn_token_longer_than_200_characters_is_400_without_asking_paydunya(world):
+    def form(token):
+        return urlencode({"data[hash]": IPN_HASH, "data[invoice][token]": token}).encode()
+
+    with pytest.raises(BadRequest):
+        ipn(world, form("t" * 201))
+    assert world.paydunya.confirm_calls == 0
+    with pytest.raises(PaymentProviderError):  # 200 may be a token: PayDunya is asked, and knows none such
+        ipn(world, form("t" * 200))
+    assert world.paydunya.confirm_calls == 1
