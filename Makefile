@@ -38,7 +38,7 @@ test: venv tools ## every test, on real PostgreSQL, Valkey and the Vercel CLI
 
 # Every test that needs no PostgreSQL, no local stack and no Vercel CLI (markers set by tests/conftest.py
 # from the fixtures a test uses); Valkey, started by the tests from the pinned wheel, is in.
-test-fast: venv ## the tests that need no PostgreSQL, stack or Vercel CLI (about a minute)
+test-fast: venv ## the tests that need no PostgreSQL, stack or Vercel CLI (a few minutes)
 	$(PY) -m pytest -m "not postgres and not stack and not vercel_cli" $(PYTEST_ARGS)
 
 lint: venv ## ruff on everything, mypy strict on lib/, api/ and host/, the layer contract (.importlinter)
