@@ -150,3 +150,43 @@ def test_a_fills_ttl_is_spread_by_ten_percent_either_way(monkeypatch, spread, ms
 
 def test_a_value_is_stored_as_compact_json_that_keeps_its_accents():
     assert entries.serialize({"ville": "Thiès", "prix": 1}) == '{"ville":"Thiès","prix":1}'
+
+
+def test_a_bumps_defaults_take_no_fill_lock_and_respect_the_breaker(monkeypatch):
+    calls = []
+
+    def run(script, keys_, args, **kwargs):
+        calls.append((list(args), kwargs))
+        return [1, 5, None]
+
+    monkeypatch.setattr(entries.upstash, "run", run)
+    entries.bump(["a"])
+    (args, kwargs), = calls
+    assert args[7:9] == [0, 0], "no refill: no lock and nothing announced"
+    assert kwargs == {"force": False}, "only the probe's recovery hook sends one while the breaker is half-open"
+
+
+def test_versions_carry_48_random_bits_and_lock_tokens_64(monkeypatch):
+    calls = answering(monkeypatch, [1, 5, None, None])
+    entries.bump(["a", "b"])
+    args = calls[0][2]
+    assert len(args[6]) == 16 and [len(args[9]), len(args[11])] == [12, 12]
+    calls = answering(monkeypatch, ["LOAD", None, "t|1|2", "va", "vb"])
+    entries.claim(ENTRY, [0.5, 1.0], lock_ms=6_000)
+    args = calls[0][2]
+    assert len(args[2]) == 16 and [len(v) for v in args[6:]] == [12, 12]
+
+
+def test_a_bumps_reply_of_the_wrong_length_is_an_error_not_a_silent_half_answer(monkeypatch):
+    answering(monkeypatch, [1, 5, "old-a"])  # two tags asked, one version read
+    with pytest.raises(ValueError):
+        entries.bump(["a", "b"])
+
+
+@pytest.mark.parametrize("answer", [entries.Look("HIT", "{}"),
+                                    entries.Bumped(taken=True, now=1, before={}, after={}, olds=(), lock="t|1|0"),
+                                    entries.Store("k", "{}", 1, 2, 3, {"a": "v"})])
+def test_the_scripts_answers_are_frozen_values(answer):
+    field = dataclasses.fields(answer)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(answer, field, None)
