@@ -7,6 +7,7 @@ stand-ins, the PayDunya stand-in, and the API served by the pinned Vercel CLI (`
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,16 @@ def fresh_rate_limits(request: pytest.FixtureRequest) -> None:
     stack = request.getfixturevalue("stack")
     for key in stack.redis("KEYS", "dousell:ratelimit:*") or []:
         stack.redis("DEL", key)
+
+
+def within_one_rate_limit_window(seconds: float) -> None:
+    """Return once the next `seconds` fall inside one minute of the rate limiter's (upstash-ratelimit's
+    sliding window is keyed by the minute, on the functions' clock, this machine's): hits that straddle
+    a minute boundary count the earlier minute's a little less than whole, and "the eleventh is
+    refused" would then fail by chance. Waits for the next minute to begin if fewer are left."""
+    left = 60.0 - time.time() % 60.0
+    if left < seconds:
+        time.sleep(left + 0.05)
 
 
 @pytest.fixture(scope="session")
