@@ -281,22 +281,6 @@ def test_a_script_that_touches_a_key_outside_keys_is_refused_as_upstash_refuses_
     assert upstash.breaker.state == "closed"
 
 
-# -- what a request asked of Upstash -----------------------------------------------------------
-
-
-def test_a_tally_counts_the_calls_and_commands_of_its_context_only(redis):
-    upstash.execute(["PING"])  # before: not counted
-    tally, token = context.start_tally()
-    try:
-        upstash.execute(["SET", "a", "1"])
-        upstash.pipeline([["GET", "a"], ["GET", "b"]])
-    finally:
-        context.stop_tally(token)
-    upstash.execute(["PING"])  # after: not counted
-    assert tally.commands == 3 and len(tally.calls_ms) == 2
-    assert all(ms >= 0 for ms in tally.calls_ms)
-
-
 # -- time ---------------------------------------------------------------------------------------
 
 
