@@ -94,6 +94,7 @@ def test_only_api_lib_and_runtime_files_of_the_repository_are_in_any_function(bu
         assert {"_vendor/httpx/__init__.py", "_vendor/postgrest/__init__.py", "_vendor/jwt/__init__.py"} <= bundled
 
 
+@pytest.mark.vercel_cli  # reads the installed CLI's builder (no fixture to set the marker from)
 def test_the_launcher_the_tests_compose_is_the_one_the_pinned_cli_installs():
     # tests/lib/web/test_http.py builds Vercel's Fluid handler class from vercel-runtime's own source.
     builder = (ROOT / ".tools" / "node_modules" / "@vercel" / "python" / "dist" / "index.js").read_text()
